@@ -1,0 +1,503 @@
+"""WaBucketRefAPI: the SDK, and everything the CLI does (one command = one SDK call = one W&B run)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Coroutine, TypeVar
+
+from . import jobs, tracking, transfer
+from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
+from .manifest import FileEntry, Manifest, check_unique, scan_folder, sha256_file
+from .storage import Storage, open_bucket
+
+log = logging.getLogger("wabucketref")
+T = TypeVar("T")
+
+RUN_CONFIG_HASH = "!run-config-hash"
+META_DIR = ".wabucketref"  # beside the alias folders: TYPE/NAME/.wabucketref/ALIAS.jsonl
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise UsageError(f"invalid artifact {what} {value!r}: use 1-128 of A-Z a-z 0-9 _ . -")
+    return value
+
+
+def check_alias(alias: str, *, for_upload: bool) -> str:
+    if not alias or len(alias) > 128 or any(c in alias for c in "/:\\\0") or alias in (".", "..", META_DIR):
+        raise UsageError(f"invalid alias {alias!r}: 1-128 characters, without / : or \\")
+    if for_upload and (alias == "latest" or re.fullmatch(r"v\d+", alias)):
+        raise UsageError(f"alias {alias!r} is managed by W&B; choose another")
+    return alias
+
+
+def check_suffix(suffix: str | None) -> str:
+    if suffix is None or suffix == "":
+        return ""
+    if not SUFFIX_RE.match(suffix):
+        raise UsageError(f"invalid suffix {suffix!r}: use A-Z a-z 0-9 _")
+    return f"_{suffix}"
+
+
+def config_hash(config: dict) -> str:
+    """sha256 over the run config's sorted key=value pairs (the original tool's !run-config-hash)."""
+    text = "\n".join(f"{k}={config[k]}" for k in sorted(config))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class _LoopThread:
+    """One event loop, in a background thread, for the API's whole life.
+
+    Platform clients are bound to the loop that made them; a thread also keeps the SDK usable
+    from code that already runs a loop (notebooks).
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="wabucketref-io", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            # Cancel the transfer and let it remove its temporary files before we go.
+            fut.cancel()
+            try:
+                fut.result(timeout=10)
+            except BaseException:  # noqa: BLE001
+                pass
+            raise
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class WaBucketRefAPI:
+    """Keep artifact bytes in a bucket and their versions, aliases and lineage in W&B.
+
+    bucket: a platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a
+    folder path; defaults to the project name (a platform bucket, as in the original tool).
+    """
+
+    def __init__(
+        self,
+        bucket: str | None = None,
+        project_name: str | None = None,
+        entity: str | None = None,
+        *,
+        run_name: str | None = None,
+        job_type: str | None = None,
+        quiet: bool = False,
+        concurrency: int = transfer.DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.project_name = project_name or os.environ.get("WANDB_PROJECT")
+        if not self.project_name:
+            raise UsageError("no W&B project: pass --project-name (project_name=) or set WANDB_PROJECT")
+        self.entity = entity or os.environ.get("WANDB_ENTITY") or None
+        self.bucket = bucket or self.project_name
+        self.run_name = run_name
+        self.job_type = job_type
+        self.options = transfer.Options(concurrency=concurrency, quiet=quiet)
+        self.run: Any = None
+        self._own_run = False
+        self._io: _LoopThread | None = None
+        self._storages: dict[str, Storage] = {}  # by root URI
+        self._opened: dict[str, tuple[Storage, str]] = {}  # by the spec the user gave
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "WaBucketRefAPI":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(exit_code=0 if exc_type is None else 1)
+
+    def close(self, exit_code: int = 0) -> None:
+        """Finish the run this API started, and close bucket connections."""
+        if self._io is not None:
+            for storage in self._storages.values():
+                try:
+                    self._io.run(storage.close())
+                except Exception as e:  # noqa: BLE001
+                    log.debug("closing %s: %s", storage, e)
+            self._storages.clear()
+            self._opened.clear()
+            self._io.close()
+            self._io = None
+        if self.run is not None and self._own_run:
+            self.run.finish(exit_code=exit_code)
+        self.run = None
+        self._own_run = False
+
+    def _run_io(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._io is None:
+            self._io = _LoopThread()
+        return self._io.run(coro)
+
+    def wandb_start_run(
+        self, run_name: str | None = None, job_type: str | None = None, config: dict | None = None, tags: list[str] | None = None
+    ) -> Any:
+        """Start (or join) the W&B run that this API's commands are recorded in."""
+        import wandb
+
+        if self.run is not None:
+            return self.run
+        if wandb.run is not None:  # the user's script already runs one: record lineage there
+            self.run = wandb.run
+            return self.run
+        all_tags = list(tags or []) + jobs.env_tags()
+        job_id = jobs.current_job_id()
+        if job_id:
+            all_tags += self._run_io(jobs.platform_tags(job_id))
+        self.run = tracking.start_run(
+            project=self.project_name, entity=self.entity, name=run_name or self.run_name,
+            job_type=job_type or self.job_type, tags=list(dict.fromkeys(all_tags)), config=config,
+        )
+        self._own_run = True
+        return self.run
+
+    def _storage(self, spec: str) -> tuple[Storage, str]:
+        """(bucket root, key inside it) for a bucket spec or a data URI; each bucket is opened once."""
+        if spec not in self._opened:
+            storage, key = self._run_io(open_bucket(spec))
+            if storage.uri in self._storages:
+                self._run_io(storage.close())
+            else:
+                self._storages[storage.uri] = storage
+            self._opened[spec] = (self._storages[storage.uri], key)
+        return self._opened[spec]
+
+    # ------------------------------------------------------------ upload
+
+    def upload_artifact(
+        self,
+        src_folder: str | os.PathLike,
+        art_name: str,
+        art_type: str,
+        art_alias: str | None = None,
+        art_metadata: dict | None = None,
+        as_reference: bool = True,
+        overwrite: bool = False,
+        suffix: str | None = None,
+    ) -> str:
+        """Upload a folder to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it."""
+        check_name(art_name, "name")
+        check_name(art_type, "type")
+        out_suffix = check_suffix(suffix)
+        metadata = dict(art_metadata or {})
+        if art_alias not in (None, RUN_CONFIG_HASH):
+            check_alias(art_alias, for_upload=True)
+        files = scan_folder(Path(src_folder))
+        if not files:
+            raise UsageError(f"source folder has no files: {src_folder}")
+        check_unique(f.path for f in files)
+        storage, base = (None, "") if not as_reference else self._storage(self.bucket)
+
+        run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
+        alias = self._alias(art_alias, run)
+        if not as_reference:
+            manifest = Manifest([FileEntry(f.path, f.size, sha256_file(f.abspath)) for f in files])
+            tracking.log_files_artifact(run, name=art_name, type=art_type, alias=alias, src=Path(src_folder), manifest=manifest, metadata=metadata)
+        else:
+            assert storage is not None
+            prefix = _join(base, art_type, art_name, alias)
+            meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
+            partial_key = _join(base, art_type, art_name, META_DIR, alias + ".partial")
+            manifest = self._run_io(
+                self._upload_bytes(storage, prefix, meta_key, partial_key, files, overwrite)
+            )
+            ref = storage.uri_for(prefix)
+            version = tracking.log_artifact(
+                run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+            )
+            info = {
+                "name": art_name, "type": art_type, "alias": alias, "ref": ref, "root": prefix,
+                "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
+                "wandb_version": version,
+            }
+            self._run_io(self._commit(storage, meta_key, partial_key, manifest, info))
+            log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
+        self._print_outputs(art_name, art_type, alias, out_suffix)
+        return alias
+
+    async def _upload_bytes(
+        self, storage: Storage, prefix: str, meta_key: str, partial_key: str, files: list, overwrite: bool
+    ) -> Manifest:
+        listing = await storage.list(prefix)
+        complete = await storage.exists(meta_key)
+        resuming = await storage.exists(partial_key)
+        if (complete or (listing and not resuming)) and not overwrite:
+            raise WaBucketError(f"{storage.uri_for(prefix)} already exists; pass --overwrite to replace it")
+        if resuming and listing:
+            log.info("resuming an interrupted upload to %s", storage.uri_for(prefix))
+        # A marker says "bytes here are an unfinished upload": a rerun may resume over them.
+        await storage.put_bytes(partial_key, b"")
+        if complete:
+            await storage.delete([meta_key])
+        manifest, _ = await transfer.upload(storage, prefix, files, {o.key: o for o in listing}, self.options)
+        stale = sorted({o.key for o in listing} - {f.path for f in manifest.files})
+        await storage.delete([_join(prefix, k) for k in stale])
+        return manifest
+
+    async def _commit(self, storage: Storage, meta_key: str, partial_key: str, manifest: Manifest, info: dict) -> None:
+        await storage.put_bytes(meta_key, manifest.dumps(info))
+        await storage.delete([partial_key])
+
+    def _alias(self, art_alias: str | None, run: Any) -> str:
+        if art_alias is None:
+            return str(uuid.uuid4())
+        if art_alias == RUN_CONFIG_HASH:
+            return config_hash(dict(run.config))
+        return art_alias
+
+    def _print_outputs(self, name: str, type_: str, alias: str, suffix: str) -> None:
+        # For neuro-flow: each at the start of its own stdout line (logs go to stderr).
+        sys.stdout.write(
+            f"::set-output name=artifact_name{suffix}::{name}\n"
+            f"::set-output name=artifact_type{suffix}::{type_}\n"
+            f"::set-output name=artifact_alias{suffix}::{alias}\n"
+        )
+        sys.stdout.flush()
+
+    # ------------------------------------------------------------ link
+
+    def link(
+        self,
+        bucket_path: str,
+        art_name: str,
+        art_type: str,
+        art_alias: str | None = None,
+        art_metadata: dict | None = None,
+        suffix: str | None = None,
+    ) -> str:
+        """Register data already in the bucket (a folder) as an artifact; its files are hashed once."""
+        check_name(art_name, "name")
+        check_name(art_type, "type")
+        out_suffix = check_suffix(suffix)
+        if art_alias not in (None, RUN_CONFIG_HASH):
+            check_alias(art_alias, for_upload=True)
+        metadata = dict(art_metadata or {})
+        storage, base = self._storage(self.bucket)
+        if "://" in bucket_path:
+            data_storage, key = self._storage(bucket_path)
+        else:
+            data_storage, key = storage, _join(base, bucket_path)
+        manifest = self._run_io(self._hash_folder(data_storage, key))
+        run = self.wandb_start_run(job_type=self.job_type or "link", config=metadata)
+        alias = self._alias(art_alias, run)
+        ref = data_storage.uri_for(key)
+        version = tracking.log_artifact(
+            run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+        )
+        if data_storage is storage:
+            meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
+            info = {
+                "name": art_name, "type": art_type, "alias": alias, "ref": ref, "root": key,
+                "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
+                "wandb_version": version,
+            }
+            try:
+                self._run_io(storage.put_bytes(meta_key, manifest.dumps(info)))
+            except Exception as e:  # noqa: BLE001 - a read-only bucket can still be linked
+                log.warning("could not write the manifest beside the data (%s); offline download will not find it", e)
+        log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
+        self._print_outputs(art_name, art_type, alias, out_suffix)
+        return alias
+
+    async def _hash_folder(self, storage: Storage, key: str) -> Manifest:
+        listing = await storage.list(key)
+        if not listing:
+            if key and await storage.exists(key):
+                raise UsageError(f"{storage.uri_for(key)} is a file, not a folder")
+            raise NotFoundError(f"{storage.uri_for(key)} does not exist or is empty")
+        check_unique(o.key for o in listing)
+        manifest, _ = await transfer.hash_remote(storage, key, listing, self.options, "hashed")
+        return manifest
+
+    # ------------------------------------------------------------ download
+
+    def download_artifact(
+        self, art_name: str, art_type: str, art_alias: str, dst_folder: str | os.PathLike | None = None,
+        run_config: dict | None = None,
+    ) -> Path:
+        """Resolve NAME:ALIAS, bring its files into dst_folder (a fresh temporary folder if None), verified."""
+        check_name(art_name, "name")
+        check_name(art_type, "type")
+        check_alias(art_alias, for_upload=False)
+        dest = Path(dst_folder) if dst_folder is not None else Path(tempfile.mkdtemp(prefix=f"wabucket-{art_name}-"))
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"destination is not a folder: {dest}")
+        run = self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
+        if tracking.is_offline():
+            resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
+        else:
+            resolved = tracking.use_artifact(run, name=art_name, type=art_type, alias=art_alias)
+            if resolved.ref is None and resolved.has_files:
+                dest.mkdir(parents=True, exist_ok=True)
+                tracking.download_files(resolved, dest)
+                return dest
+            storage, key = self._locate(resolved, art_alias)
+        dest.mkdir(parents=True, exist_ok=True)
+        self._run_io(self._download(storage, key, resolved, dest))
+        return dest
+
+    def _locate(self, resolved: tracking.Resolved, alias: str) -> tuple[Storage, str]:
+        if resolved.ref is not None:
+            return self._storage(resolved.ref)
+        # The oldest artifacts of the original tool have no reference: the data sits at
+        # <bucket>/<TYPE>/<NAME>/<ALIAS>, under one of the version's aliases.
+        storage, base = self._storage(self.bucket)
+        candidates = [alias] + [a for a in resolved.aliases if a != alias and a != "latest"]
+        for candidate in candidates:
+            key = _join(base, resolved.type, resolved.name, candidate)
+            if self._run_io(storage.has_prefix(key)):
+                return storage, key
+        raise NotFoundError(f"artifact {resolved.name}:{alias} has no bucket reference and no data at {storage.uri_for(_join(base, resolved.type, resolved.name, alias))}")
+
+    async def _download(self, storage: Storage, key: str, resolved: tracking.Resolved, dest: Path) -> None:
+        listing = await storage.list(key)
+        if not listing:
+            encoded = _sdk_encoded(key)
+            if encoded != key:
+                listing = await storage.list(encoded)
+                key = encoded if listing else key
+        where = storage.uri_for(key)
+        if not listing and (resolved.manifest is None or resolved.manifest.files):
+            raise NotFoundError(f"no data at {where}")
+        manifest = resolved.manifest
+        if manifest is None:
+            log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
+            check_unique(o.key for o in listing)
+            manifest = Manifest([FileEntry(o.key, o.size, "0" * 64) for o in listing], info={"verified": False})
+        else:
+            transfer.check_listing(manifest, listing, where)
+        await transfer.download(storage, key, manifest, dest, self.options)
+
+    def _resolve_offline(self, name: str, type_: str, alias: str) -> tuple[tracking.Resolved, Storage, str]:
+        """Without W&B, the bucket's own manifests say which folder an alias is."""
+        storage, base = self._storage(self.bucket)
+        folder = _join(base, type_, name, META_DIR)
+
+        async def load() -> Manifest:
+            if alias == "latest":
+                newest: Manifest | None = None
+                for info in await storage.list(folder):
+                    if info.key.endswith(".jsonl"):
+                        m = Manifest.loads(await storage.get_bytes(_join(folder, info.key)) or b"", source=info.key)
+                        if newest is None or m.info.get("created_at", "") > newest.info.get("created_at", ""):
+                            newest = m
+                if newest is None:
+                    raise NotFoundError(f"no versions of {type_}/{name} in {storage.uri_for(folder)}")
+                return newest
+            data = await storage.get_bytes(_join(folder, alias + ".jsonl"))
+            if data is None:
+                hint = " (version aliases like v3 need W&B: go online)" if re.fullmatch(r"v\d+", alias) else ""
+                raise NotFoundError(f"offline: no manifest for {type_}/{name}:{alias} in {storage.uri_for(folder)}{hint}")
+            return Manifest.loads(data, source=f"{name}:{alias}")
+
+        manifest = self._run_io(load())
+        root = manifest.info.get("root")
+        if not isinstance(root, str):
+            raise IntegrityError(f"bucket manifest of {name}:{alias} does not say where the data is")
+        resolved = tracking.Resolved(name=name, type=type_, version=None, aliases=[manifest.info.get("alias", alias)], manifest=manifest)
+        log.info("offline: %s:%s resolved from the bucket to %s", name, alias, storage.uri_for(root))
+        return resolved, storage, root
+
+    # ------------------------------------------------------------ verify
+
+    def verify(self, art_name: str, art_type: str, art_alias: str, local: str | os.PathLike | None = None) -> Manifest:
+        """Check the bucket's copy (or a downloaded folder) against the manifest; raise IntegrityError naming the first bad file."""
+        check_name(art_name, "name")
+        check_name(art_type, "type")
+        check_alias(art_alias, for_upload=False)
+        if tracking.is_offline():
+            resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
+        else:
+            resolved = tracking.fetch_artifact(self.project_name, self.entity, name=art_name, type=art_type, alias=art_alias)
+            storage, key = self._locate(resolved, art_alias)
+        if resolved.manifest is None:
+            raise IntegrityError(f"{art_name}:{art_alias} has no content manifest: nothing to verify against")
+        manifest = resolved.manifest
+        if local is not None:
+            root = Path(local)
+            if not root.is_dir():
+                raise UsageError(f"not a folder: {root}")
+            actual = {f.path: f for f in scan_folder(root)}
+            expected = manifest.by_path()
+            for path in sorted(set(actual) | set(expected)):
+                if path not in actual:
+                    raise IntegrityError(f"{path}: missing from {root}")
+                if path not in expected:
+                    raise IntegrityError(f"{path}: in {root} but not in the artifact's manifest")
+                f = actual[path]
+                if f.size != expected[path].size or sha256_file(f.abspath) != expected[path].sha256:
+                    raise IntegrityError(f"{path}: content in {root} does not match the manifest")
+            return manifest
+
+        async def check() -> None:
+            listing = await storage.list(key)
+            transfer.check_listing(manifest, listing, storage.uri_for(key))
+            actual, _ = await transfer.hash_remote(storage, key, listing, self.options, "verified")
+            expected = manifest.by_path()
+            for f in actual.files:
+                if f.sha256 != expected[f.path].sha256:
+                    raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
+
+        self._run_io(check())
+        return manifest
+
+
+def _sdk_encoded(key: str) -> str:
+    """The key that apolo_sdk stored for a prefix built as `bucket.uri / key` (percent-encoded)."""
+    from yarl import URL
+
+    return URL.build(path="/" + key).raw_path.lstrip("/")
+
+
+def parse_pairs(pairs: list[str] | tuple[str, ...], what: str = "metadata") -> dict[str, str]:
+    """KEY=VALUE strings (from -m) into a dict."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid {what} {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def parse_run_args(text: str | None) -> dict[str, Any]:
+    """Run config for download's -a: a JSON object, or KEY=VALUE pairs separated by spaces or commas."""
+    if not text:
+        return {}
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"invalid run args (JSON): {e}") from e
+        if not isinstance(value, dict):
+            raise UsageError("run args JSON must be an object")
+        return value
+    return parse_pairs(re.split(r"[\s,]+", text.strip()), what="run arg")

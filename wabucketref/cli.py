@@ -1,0 +1,158 @@
+"""The `wabucket` command: each command parses its arguments and calls one WaBucketRefAPI method.
+
+stdout carries results (::set-output lines, the download path); logs and errors go to stderr.
+Heavy SDKs (wandb, apolo_sdk, obstore) are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import WaBucketError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _api(ctx: click.Context, quiet: bool = False):
+    from .api import WaBucketRefAPI
+
+    o = ctx.obj
+    return WaBucketRefAPI(
+        bucket=o["bucket"], project_name=o["project_name"], entity=o["entity"],
+        run_name=o["run_name"], job_type=o["job_type"], quiet=quiet or o["quiet"],
+        concurrency=o["concurrency"],
+    )
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="wabucket")
+@click.option("--bucket", envvar="WABUCKET_BUCKET", help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
+@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", help="W&B project (default: $WANDB_PROJECT). Required.")
+@click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
+@click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
+@click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True, envvar="WABUCKET_CONCURRENCY", help="Files transferred at once.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.pass_context
+def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, concurrency, quiet) -> None:
+    """Keep ML artifact bytes in your bucket; W&B keeps versions, aliases and lineage."""
+    ctx.obj = dict(
+        bucket=bucket, project_name=project_name, run_name=run_name, job_type=job_type,
+        entity=entity, concurrency=concurrency, quiet=quiet,
+    )
+    logging.basicConfig(
+        stream=sys.stderr, format="wabucket: %(message)s",
+        level=logging.WARNING if quiet else logging.INFO,
+    )
+    for noisy in ("wandb", "apolo_sdk", "aiohttp", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("src_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-n", "--name", required=True, help="Artifact name ([A-Za-z0-9_.-]).")
+@click.option("-t", "--type", "type_", required=True, help="Artifact type, e.g. dataset or model.")
+@click.option("-a", "--alias", help="Alias (also the bucket folder). Default: a new UUID4. '!run-config-hash': sha256 of the run config.")
+@click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE", help="Artifact metadata (repeatable); also the run's config.")
+@click.option("--reff/--no-reff", default=True, show_default=True, help="Store a reference to the bucket (default) or the files in W&B.")
+@click.option("-s", "--suffix", help="Suffix for the ::set-output names ([A-Za-z0-9_]).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing <TYPE>/<NAME>/<ALIAS>/.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.pass_context
+def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, quiet) -> None:
+    """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it."""
+    from .api import parse_pairs
+
+    meta = parse_pairs(metadata)
+    with _api(ctx, quiet) as api:
+        api.upload_artifact(src_dir, name, type_, alias, meta, as_reference=reff, overwrite=overwrite, suffix=suffix)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("type_", metavar="TYPE")
+@click.argument("name")
+@click.argument("alias")
+@click.option("-d", "--dest", type=click.Path(path_type=Path), help="Destination folder. Default: ./TYPE/NAME/ALIAS")
+@click.option("-a", "--run-args", "run_args", help="Run config for the W&B run: KEY=VALUE pairs (space or comma separated) or a JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.pass_context
+def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
+    """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path."""
+    from .api import parse_run_args
+
+    config = parse_run_args(run_args)
+    with _api(ctx, quiet) as api:
+        path = api.download_artifact(name, type_, alias, dest or Path(type_, name, alias), run_config=config)
+    click.echo(str(path))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("bucket_path")
+@click.option("-n", "--name", required=True, help="Artifact name ([A-Za-z0-9_.-]).")
+@click.option("-t", "--type", "type_", required=True, help="Artifact type.")
+@click.option("-a", "--alias", help="Alias. Default: a new UUID4. '!run-config-hash': sha256 of the run config.")
+@click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE", help="Artifact metadata (repeatable).")
+@click.option("-s", "--suffix", help="Suffix for the ::set-output names ([A-Za-z0-9_]).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.pass_context
+def link(ctx, bucket_path, name, type_, alias, metadata, suffix, quiet) -> None:
+    """Register a folder already in the bucket (BUCKET_PATH inside it, or a full URI) as an artifact."""
+    from .api import parse_pairs
+
+    meta = parse_pairs(metadata)
+    with _api(ctx, quiet) as api:
+        api.link(bucket_path, name, type_, alias, meta, suffix=suffix)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("type_", metavar="TYPE")
+@click.argument("name")
+@click.argument("alias")
+@click.option("--local", type=click.Path(path_type=Path), help="Check this downloaded folder instead of the bucket's copy.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.pass_context
+def verify(ctx, type_, name, alias, local, quiet) -> None:
+    """Check the bucket's copy of NAME:ALIAS (or --local DIR) against its manifest; writes nothing."""
+    with _api(ctx, quiet) as api:
+        manifest = api.verify(name, type_, alias, local=local)
+    click.echo(f"ok: {len(manifest.files)} files, {manifest.total_size} bytes match the manifest", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status: 2 for usage errors, 1 for failures, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="wabucket", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("wabucket: aborted", err=True)
+        return 1
+    except WaBucketError as e:
+        click.echo(f"wabucket: error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("wabucket: interrupted", err=True)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one readable line instead of a traceback
+        if os.environ.get("WABUCKET_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        click.echo(f"wabucket: error: {type(e).__name__}: {first} (set WABUCKET_DEBUG=1 for details)", err=True)
+        return 1

@@ -1,0 +1,188 @@
+"""Content manifests: every file of an artifact with its size and sha256.
+
+The manifest is the unit of truth for a version: its digest decides the W&B version, it drives
+the transfer plan (what the destination lacks), resume and verification, and the copy kept in
+the bucket lets downloads work offline.
+
+Format (JSON Lines, so 100k-file manifests are written and read as streams):
+    {"format": "wabucketref-manifest/1", ...header fields...}
+    {"path": "dir/file.bin", "size": 123, "sha256": "..."}
+    ...
+Entries are sorted by path. The copy logged to W&B has a content-only header, so that equal
+content gives an equal digest whatever the alias or the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import IntegrityError, UsageError
+
+FORMAT = "wabucketref-manifest/1"
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative, "/"-separated, checked by safe_relpath
+    size: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    files: list[FileEntry]
+    info: dict = field(default_factory=dict)  # header fields besides "format"
+
+    def __post_init__(self) -> None:
+        self.files.sort(key=lambda f: f.path)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    def lines(self, info: dict | None = None) -> Iterator[bytes]:
+        header = {"format": FORMAT, **(self.info if info is None else info)}
+        yield _dump(header)
+        for f in self.files:
+            yield _dump({"path": f.path, "size": f.size, "sha256": f.sha256})
+
+    def dumps(self, info: dict | None = None) -> bytes:
+        return b"".join(self.lines(info))
+
+    def content_bytes(self) -> bytes:
+        """The content-only serialisation: what W&B stores and what the digest is over."""
+        return self.dumps(info={})
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.content_bytes()).hexdigest()
+
+    @classmethod
+    def loads(cls, data: bytes | Iterable[bytes], source: str = "manifest") -> "Manifest":
+        lines = data.splitlines() if isinstance(data, (bytes, bytearray)) else data
+        it = iter(lines)
+        try:
+            header = json.loads(next(it))
+        except (StopIteration, ValueError) as e:
+            raise IntegrityError(f"{source} is not a wabucketref manifest") from e
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise IntegrityError(f"{source} has an unknown format: {header.get('format')!r}")
+        files = []
+        for n, line in enumerate(it, start=2):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                entry = FileEntry(str(obj["path"]), int(obj["size"]), str(obj["sha256"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise IntegrityError(f"{source} line {n} is malformed") from e
+            if entry.size < 0 or len(entry.sha256) != 64:
+                raise IntegrityError(f"{source} line {n} is malformed")
+            safe_relpath(entry.path)
+            files.append(entry)
+        check_unique(f.path for f in files)
+        header.pop("format")
+        return cls(files, header)
+
+
+def _dump(obj: dict) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def safe_relpath(path: str) -> str:
+    """Refuse a path that could write outside the destination folder."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or (len(parts[0]) >= 2 and parts[0][1] == ":")  # a Windows drive
+    ):
+        raise IntegrityError(f"unsafe path in artifact: {path!r}")
+    return path
+
+
+def check_unique(paths: Iterable[str]) -> None:
+    """Refuse names that collide on a case-insensitive file system (one would overwrite the other)."""
+    seen: dict[str, str] = {}
+    for p in paths:
+        folded = p.casefold()
+        if folded in seen:
+            raise IntegrityError(f"paths collide when case is ignored: {seen[folded]!r} and {p!r}")
+        seen[folded] = p
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str  # relative, "/"-separated
+    abspath: Path
+    size: int
+
+
+def scan_folder(root: Path) -> list[LocalFile]:
+    """All regular files under root, sorted by relative path.
+
+    Symlinks are followed when their target stays inside root (a file or a folder); a link
+    that points outside root, or that dangles, is refused: uploading bytes from outside the
+    folder the user named would be a surprise, and silently skipping would lose data.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"source folder does not exist: {root}")
+    if not root.is_dir():
+        raise UsageError(f"source is not a folder: {root}")
+    real_root = root.resolve()
+    files: list[LocalFile] = []
+
+    def walk(folder: Path, rel: str, seen: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except PermissionError as e:
+            raise UsageError(f"cannot read folder: {folder}") from e
+        for entry in entries:
+            relpath = f"{rel}{entry.name}"
+            p = Path(entry.path)
+            if entry.is_symlink():
+                target = p.resolve()
+                if not target.exists():
+                    raise UsageError(f"broken symlink in source folder: {relpath}")
+                if target != real_root and real_root not in target.parents:
+                    raise UsageError(f"symlink points outside the source folder: {relpath} -> {target}")
+            st = p.stat()
+            if stat.S_ISDIR(st.st_mode):
+                real = p.resolve()
+                if real in seen:  # a link loop
+                    raise UsageError(f"symlink loop in source folder: {relpath}")
+                walk(p, relpath + "/", seen | {real})
+            elif stat.S_ISREG(st.st_mode):
+                if not os.access(p, os.R_OK):
+                    raise UsageError(f"cannot read file: {relpath}")
+                files.append(LocalFile(relpath, p, st.st_size))
+            # sockets, fifos and devices are not data: skip them
+
+    walk(root, "", frozenset({real_root}))
+    for f in files:
+        try:
+            safe_relpath(f.path)
+        except IntegrityError as e:
+            raise UsageError(f"file name not supported: {f.path!r}") from e
+    return files

@@ -1,0 +1,47 @@
+"""Buckets: open_bucket(spec) -> Storage, whatever kind of bucket the spec names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..errors import UsageError
+from .base import ObjectInfo, Storage
+
+__all__ = ["ObjectInfo", "Storage", "open_bucket", "bucket_kind"]
+
+
+def bucket_kind(spec: str) -> str:
+    """'local', 's3' or 'platform'.
+
+    A bare word is a platform bucket name or id (the original tool's only kind); a local folder
+    is written as a path (/abs, ./rel, ~/dir) or file:///abs.
+    """
+    if spec.startswith("file://"):
+        return "local"
+    if spec.startswith("s3://"):
+        return "s3"
+    if spec.startswith("blob:"):
+        return "platform"
+    if "://" in spec:
+        raise UsageError(f"unsupported bucket URI scheme: {spec} (use blob://, s3://, file:// or a folder path)")
+    if spec.startswith(("/", ".", "~")) or "/" in spec:
+        return "local"
+    return "platform"
+
+
+async def open_bucket(spec: str) -> tuple[Storage, str]:
+    """(bucket root, key of the spec inside it): s3://b/p -> (s3://b, "p"), blob://c/o/p/b/k -> (blob://c/o/p/b, "k")."""
+    kind = bucket_kind(spec)
+    if kind == "local":
+        from .local import open_local
+
+        path = unquote(urlsplit(spec).path) if spec.startswith("file://") else spec
+        return open_local(Path(path)), ""
+    if kind == "s3":
+        from .s3 import open_s3
+
+        return open_s3(spec)
+    from .platform import open_platform
+
+    return await open_platform(spec)

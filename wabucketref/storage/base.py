@@ -1,0 +1,114 @@
+"""One small interface over every bucket kind.
+
+Each backend (local folder, s3://, platform bucket) only builds an obstore store and says how
+to name its keys as URIs; listing, reading and writing are the same code for all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import obstore as obs
+
+# Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
+# retries for streamed transfers live in transfer.py.
+RETRY_CONFIG = {
+    "max_retries": 6,
+    "retry_timeout": timedelta(seconds=120),
+    "backoff": {
+        "init_backoff": timedelta(milliseconds=200),
+        "max_backoff": timedelta(seconds=8),
+        "base": 2,
+    },
+}
+CLIENT_OPTIONS = {"connect_timeout": "10s", "timeout": "300s", "pool_idle_timeout": "30s"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the listed prefix
+    size: int
+    etag: str | None
+
+
+class Storage:
+    """A bucket (or a prefix of one) as seen by wabucketref.
+
+    `uri` names the root in references written to W&B; keys are relative to it.
+    """
+
+    multipart_chunk = 16 << 20  # S3 part size we upload with (known, so ETags can be checked)
+
+    def __init__(self, store: Any, uri: str, *, on_close: Callable[[], Awaitable[None]] | None = None):
+        self.store = store
+        self.uri = uri.rstrip("/")
+        self._on_close = on_close
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri})"
+
+    def uri_for(self, key: str) -> str:
+        return f"{self.uri}/{key.strip('/')}" if key.strip("/") else self.uri
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix/`, keys relative to it (listing is done once per command)."""
+        prefix = prefix.strip("/")
+        start = len(prefix) + 1 if prefix else 0
+        out = []
+        stream = obs.list(self.store, prefix + "/" if prefix else None, chunk_size=1000)
+        async for batch in stream:
+            for meta in batch:
+                key = meta["path"]
+                out.append(ObjectInfo(key[start:], meta["size"], meta.get("e_tag")))
+        return out
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await obs.head_async(self.store, key)
+            return True
+        except FileNotFoundError:
+            return False
+
+    async def has_prefix(self, prefix: str) -> bool:
+        stream = obs.list(self.store, prefix.strip("/") + "/", chunk_size=1)
+        async for batch in stream:
+            if batch:
+                return True
+        return False
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        try:
+            result = await obs.get_async(self.store, key)
+        except FileNotFoundError:
+            return None
+        return bytes(await result.bytes_async())
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await obs.put_async(self.store, key, data)
+
+    async def delete(self, keys: list[str]) -> None:
+        if keys:
+            await obs.delete_async(self.store, keys)
+
+    def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
+        """Does an S3-style ETag match content whose per-part MD5 digests are given?
+
+        None when the backend's ETags do not describe content (then the caller hashes the object).
+        """
+        etag = (info.etag or "").strip('"')
+        if not etag:
+            return None
+        if "-" in etag:
+            whole = hashlib.md5(b"".join(md5_parts)).hexdigest()
+            return etag == f"{whole}-{len(md5_parts)}"
+        if len(etag) == 32 and len(md5_parts) == 1:
+            return etag == md5_parts[0].hex()
+        return None
+
+    async def close(self) -> None:
+        if self._on_close is not None:
+            await self._on_close()
+            self._on_close = None

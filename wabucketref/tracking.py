@@ -1,0 +1,178 @@
+"""Weights & Biases: runs, artifacts that refer to bucket data, alias resolution, lineage.
+
+Knows nothing of bytes: it is given a reference URI and a manifest, and gives them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
+from .manifest import Manifest
+
+log = logging.getLogger("wabucketref")
+
+REFERENCE_NAME = "platform_blob"  # the original tool's entry name: keep it so both read each other
+MANIFEST_NAME = "wabucketref.manifest.jsonl"
+
+
+@dataclass
+class Resolved:
+    """What W&B knows of one artifact version."""
+
+    name: str
+    type: str
+    version: str | None
+    aliases: list[str] = field(default_factory=list)
+    ref: str | None = None  # the bucket URI of the data, if the artifact has one
+    manifest: Manifest | None = None
+    metadata: dict = field(default_factory=dict)
+    has_files: bool = False  # files stored in W&B itself (--no-reff), beside or instead of a reference
+    artifact: Any = None
+
+
+def is_offline() -> bool:
+    return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+
+
+def check_credentials() -> None:
+    """Fail fast, instead of blocking on wandb's login prompt, when no API key can be found."""
+    if is_offline() or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    try:
+        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+        if netrc.netrc(path).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise WaBucketError(
+        "no W&B credentials: run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline to "
+        "record runs locally for a later `wandb sync`"
+    )
+
+
+def start_run(
+    *, project: str, entity: str | None, name: str | None, job_type: str | None,
+    tags: list[str] | None = None, config: dict | None = None,
+) -> Any:
+    check_credentials()
+    import wandb
+
+    try:
+        return wandb.init(
+            project=project, entity=entity, name=name, job_type=job_type, tags=tags or None,
+            config=config or None,
+            settings=wandb.Settings(console="off", silent=True, init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 90))),
+        )
+    except wandb.errors.UsageError as e:
+        raise UsageError(f"W&B: {_first_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - wandb raises many types for unreachable servers
+        raise WaBucketError(f"cannot start a W&B run: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def log_artifact(
+    run: Any, *, name: str, type: str, alias: str, ref: str, manifest: Manifest, metadata: dict
+) -> str | None:
+    """Log the artifact as the run's output; wait until W&B has it (online). Returns its version."""
+    import wandb
+    from wandb.sdk.artifacts.artifact_manifest_entry import ArtifactManifestEntry
+
+    art = wandb.Artifact(name, type=type, metadata=metadata)
+    # The reference's digest is the manifest's, not the URI's: the version follows the content.
+    art.manifest.add_entry(
+        ArtifactManifestEntry(path=REFERENCE_NAME, ref=ref, digest=manifest.digest(), size=manifest.total_size)
+    )
+    return _log_with_manifest(run, art, alias, manifest)
+
+
+def log_files_artifact(run: Any, *, name: str, type: str, alias: str, src: Path, manifest: Manifest, metadata: dict) -> str | None:
+    """--no-reff: the files themselves go to W&B storage (with the manifest, for verified downloads)."""
+    import wandb
+
+    art = wandb.Artifact(name, type=type, metadata=metadata)
+    art.add_dir(str(src))
+    return _log_with_manifest(run, art, alias, manifest)
+
+
+def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
+        path = Path(tmp) / MANIFEST_NAME
+        path.write_bytes(manifest.content_bytes())
+        art.add_file(str(path), name=MANIFEST_NAME)
+        try:
+            run.log_artifact(art, aliases=[alias])
+            if is_offline():
+                return None
+            art.wait()
+        except Exception as e:  # noqa: BLE001
+            raise WaBucketError(f"W&B did not register artifact {art.name}:{alias}: {_first_line(e)}") from e
+    return art.version
+
+
+def use_artifact(run: Any, *, name: str, type: str, alias: str) -> Resolved:
+    """Resolve name:alias through W&B and record it as the run's input."""
+    import wandb
+
+    try:
+        art = run.use_artifact(f"{name}:{alias}", type=type)
+    except (wandb.errors.CommError, ValueError) as e:
+        raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
+    return _resolved(art, name, type, alias)
+
+
+def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
+    if art.type != type:
+        raise NotFoundError(f"artifact {name}:{alias} has type {art.type!r}, not {type!r}")
+    entries = art.manifest.entries
+    ref_entry = entries.get(REFERENCE_NAME)
+    manifest = None
+    if MANIFEST_NAME in entries:
+        with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
+            path = art.get_entry(MANIFEST_NAME).download(root=tmp)
+            manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {name}:{alias}")
+    return Resolved(
+        name=name, type=type, version=art.version, aliases=list(art.aliases),
+        ref=ref_entry.ref if ref_entry is not None else None, manifest=manifest,
+        metadata=dict(art.metadata or {}),
+        has_files=any(p not in (REFERENCE_NAME, MANIFEST_NAME) for p in entries), artifact=art,
+    )
+
+
+def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:
+    """Resolve name:alias without a run (nothing is recorded as used): for verify."""
+    check_credentials()
+    import wandb
+
+    path = f"{entity}/{project}/{name}:{alias}" if entity else f"{project}/{name}:{alias}"
+    try:
+        art = wandb.Api().artifact(path, type=type)
+    except (wandb.errors.CommError, ValueError) as e:
+        raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
+    return _resolved(art, name, type, alias)
+
+
+def download_files(resolved: Resolved, dest: Path) -> None:
+    """Download an artifact stored in W&B itself, then check it against its manifest if it has one."""
+    from .manifest import sha256_file
+
+    root = Path(resolved.artifact.download(root=str(dest)))
+    (root / MANIFEST_NAME).unlink(missing_ok=True)
+    if resolved.manifest is None:
+        return
+    for f in resolved.manifest.files:
+        p = root / f.path
+        if not p.is_file() or p.stat().st_size != f.size or sha256_file(p) != f.sha256:
+            raise IntegrityError(f"{f.path}: downloaded from W&B but does not match the manifest")

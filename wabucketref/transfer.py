@@ -1,0 +1,407 @@
+"""The transfer engine, shared by upload, download, link and verify on every backend.
+
+A transfer is "what the destination lacks": the plan compares the source with one listing of
+the destination (sizes, then hashes), so rerunning an interrupted command moves only what is
+missing or different. Files move with bounded concurrency; bytes are hashed while they stream;
+every file is retried with backoff; a download lands under a temporary name and is moved into
+place only after its size and sha256 matched the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+
+import obstore as obs
+from obstore.exceptions import (
+    NotFoundError as ObjNotFound,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+
+from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
+from .manifest import FileEntry, LocalFile, Manifest, safe_relpath
+from .storage import ObjectInfo, Storage
+
+log = logging.getLogger("wabucketref")
+
+DEFAULT_CONCURRENCY = 32
+ATTEMPTS = 4
+SMALL_FILE = 8 << 20  # read and sent in one request; larger files stream in parts
+STREAM_CHUNK = 8 << 20
+LARGE_FILES_IN_FLIGHT = 2  # bounds memory: each large file buffers a few parts
+PART_SUFFIX = ".wabucket-part"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Options:
+    concurrency: int = DEFAULT_CONCURRENCY
+    quiet: bool = False
+    attempts: int = ATTEMPTS
+
+
+@dataclass
+class Stats:
+    verb: str
+    files: int = 0
+    bytes: int = 0
+    skipped_files: int = 0
+    skipped_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        text = (
+            f"{self.verb} {self.files} files ({_human(self.bytes)}) in {seconds:.1f} s, "
+            f"{self.bytes / seconds / 1e6:.1f} MB/s"
+        )
+        if self.skipped_files:
+            text += f"; {self.skipped_files} files ({_human(self.skipped_bytes)}) were already there"
+        return text
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class Progress:
+    """A files+bytes bar on stderr when it is a terminal, and the closing summary line."""
+
+    def __init__(self, stats: Stats, total_files: int, total_bytes: int, opts: Options):
+        self.stats = stats
+        self.quiet = opts.quiet
+        self.bar = None
+        if not opts.quiet and sys.stderr.isatty() and total_files:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=stats.verb, file=sys.stderr, leave=False, dynamic_ncols=True,
+            )
+            self.total_files = total_files
+
+    def advance(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def file_done(self, size: int, skipped: bool = False) -> None:
+        if skipped:
+            self.stats.skipped_files += 1
+            self.stats.skipped_bytes += size
+            self.advance(size)
+        else:
+            self.stats.files += 1
+            self.stats.bytes += size
+        if self.bar is not None:
+            done = self.stats.files + self.stats.skipped_files
+            self.bar.set_postfix_str(f"{done}/{self.total_files} files", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if not self.quiet:
+            log.info(self.stats.summary())
+
+
+async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concurrency: int) -> list[R]:
+    """Run fn over items with at most `concurrency` in flight; stop starting new ones after a failure.
+
+    Workers pull from one iterator, so 100k items cost 100k results, not 100k pending tasks.
+    """
+    it = iter(enumerate(items))
+    results: dict[int, R] = {}
+    errors: list[BaseException] = []
+
+    async def worker() -> None:
+        for i, item in it:
+            if errors:
+                return
+            try:
+                results[i] = await fn(item)
+            except Exception as e:  # noqa: BLE001 - collected and re-raised below
+                errors.append(e)
+                return
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(len(results))]
+
+
+_PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
+
+
+async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int) -> R:
+    """Retry transient failures with exponential backoff and jitter; after the last try, fail."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await fn()
+        except _PERMANENT:
+            raise
+        except Exception as e:  # noqa: BLE001 - network and server errors of any client
+            if attempt == attempts:
+                raise TransferError(f"{what} failed after {attempts} tries: {_one_line(e)}") from e
+            delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
+            log.warning("%s failed (%s); retrying in %.1f s", what, _one_line(e), delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _key(prefix: str, path: str) -> str:
+    return f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
+
+
+# ---------------------------------------------------------------- hashing helpers
+
+
+def _hash_local(path: Path, part_size: int) -> tuple[str, list[bytes]]:
+    """sha256 of a file, plus the MD5 of each part of `part_size` (to compare S3 ETags)."""
+    sha = hashlib.sha256()
+    md5s = []
+    with open(path, "rb") as f:
+        while True:
+            part = hashlib.md5()
+            got = 0
+            while got < part_size and (chunk := f.read(min(STREAM_CHUNK, part_size - got))):
+                sha.update(chunk)
+                part.update(chunk)
+                got += len(chunk)
+            if got == 0 and md5s:
+                break
+            md5s.append(part.digest())
+            if got < part_size:
+                break
+    return sha.hexdigest(), md5s
+
+
+async def _remote_sha256(storage: Storage, key: str, progress: Progress | None = None) -> tuple[str, int]:
+    result = await obs.get_async(storage.store, key)
+    sha = hashlib.sha256()
+    size = 0
+    async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+        await asyncio.to_thread(sha.update, chunk) if len(chunk) > (1 << 20) else sha.update(chunk)
+        size += len(chunk)
+        if progress:
+            progress.advance(len(chunk))
+    return sha.hexdigest(), size
+
+
+# ---------------------------------------------------------------- upload
+
+
+async def upload(
+    storage: Storage, prefix: str, files: list[LocalFile], existing: dict[str, ObjectInfo], opts: Options
+) -> tuple[Manifest, Stats]:
+    """Put `files` under `prefix`, skipping those the destination already holds byte for byte."""
+    stats = Stats("uploaded")
+    progress = Progress(stats, len(files), sum(f.size for f in files), opts)
+    large = asyncio.Semaphore(LARGE_FILES_IN_FLIGHT)
+    part = storage.multipart_chunk
+
+    async def one(f: LocalFile) -> FileEntry:
+        key = _key(prefix, f.path)
+        info = existing.get(f.path)
+        if info is not None and info.size == f.size:
+            sha, md5s = await asyncio.to_thread(_hash_local, f.abspath, part)
+            same = storage.etag_matches(info, md5s)
+            if same is None:
+                same = (await _remote_sha256(storage, key))[0] == sha
+            if same:
+                progress.file_done(f.size, skipped=True)
+                return FileEntry(f.path, f.size, sha)
+
+        async def put() -> str:
+            if f.size <= SMALL_FILE:
+                data, sha = await asyncio.to_thread(_read_and_hash, f.abspath)
+                if len(data) != f.size:
+                    raise WaBucketError(f"file changed while uploading: {f.path}")
+                await obs.put_async(storage.store, key, data)
+                progress.advance(len(data))
+                return sha
+            async with large:
+                return await _put_streaming(storage, key, f, progress)
+
+        sha = await with_retries(put, f"upload of {f.path}", opts.attempts)
+        progress.file_done(f.size)
+        return FileEntry(f.path, f.size, sha)
+
+    try:
+        entries = await bounded_map(one, files, opts.concurrency)
+    finally:
+        progress.close()
+    return Manifest(entries), stats
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: Progress) -> str:
+    sha = hashlib.sha256()
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        with open(f.abspath, "rb") as fh:
+            while chunk := await asyncio.to_thread(_read_hashed, fh, sha, storage.multipart_chunk):
+                sent += len(chunk)
+                progress.advance(len(chunk))
+                yield chunk
+
+    await obs.put_async(
+        storage.store, key, chunks(), chunk_size=storage.multipart_chunk, max_concurrency=4
+    )
+    if sent != f.size:
+        raise WaBucketError(f"file changed while uploading: {f.path}")
+    return sha.hexdigest()
+
+
+def _read_hashed(fh: Any, sha: Any, n: int) -> bytes:
+    chunk = fh.read(n)
+    sha.update(chunk)
+    return chunk
+
+
+# ---------------------------------------------------------------- download
+
+
+def check_listing(manifest: Manifest, listing: list[ObjectInfo], where: str) -> None:
+    """The bucket must hold exactly the manifest's files with the manifest's sizes."""
+    found = {o.key: o for o in listing}
+    for f in manifest.files:
+        o = found.pop(f.path, None)
+        if o is None:
+            raise IntegrityError(f"{f.path}: missing from {where}")
+        if o.size != f.size:
+            raise IntegrityError(f"{f.path}: size in {where} is {o.size}, manifest says {f.size}")
+    if found:
+        extra = sorted(found)[0]
+        raise IntegrityError(f"{extra}: in {where} but not in the artifact's manifest")
+
+
+async def download(storage: Storage, prefix: str, manifest: Manifest, dest: Path, opts: Options) -> Stats:
+    """Bring every manifest file into dest, verified; files already there and equal are kept."""
+    stats = Stats("downloaded")
+    progress = Progress(stats, len(manifest.files), manifest.total_size, opts)
+    large = asyncio.Semaphore(LARGE_FILES_IN_FLIGHT)
+    dest_real = dest.resolve()
+    verify = manifest.info.get("verified", True)
+
+    async def one(f: FileEntry) -> None:
+        final = dest / safe_relpath(f.path)
+        if dest_real not in final.resolve().parents:
+            raise IntegrityError(f"unsafe path in artifact: {f.path!r}")
+        if await asyncio.to_thread(_local_matches, final, f, verify):
+            progress.file_done(f.size, skipped=True)
+            return
+        key = _key(prefix, f.path)
+
+        async def get() -> None:
+            if f.size > SMALL_FILE:
+                async with large:
+                    await _get_to_file(storage, key, final, f, progress, verify)
+            else:
+                await _get_to_file(storage, key, final, f, progress, verify)
+
+        await with_retries(get, f"download of {f.path}", opts.attempts)
+        progress.file_done(f.size)
+
+    try:
+        await bounded_map(one, manifest.files, opts.concurrency)
+    finally:
+        progress.close()
+    return stats
+
+
+def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != f.size:
+            return False
+    except OSError:
+        return False
+    return not verify or _hash_local(path, 1 << 62)[0] == f.sha256
+
+
+async def _get_to_file(storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool) -> None:
+    await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        try:
+            result = await obs.get_async(storage.store, key)
+        except ObjNotFound as e:
+            raise IntegrityError(f"{f.path}: missing from the bucket") from e
+        with open(tmp, "wb") as out:
+            if f.size <= SMALL_FILE:
+                data = bytes(await result.bytes_async())
+                await asyncio.to_thread(_write_hashed, out, sha, data)
+                size = len(data)
+                progress.advance(size)
+            else:
+                async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+                    await asyncio.to_thread(_write_hashed, out, sha, chunk)
+                    size += len(chunk)
+                    progress.advance(len(chunk))
+        if size != f.size:
+            raise IntegrityError(f"{f.path}: got {size} bytes from the bucket, manifest says {f.size}")
+        if verify and sha.hexdigest() != f.sha256:
+            raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_hashed(out: Any, sha: Any, data: bytes) -> None:
+    sha.update(data)
+    out.write(data)
+
+
+# ---------------------------------------------------------------- hashing what is in a bucket
+
+
+async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], opts: Options, verb: str) -> tuple[Manifest, Stats]:
+    """A manifest of objects already in the bucket (for link and verify): every byte is read once."""
+    stats = Stats(verb)
+    progress = Progress(stats, len(listing), sum(o.size for o in listing), opts)
+
+    async def one(o: ObjectInfo) -> FileEntry:
+        safe_relpath(o.key)
+
+        async def read() -> tuple[str, int]:
+            return await _remote_sha256(storage, _key(prefix, o.key), progress)
+
+        try:
+            sha, size = await with_retries(read, f"reading {o.key}", opts.attempts)
+        except ObjNotFound as e:
+            raise NotFoundError(f"{o.key}: vanished from the bucket while reading it") from e
+        progress.file_done(size)
+        return FileEntry(o.key, size, sha)
+
+    try:
+        entries = await bounded_map(one, listing, opts.concurrency)
+    finally:
+        progress.close()
+    return Manifest(entries), stats

@@ -1,0 +1,185 @@
+"""Fixtures: real servers on loopback (SeaweedFS S3, a fake platform control plane, a W&B backend),
+a hermetic environment, and one `bucket` fixture parametrized over every bucket kind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ["local", "s3", "platform"]
+MULTIPART_FILE_SIZE = 17 << 20  # above the 16 MiB part size: exercises multipart upload and streamed download
+
+
+# ------------------------------------------------------------------ servers (started once, lazily)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    from tests.servers.s3 import SeaweedS3
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as s3:
+        yield s3
+
+
+@pytest.fixture(scope="session")
+def platform(seaweed):
+    from tests.servers.platform import FakePlatform
+
+    with FakePlatform(seaweed) as plat:
+        yield plat
+
+
+@pytest.fixture(scope="session")
+def wandb_server(tmp_path_factory):
+    from tests.servers.wandb_backend import WandbBackend
+
+    with WandbBackend(tmp_path_factory.mktemp("wandb-server")) as backend:
+        yield backend
+
+
+# ------------------------------------------------------------------ environment
+
+
+def clean_environ(home: Path) -> dict[str, str]:
+    """os.environ without anything that could point the tool at a real service or account."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("WANDB_", "AWS_", "APOLO_", "NEURO_", "WABUCKET_"))
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(home), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+@dataclass
+class Env:
+    """Everything one test's CLI runs see: environment, working folder, bucket spec."""
+
+    vars: dict[str, str]
+    cwd: Path
+    bucket: str = ""
+    kind: str = ""
+    online: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def run(self, *args: str, check: bool = False, timeout: float = 300, env: dict | None = None, input: str | None = None):
+        proc = subprocess.run(
+            [sys.executable, "-m", "wabucketref", *args], env={**self.vars, **(env or {})}, cwd=self.cwd,
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"wabucket {' '.join(args)} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+        return proc
+
+    def wabucket(self, *args: str, **kw):
+        """The CLI with the global --bucket and --project-name of this environment."""
+        return self.run("--bucket", self.bucket, "--project-name", self.vars["WANDB_PROJECT"], *args, **kw)
+
+    def python(self, code: str, timeout: float = 300, check: bool = True):
+        proc = subprocess.run([sys.executable, "-c", code], env=self.vars, cwd=self.cwd, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"python exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+        return proc
+
+
+def outputs(stdout: str) -> dict[str, str]:
+    """::set-output lines, as neuro-flow reads them."""
+    return dict(re.findall(r"^::set-output name=([a-zA-Z][a-zA-Z0-9_]*)::(.*)$", stdout, re.M))
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*")) if p.is_file()
+    }
+
+
+def make_tree(root: Path, seed: int = 0, big: bool = True) -> Path:
+    """Nested folders, an empty file, a multipart-sized file, names with spaces and unicode."""
+    import random
+
+    rnd = random.Random(seed)
+    files = {
+        "a.txt": b"hello %d\n" % seed,
+        "empty.bin": b"",
+        "nested/deeper/deepest/data.csv": b"x,y\n" + b"".join(b"%d,%d\n" % (i, i * seed) for i in range(500)),
+        "with space/file name.txt": b"spaces %d" % seed,
+        "ünïcødé/данные 数据.json": ('{"seed": %d}' % seed).encode(),
+        "nested/small.bin": rnd.randbytes(100_000),
+    }
+    if big:
+        files["models/weights.bin"] = rnd.randbytes(MULTIPART_FILE_SIZE)
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture(params=["offline", "online"])
+def wandb_mode(request):
+    return request.param
+
+
+@pytest.fixture
+def env(request, tmp_path, home) -> Env:
+    """A W&B-offline environment with a local folder bucket (the embedded default)."""
+    vars = clean_environ(home)
+    vars.update(WANDB_MODE="offline", WANDB_PROJECT="proj", WANDB_SILENT="true")
+    work = tmp_path / "work"
+    work.mkdir()
+    return Env(vars, work, bucket=str(tmp_path / "bucket"), kind="local")
+
+
+def online(env: Env, wandb_server) -> Env:
+    env.vars.pop("WANDB_MODE", None)
+    env.vars.update(wandb_server.env())
+    # W&B dedups versions by content within a project: one project per test keeps tests apart.
+    env.vars["WANDB_PROJECT"] = f"proj-{uuid.uuid4().hex[:8]}"
+    env.vars["WANDB_CACHE_DIR"] = str(env.cwd.parent / "wandb-cache")  # each test reads what the server has
+    env.online = True
+    return env
+
+
+def use_backend(env: Env, kind: str, request, tmp_path: Path) -> Env:
+    """Point env at a fresh bucket of the given kind."""
+    env.kind = kind
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    if kind == "local":
+        env.bucket = str(tmp_path / name)
+    elif kind == "s3":
+        s3 = request.getfixturevalue("seaweed")
+        s3.create_bucket(name)
+        env.vars.update(s3.env())
+        env.bucket = f"s3://{name}/some/prefix"
+        env.extra["s3_bucket"] = name
+    elif kind == "platform":
+        plat = request.getfixturevalue("platform")
+        plat.add_bucket(name)
+        env.vars.update(plat.env(config_dir=tmp_path / "apolo-config"))
+        env.bucket = name
+        env.extra["platform"] = plat
+    return env
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_env(request, env, tmp_path) -> Env:
+    """The same test body against every bucket kind (W&B offline unless the test goes online)."""
+    return use_backend(env, request.param, request, tmp_path)

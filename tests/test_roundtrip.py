@@ -1,0 +1,189 @@
+"""One test body against every bucket kind (local folder, s3:// on SeaweedFS, platform bucket through
+the real apolo_sdk and a fake control plane), with W&B offline and online (a W&B-protocol backend)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree, online, outputs, tree_hashes
+
+
+def wandb_api(env):
+    """wandb.Api() in this process, configured like the test's CLI runs (never ~/.netrc or ~/.cache)."""
+    import os
+
+    import wandb
+
+    os.environ.update({k: v for k, v in env.vars.items() if k.startswith("WANDB_") and k != "WANDB_PROJECT"})
+    return wandb.Api(api_key=env.vars["WANDB_API_KEY"], overrides={"base_url": env.vars["WANDB_BASE_URL"]})
+
+
+def upload(env, src: Path, *args: str) -> dict[str, str]:
+    proc = env.wabucket("upload", str(src), *args, check=True)
+    return outputs(proc.stdout)
+
+
+def test_roundtrip_offline(backend_env, tmp_path):
+    """Upload then download with W&B offline: the bucket's own manifests resolve the alias."""
+    env = backend_env
+    src = make_tree(tmp_path / "src")
+    out = upload(env, src, "-n", "mnist", "-t", "dataset", "-a", "first")
+    assert out == {"artifact_name": "mnist", "artifact_type": "dataset", "artifact_alias": "first"}
+
+    proc = env.wabucket("download", "dataset", "mnist", "first", check=True)
+    dest = Path(env.cwd, proc.stdout.strip())
+    assert dest == env.cwd / "dataset" / "mnist" / "first"
+    assert tree_hashes(dest) == tree_hashes(src)
+
+    # a plain `latest` offline picks the newest upload
+    src2 = make_tree(tmp_path / "src2", seed=2, big=False)
+    upload(env, src2, "-n", "mnist", "-t", "dataset", "-a", "second")
+    proc = env.wabucket("download", "dataset", "mnist", "latest", "-d", str(tmp_path / "latest"), check=True)
+    assert proc.stdout.strip() == str(tmp_path / "latest")
+    assert tree_hashes(tmp_path / "latest") == tree_hashes(src2)
+    # the offline run was recorded for `wandb sync`
+    assert list((env.cwd / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture
+def online_env(backend_env, wandb_server):
+    return online(backend_env, wandb_server)
+
+
+def test_roundtrip_online_with_lineage(online_env, tmp_path):
+    env = online_env
+    src = make_tree(tmp_path / "src")
+    out = upload(env, src, "-n", "mnist", "-t", "dataset", "-a", "v1data", "-m", "source=unit-test",
+                 "-s", "train")
+    assert out == {"artifact_name_train": "mnist", "artifact_type_train": "dataset", "artifact_alias_train": "v1data"}
+
+    dest = tmp_path / "dl"
+    proc = env.wabucket("--run-name", "consumer", "download", "dataset", "mnist", "latest", "-d", str(dest), check=True)
+    assert proc.stdout.strip() == str(dest)
+    assert tree_hashes(dest) == tree_hashes(src)
+
+    api = wandb_api(env)
+    art = api.artifact(f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}/mnist:v1data", type="dataset")
+    assert "latest" in art.aliases
+    assert art.metadata["source"] == "unit-test"
+    ref = art.manifest.entries["platform_blob"].ref
+    if env.kind == "s3":
+        assert ref == f"s3://{env.extra['s3_bucket']}/some/prefix/dataset/mnist/v1data"
+    elif env.kind == "platform":
+        assert ref.startswith("blob://") and ref.endswith(f"/{env.bucket}/dataset/mnist/v1data")
+    else:
+        assert ref == (Path(env.bucket).resolve() / "dataset/mnist/v1data").as_uri()
+    manifest_lines = Path(art.get_entry("wabucketref.manifest.jsonl").download(root=str(tmp_path / "m"))).read_text().splitlines()
+    listed = {json.loads(line)["path"]: json.loads(line) for line in manifest_lines[1:]}
+    assert {p: e["sha256"] for p, e in listed.items()} == tree_hashes(src)
+    assert art.logged_by().job_type == "upload"
+    assert [r.name for r in art.used_by()] == ["consumer"]
+
+
+def test_version_follows_content(online_env, tmp_path):
+    """Same content under a new alias: no new version; changed content: a new one, `latest` moves."""
+    env = online_env
+    src = make_tree(tmp_path / "src", big=False)
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "one")
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "two")
+    (src / "a.txt").write_text("changed")
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "three")
+    api = wandb_api(env)
+    ent = env.vars["WANDB_ENTITY"]
+    proj = env.vars["WANDB_PROJECT"]
+    one, two, three = (api.artifact(f"{ent}/{proj}/ds:{a}") for a in ("one", "two", "three"))
+    assert one.version == two.version == "v0"
+    assert three.version == "v1"
+    assert "latest" in three.aliases and "latest" not in one.aliases
+    # and each alias downloads its own bytes
+    env.wabucket("download", "dataset", "ds", "one", "-d", str(tmp_path / "one"), check=True)
+    assert (tmp_path / "one" / "a.txt").read_text() == "hello 0\n"
+    env.wabucket("download", "dataset", "ds", "three", "-d", str(tmp_path / "three"), check=True)
+    assert (tmp_path / "three" / "a.txt").read_text() == "changed"
+
+
+def test_existing_alias_needs_overwrite(backend_env, tmp_path):
+    env = backend_env
+    src = make_tree(tmp_path / "src", big=False)
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "fixed")
+    (src / "a.txt").write_text("new")
+    (src / "empty.bin").unlink()
+    proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "fixed")
+    assert proc.returncode == 1
+    assert "already exists" in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "fixed", "--overwrite")
+    env.wabucket("download", "dataset", "ds", "fixed", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)  # the removed file is gone from the bucket too
+
+
+def test_default_alias_is_uuid4_and_run_config_hash(env, tmp_path):
+    import uuid
+
+    src = make_tree(tmp_path / "src", big=False)
+    alias = upload(env, src, "-n", "ds", "-t", "dataset")["artifact_alias"]
+    assert uuid.UUID(alias).version == 4
+    alias = upload(env, src, "-n", "ds", "-t", "dataset", "-a", "!run-config-hash", "-m", "lr=0.1", "-m", "epochs=3")[
+        "artifact_alias"
+    ]
+    assert alias == hashlib.sha256(b"epochs=3\nlr=0.1").hexdigest()
+
+
+def test_link_registers_existing_folder(backend_env, tmp_path):
+    env = backend_env
+    src = make_tree(tmp_path / "src", big=False)
+    upload(env, src, "-n", "raw", "-t", "dataset", "-a", "orig")
+    out = outputs(env.wabucket("link", "dataset/raw/orig", "-n", "linked", "-t", "dataset", "-a", "l1", "-s", "x",
+                               check=True).stdout)
+    assert out == {"artifact_name_x": "linked", "artifact_type_x": "dataset", "artifact_alias_x": "l1"}
+    env.wabucket("download", "dataset", "linked", "l1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+    missing = env.wabucket("link", "no/such/folder", "-n", "linked", "-t", "dataset")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and missing.stdout == ""
+    a_file = env.wabucket("link", "dataset/raw/orig/a.txt", "-n", "linked", "-t", "dataset")
+    assert a_file.returncode == 2 and "not a folder" in a_file.stderr
+
+
+def test_download_detects_tampering(backend_env, tmp_path):
+    """A byte changed in the bucket: download fails naming the file and leaves no file under its name."""
+    env = backend_env
+    src = make_tree(tmp_path / "src", big=False)
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "t1")
+    tamper(env, "dataset/ds/t1/nested/small.bin")
+    dest = tmp_path / "dl"
+    proc = env.wabucket("download", "dataset", "ds", "t1", "-d", str(dest))
+    assert proc.returncode == 1
+    assert "nested/small.bin" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (dest / "nested" / "small.bin").exists()
+    assert not [p for p in dest.rglob("*") if p.name.endswith(".wabucket-part")]
+
+
+def tamper(env, key: str) -> None:
+    """Flip one byte of an object, keeping its size, straight in the storage (not through the tool)."""
+    if env.kind == "local":
+        p = Path(env.bucket) / key
+        data = bytearray(p.read_bytes())
+        data[0] ^= 0xFF
+        p.write_bytes(bytes(data))
+        return
+    import boto3
+    from botocore.config import Config
+
+    if env.kind == "s3":
+        bucket, full = env.extra["s3_bucket"], f"some/prefix/{key}"
+    else:
+        bucket, full = env.extra["platform"].backing_bucket(env.bucket), key
+    client = boto3.client(
+        "s3", endpoint_url=env.vars.get("AWS_ENDPOINT_URL") or env.extra["platform"].s3.endpoint_url,
+        aws_access_key_id=env.vars.get("AWS_ACCESS_KEY_ID") or env.extra["platform"].s3.access_key_id,
+        aws_secret_access_key=env.vars.get("AWS_SECRET_ACCESS_KEY") or env.extra["platform"].s3.secret_access_key,
+        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}),
+    )
+    data = bytearray(client.get_object(Bucket=bucket, Key=full)["Body"].read())
+    data[0] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=full, Body=bytes(data))

@@ -34,6 +34,15 @@ class ObjectInfo:
     etag: str | None
 
 
+def _without_folder_markers(listing: list[ObjectInfo]) -> list[ObjectInfo]:
+    """Drop the empty `dir/` objects some tools (apolo_sdk's upload_dir) write for folders.
+
+    obstore lists `dir/` as `dir`, so a marker is an empty object named like a folder of others.
+    """
+    folders = {key.rsplit("/", i)[0] for key in (o.key for o in listing) for i in range(1, key.count("/") + 1)}
+    return [o for o in listing if not (o.size == 0 and o.key in folders)]
+
+
 class Storage:
     """A bucket (or a prefix of one) as seen by wabucketref.
 
@@ -61,9 +70,10 @@ class Storage:
         stream = obs.list(self.store, prefix + "/" if prefix else None, chunk_size=1000)
         async for batch in stream:
             for meta in batch:
-                key = meta["path"]
-                out.append(ObjectInfo(key[start:], meta["size"], meta.get("e_tag")))
-        return out
+                key = meta["path"][start:]
+                if key:  # the prefix's own folder marker lists as the prefix itself
+                    out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
+        return _without_folder_markers(out)
 
     async def exists(self, key: str) -> bool:
         try:

@@ -1,0 +1,170 @@
+"""The SDK example as users run it, artifacts written the way the original tool wrote them, and
+platform job tags: against the real apolo_sdk, the fake control plane and the W&B backend."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, make_tree, online, outputs, tree_hashes, use_backend
+
+
+@pytest.fixture
+def platform_online(env, request, tmp_path, wandb_server):
+    return online(use_backend(env, "platform", request, tmp_path), wandb_server)
+
+
+def test_sdk_example_offline_local(env):
+    """examples/train.py (the README's SDK example) on the embedded default: local bucket, W&B offline."""
+    proc = env.python(f"import runpy, sys; sys.argv=['train.py', '--bucket', {env.bucket!r}]; "
+                      f"runpy.run_path({str(ROOT / 'examples' / 'train.py')!r}, run_name='__main__')")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(result["slope"] - 3) < 0.2 and abs(result["intercept"] - 2) < 0.3
+    assert (Path(env.bucket) / "model" / "my-model" / ".wabucketref").is_dir()
+
+
+def test_sdk_example_lineage(platform_online, wandb_server):
+    """dataset -> training run -> model, recorded in W&B when the README's example runs as written."""
+    env = platform_online
+    env.python(textwrap.dedent(f"""
+        import json, sys, tempfile
+        from pathlib import Path
+        import wandb
+        from wabucketref import WaBucketRefAPI
+
+        data = Path(tempfile.mkdtemp()) / "d"
+        data.mkdir()
+        (data / "rows.csv").write_text("x,y\\n1,2\\n")
+        prep = WaBucketRefAPI(bucket={env.bucket!r}, project_name={env.vars['WANDB_PROJECT']!r})
+        prep.upload_artifact(data, "name", "type", "version")
+        prep.close()
+
+        def do_train(artifact):
+            model = Path(tempfile.mkdtemp()) / "m"
+            model.mkdir()
+            (model / "w.txt").write_text((Path(artifact) / "rows.csv").read_text().upper())
+            return {{"loss": 0.5}}, model
+
+        api = WaBucketRefAPI(bucket={env.bucket!r}, project_name={env.vars['WANDB_PROJECT']!r})
+        folder = api.download_artifact("name", "type", "version")
+        metrics, model_path = do_train(artifact=folder)
+        wandb.run.log(metrics)
+        api.upload_artifact(model_path, "my-model", "model")
+        api.close()
+    """))
+    project = env.vars["WANDB_PROJECT"]
+    dataset = wandb_server.artifact_versions(project, "name")[0]
+    model = wandb_server.artifact_versions(project, "my-model")[0]
+    assert model["logged_by"] in dataset["used_by"]
+    runs = {r["id"]: r for r in wandb_server.runs()}
+    assert runs[model["logged_by"]]["summary"].get("loss") == 0.5
+
+
+SDK_UPLOAD = """
+import asyncio, sys
+from pathlib import Path
+from yarl import URL
+import apolo_sdk
+
+async def main(src, bucket, prefix):
+    async with await apolo_sdk.Factory().get() as client:
+        b = await client.buckets.get(bucket)
+        uri = b.uri / prefix
+        await client.buckets.upload_dir(URL(Path(src).resolve().as_uri()), uri)
+        print(str(uri))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+LOG_LIKE_ORIGINAL = """
+import sys, wandb
+ref, name, alias = sys.argv[1:]
+run = wandb.init(job_type="upload")
+art = wandb.Artifact(name, type="dataset")
+if ref != "-":
+    art.add_reference(ref, name="platform_blob", checksum=False)
+else:
+    art.metadata = {"written_by": "an old wabucketref"}
+run.log_artifact(art, aliases=[alias])
+art.wait()
+run.finish()
+"""
+
+
+def original_tool_upload(env, src: Path, name: str, alias: str, with_ref: bool = True) -> str:
+    """Put data in the bucket with apolo_sdk's upload_dir and log the artifact the way the original tool did."""
+    uri = env.python(SDK_UPLOAD.replace("sys.argv[1:]", repr([str(src), env.bucket, f"dataset/{name}/{alias}"]))).stdout.strip()
+    env.python(LOG_LIKE_ORIGINAL.replace("sys.argv[1:]", repr([uri if with_ref else "-", name, alias])))
+    return uri
+
+
+def test_reads_original_tool_artifact_with_reference_only(platform_online, tmp_path):
+    env = platform_online
+    src = make_tree(tmp_path / "src", big=False)
+    uri = original_tool_upload(env, src, "old", "a1")
+    assert uri.startswith("blob://")
+    proc = env.wabucket("download", "dataset", "old", "a1", "-d", str(tmp_path / "dl"), check=True)
+    assert "no content manifest" in proc.stderr
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+def test_reads_original_tool_artifact_without_reference(platform_online, tmp_path):
+    env = platform_online
+    src = make_tree(tmp_path / "src", seed=3, big=False)
+    original_tool_upload(env, src, "older", "b1", with_ref=False)
+    proc = env.wabucket("download", "dataset", "older", "latest", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src), proc.stderr
+
+
+def test_reads_percent_encoded_prefix(platform_online, tmp_path):
+    """apolo_sdk stores a prefix built as `bucket.uri / "a b"` encoded (a%20b); files keep raw names."""
+    env = platform_online
+    src = make_tree(tmp_path / "src", seed=4, big=False)
+    original_tool_upload(env, src, "enc", "a b")
+    keys = env.extra["platform"].s3.list_keys(env.extra["platform"].backing_bucket(env.bucket), "dataset/enc/")
+    assert any(k.startswith("dataset/enc/a%20b/") for k in keys)
+    env.wabucket("download", "dataset", "enc", "a b", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+def test_original_tool_reads_our_reference(platform_online, tmp_path):
+    """What the original tool did to download: the platform_blob ref + apolo_sdk download_dir."""
+    env = platform_online
+    src = make_tree(tmp_path / "src", seed=5, big=False)
+    env.wabucket("upload", str(src), "-n", "fresh", "-t", "dataset", "-a", "c1", check=True)
+    env.python(textwrap.dedent(f"""
+        import asyncio, wandb
+        from pathlib import Path
+        from yarl import URL
+        import apolo_sdk
+        run = wandb.init(job_type="old-download")
+        ref = run.use_artifact("fresh:c1").manifest.entries["platform_blob"].ref
+        async def main():
+            async with await apolo_sdk.Factory().get() as client:
+                await client.buckets.download_dir(URL(ref), URL(Path({str(tmp_path / 'old')!r}).as_uri()))
+        asyncio.run(main())
+        run.finish()
+    """))
+    assert tree_hashes(tmp_path / "old") == tree_hashes(src)
+
+
+def test_platform_job_tags(platform_online, wandb_server, tmp_path):
+    env = platform_online
+    plat = env.extra["platform"]
+    plat.add_job("job-7f3a", name="train-big", owner="alice", tags=["team:vision", "exp:42"])
+    src = make_tree(tmp_path / "src", big=False)
+    job_env = {"NEURO_JOB_ID": "job-7f3a", "NEURO_JOB_NAME": "train-big", "NEURO_JOB_OWNER": "alice"}
+    env.wabucket("--run-name", "tagged", "upload", str(src), "-n", "ds", "-t", "dataset", check=True, env=job_env)
+    run = next(r for r in wandb_server.runs() if r["name"] == "tagged")
+    assert {"job_id:job-7f3a", "job_name:train-big", "owner:alice", "team:vision", "exp:42"} <= set(run["tags"])
+
+    # a job the platform does not know: a warning, and the command still succeeds
+    proc = env.wabucket("--run-name", "tagged2", "upload", str(src), "-n", "ds", "-t", "dataset", check=True,
+                        env={"APOLO_JOB_ID": "job-unknown"})
+    assert "could not read tags of platform job job-unknown" in proc.stderr
+    run = next(r for r in wandb_server.runs() if r["name"] == "tagged2")
+    assert "job_id:job-unknown" in run["tags"]
+    assert outputs(proc.stdout)["artifact_name"] == "ds"

@@ -1,0 +1,304 @@
+"""action.yml: apolo-flow parses it, its expressions are valid, and calls render right."""
+
+from __future__ import annotations
+
+import shlex
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.flow_dryrun import (
+    ACTION_FILE,
+    make_workspace,
+    project_version,
+    render_live,
+    split_run_line,
+    validate_live_action,
+)
+
+IMAGE = f"ghcr.io/neuro-inc/wabucketref:v{project_version()}"
+
+SAMPLE_LIVE = """\
+kind: live
+id: demo
+volumes:
+  models:
+    remote: storage:models
+    mount: /mnt/models
+jobs:
+  shortest:
+    action: ws:action.yml
+    args:
+      type: model
+      name: my-model
+      path: /mnt/models/run-1
+  upload_full:
+    action: ws:action.yml
+    args:
+      command: upload
+      type: model
+      name: my-model
+      alias: best
+      path: ${{ volumes.models.mount }}/run 1
+      volume: ${{ volumes.models.ref_ro }}
+      bucket: my-bucket
+      project: wb-proj
+      entity: my-team
+      run_name: train-7
+      job_type: training
+      suffix: ckpt
+      metadata: '{"epoch": 3, "note": "two words"}'
+      extra_args: --overwrite --quiet
+      preset: cpu-small
+      image: registry.example/wabucketref:dev
+      wandb_secret: secret:other-key
+  download:
+    action: ws:action.yml
+    args:
+      command: download
+      type: dataset
+      name: imagenet
+      alias: v3
+      path: /mnt/models/data
+      volume: ${{ volumes.models.ref_rw }}
+      bucket: s3://bkt/prefix
+      pass_config: ${{ False }}
+      metadata: '{"ignored": 1}'
+      suffix: ignored
+  download_default_dest:
+    action: ws:action.yml
+    args:
+      command: download
+      type: dataset
+      name: imagenet
+  link:
+    action: ws:action.yml
+    args:
+      command: link
+      type: dataset
+      name: imagenet
+      path: blob://cl/org/proj/bkt/datasets/imagenet
+      suffix: data
+      metadata: '{"rows": 1000}'
+  verify:
+    action: ws:action.yml
+    args:
+      command: verify
+      type: dataset
+      name: imagenet
+      alias: v3
+      path: /mnt/models/data
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("ws") / "demo_ws", {"live": SAMPLE_LIVE})
+
+
+def test_action_parses_as_live_action() -> None:
+    from apolo_flow import ast
+    from apolo_flow.parser import parse_action
+
+    action = parse_action(ACTION_FILE)
+    assert isinstance(action, ast.LiveAction)
+    assert action.kind == ast.ActionKind.LIVE
+    raw = yaml.safe_load(ACTION_FILE.read_text())
+    assert set(raw) == {"kind", "name", "author", "descr", "inputs", "job"}
+    assert raw["name"] and raw["author"] and raw["descr"]
+    inputs = action.inputs or {}
+    for name in (
+        "command", "type", "name", "alias", "path", "bucket", "project", "entity",
+        "suffix", "metadata", "volume", "wandb_secret", "image", "preset", "pass_config",
+    ):
+        assert name in inputs, name
+    for name, inp in inputs.items():
+        assert raw["inputs"][name].get("descr", "").strip(), f"input {name} has no descr"
+    required = {n for n, i in inputs.items() if i.default.pattern is None}
+    assert required == {"type", "name"}, required
+    assert inputs["pass_config"].type == ast.InputType.BOOL
+    assert raw["inputs"]["wandb_secret"]["default"] == "secret:wandb-token"
+
+
+def test_action_image_default_is_this_release() -> None:
+    raw = yaml.safe_load(ACTION_FILE.read_text())
+    assert raw["inputs"]["image"]["default"] == IMAGE
+
+
+def test_action_expressions_are_valid() -> None:
+    errors = validate_live_action(ACTION_FILE)
+    assert not errors, [str(e) for e in errors]
+
+
+def test_validation_catches_undefined_input(tmp_path: Path) -> None:
+    text = ACTION_FILE.read_text().replace("inputs.entity)", "inputs.entitty)", 1)
+    assert text != ACTION_FILE.read_text()
+    bad = tmp_path / "action.yml"
+    bad.write_text(text)
+    errors = [str(e) for e in validate_live_action(bad)]
+    assert any("Input 'entitty' is undefined" in e for e in errors), errors
+
+
+def test_shortest_call(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "shortest"))
+    assert line.image == IMAGE
+    assert line.args == [
+        "--project-name", "demo_ws",  # the flow's project id (workspace folder name)
+        "upload", "/mnt/models/run-1", "-n", "my-model", "-t", "model",
+    ]
+    assert line.option_values("env") == ["WANDB_API_KEY=secret:wandb-token"]
+    assert line.has_flag("pass-config")
+    assert line.option_values("volume") == []
+    assert line.option_values("preset") == []
+
+
+def test_upload_full(workspace: Path) -> None:
+    rendered = render_live(workspace, "upload_full")
+    line = split_run_line(rendered)
+    assert line.image == "registry.example/wabucketref:dev"
+    assert line.args == [
+        "--bucket", "my-bucket", "--project-name", "wb-proj", "--entity", "my-team",
+        "--run-name", "train-7", "--job-type", "training",
+        "upload", "/mnt/models/run 1", "-n", "my-model", "-t", "model", "-a", "best",
+        "-s", "ckpt", "-m", "epoch=3", "-m", "note=two words", "--overwrite", "--quiet",
+    ]
+    assert line.option_values("env") == ["WANDB_API_KEY=secret:other-key"]
+    assert line.option_values("preset") == ["cpu-small"]
+    [volume] = line.option_values("volume")
+    assert volume.endswith("/models:/mnt/models:ro") and volume.startswith("storage:")
+    assert line.has_flag("pass-config")
+
+
+def test_download(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "download"))
+    assert line.image == IMAGE
+    assert line.args == [
+        "--bucket", "s3://bkt/prefix", "--project-name", "demo_ws",
+        "download", "dataset", "imagenet", "v3", "-d", "/mnt/models/data",
+    ]
+    assert not line.has_flag("pass-config")
+    [volume] = line.option_values("volume")
+    assert volume.endswith(":/mnt/models:rw")
+
+
+def test_download_default_destination_and_alias(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "download_default_dest"))
+    assert line.args == [
+        "--project-name", "demo_ws", "download", "dataset", "imagenet", "latest",
+    ]
+
+
+def test_link(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "link"))
+    assert line.args == [
+        "--project-name", "demo_ws",
+        "link", "blob://cl/org/proj/bkt/datasets/imagenet",
+        "-n", "imagenet", "-t", "dataset", "-s", "data", "-m", "rows=1000",
+    ]
+
+
+def test_verify(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "verify"))
+    assert line.args == [
+        "--project-name", "demo_ws",
+        "verify", "dataset", "imagenet", "v3", "--local", "/mnt/models/data",
+    ]
+
+
+def test_rendered_line_is_shell_safe(workspace: Path) -> None:
+    # The dry-run line round-trips through shlex (values with spaces stay one word).
+    rendered = render_live(workspace, "upload_full")
+    assert shlex.join(shlex.split(rendered)) == rendered
+
+
+# ---- broken calls fail with apolo-flow's own messages ---------------------------------
+
+
+def _broken(tmp_path: Path, job_body: str) -> Path:
+    live = "kind: live\njobs:\n  broken:\n" + textwrap.indent(textwrap.dedent(job_body), "    ")
+    return make_workspace(tmp_path / "ws", {"live": live})
+
+
+def test_missing_required_input(tmp_path: Path) -> None:
+    from apolo_flow.expr import EvalError
+
+    ws = _broken(tmp_path, """\
+        action: ws:action.yml
+        args:
+          type: model
+          path: /x
+        """)
+    with pytest.raises(EvalError, match=r"Required input\(s\): name"):
+        render_live(ws, "broken")
+
+
+def test_missing_args_section(tmp_path: Path) -> None:
+    from apolo_flow.expr import EvalError
+
+    ws = _broken(tmp_path, "action: ws:action.yml\n")
+    with pytest.raises(EvalError, match=r"Required input\(s\): name,type"):
+        render_live(ws, "broken")
+
+
+def test_unknown_input(tmp_path: Path) -> None:
+    from apolo_flow.expr import EvalError
+
+    ws = _broken(tmp_path, """\
+        action: ws:action.yml
+        args:
+          type: model
+          name: n
+          bukket: b
+        """)
+    with pytest.raises(EvalError, match=r"Unsupported input\(s\): bukket"):
+        render_live(ws, "broken")
+
+
+def test_bool_input_given_as_string(tmp_path: Path) -> None:
+    from apolo_flow.expr import EvalError
+
+    ws = _broken(tmp_path, """\
+        action: ws:action.yml
+        args:
+          type: model
+          name: n
+          pass_config: "false"
+        """)
+    with pytest.raises(EvalError, match=r"Type of argument 'pass_config' do not match"):
+        render_live(ws, "broken")
+
+
+def test_unknown_key_in_action_call(tmp_path: Path) -> None:
+    from apolo_flow.parser import parse_live
+    from yaml.constructor import ConstructorError
+
+    ws = _broken(tmp_path, """\
+        action: ws:action.yml
+        image: ubuntu
+        args: {}
+        """)
+    with pytest.raises(ConstructorError, match="image are not allowed in action call"):
+        parse_live(ws, ws / ".neuro" / "live.yml")
+
+
+@pytest.mark.parametrize(
+    "job", ["shortest", "upload_full", "download", "download_default_dest", "link", "verify"]
+)
+def test_rendered_args_are_accepted_by_the_cli(workspace: Path, job: str) -> None:
+    """The container args the action renders parse with the real `wabucket` CLI."""
+    click = pytest.importorskip("click")
+    cli_mod = pytest.importorskip("wabucketref.cli")
+    group = cli_mod.cli
+    args = split_run_line(render_live(workspace, job)).args
+    with group.make_context("wabucket", list(args), resilient_parsing=False) as ctx:
+        with warnings.catch_warnings():  # protected_args: deprecated in click 8.2+, gone in 9
+            warnings.simplefilter("ignore", DeprecationWarning)
+            remaining = [*getattr(ctx, "protected_args", []), *ctx.args]
+        name, sub, rest = group.resolve_command(ctx, remaining)
+        assert name == args[args.index(name)]
+        with sub.make_context(name, rest, parent=ctx) as sub_ctx:
+            assert not sub_ctx.args, sub_ctx.args  # nothing left over
+    assert isinstance(sub, click.Command)

@@ -1,0 +1,192 @@
+"""examples/live.yml and examples/batch.yml: parsed, validated and rendered offline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.flow_dryrun import (
+    GH_ACTION_RE,
+    ROOT,
+    load_batch,
+    make_workspace,
+    project_version,
+    render_batch_task,
+    render_live,
+    split_run_line,
+)
+
+EXAMPLES = ROOT / "examples"
+LIVE = EXAMPLES / "live.yml"
+BATCH = EXAMPLES / "batch.yml"
+IMAGE = f"ghcr.io/neuro-inc/wabucketref:v{project_version()}"
+
+
+def _command_index(args: list[str], command: str) -> int:
+    """Index of the CLI command word (not a value like `--job-type download`)."""
+    for i, word in enumerate(args):
+        if word == command and (i == 0 or not args[i - 1].startswith("--")):
+            return i
+    raise AssertionError(f"{command} not in {args}")
+
+
+@pytest.fixture(scope="module")
+def live_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The example calls the released action (gh:...); the test loads this checkout's
+    # action.yml through a ws: reference instead of cloning.
+    text = re.sub(GH_ACTION_RE, "ws:action.yml", LIVE.read_text())
+    return make_workspace(tmp_path_factory.mktemp("ex") / "example_ws", {"live": text})
+
+
+def test_live_example_parses_as_is() -> None:
+    from apolo_flow import ast
+    from apolo_flow.parser import parse_live
+
+    flow = parse_live(ROOT, LIVE)
+    assert isinstance(flow, ast.LiveFlow)
+    assert {"upload_model", "download_model"} <= set(flow.jobs)
+
+
+def test_live_example_uses_this_release() -> None:
+    refs = re.findall(r"action:\s*(\S+)", LIVE.read_text())
+    assert refs and set(refs) == {f"gh:neuro-inc/wabucketref@v{project_version()}"}, refs
+
+
+def test_live_example_upload(live_ws: Path) -> None:
+    line = split_run_line(render_live(live_ws, "upload_model"))
+    assert line.image == IMAGE
+    assert line.args == [
+        "--project-name", "example_ws",
+        "upload", "/mnt/models/run-1", "-n", "my-model", "-t", "model",
+    ]
+    [volume] = line.option_values("volume")
+    assert volume.endswith(":/mnt/models:ro")
+    assert line.option_values("env") == ["WANDB_API_KEY=secret:wandb-token"]
+    assert line.has_flag("pass-config")
+
+
+def test_live_example_upload_best(live_ws: Path) -> None:
+    line = split_run_line(render_live(live_ws, "upload_best"))
+    assert line.args == [
+        "--bucket", "my-bucket", "--project-name", "my-wandb-project", "--entity", "my-team",
+        "upload", "/mnt/models/run-1", "-n", "my-model", "-t", "model", "-a", "best",
+        "-s", "best", "-m", "epoch=12", "-m", "val_loss=0.031",
+    ]
+    assert line.option_values("preset") == ["cpu-small"]
+
+
+def test_live_example_download(live_ws: Path) -> None:
+    line = split_run_line(render_live(live_ws, "download_model"))
+    assert line.args == [
+        "--bucket", "my-bucket", "--project-name", "my-wandb-project", "--entity", "my-team",
+        "download", "model", "my-model", "best", "-d", "/mnt/models/restored",
+    ]
+    [volume] = line.option_values("volume")
+    assert volume.endswith(":/mnt/models:rw")
+
+
+def test_live_example_link(live_ws: Path) -> None:
+    line = split_run_line(render_live(live_ws, "link_dataset"))
+    assert line.args[:4] == ["--project-name", "my-wandb-project", "link",
+                             "blob://my-cluster/my-org/my-project/my-bucket/datasets/imagenet-subset"]
+
+
+# ---- batch ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(
+        tmp_path_factory.mktemp("ex") / "batch_ws", {"batch": BATCH.read_text()}
+    )
+
+
+def test_batch_example_parses_and_validates(batch_ws: Path) -> None:
+    from apolo_flow import ast
+    from apolo_flow.parser import parse_batch
+
+    assert isinstance(parse_batch(ROOT, BATCH), ast.BatchFlow)
+    flow = load_batch(batch_ws, "batch")  # cycles, local deps, expressions
+    assert dict(flow.graph) == {"upload": {}, "download": {"upload": ast.NeedsLevel.COMPLETED}}
+
+
+def test_batch_example_upload_task(batch_ws: Path) -> None:
+    task = render_batch_task(batch_ws, "batch", "upload")
+    assert task.image == IMAGE
+    assert task.pass_config
+    assert task.env["WANDB_API_KEY"] == "secret:wandb-token"
+    args = task.cmd.split()
+    assert args[_command_index(args, "upload") + 1] == "/mnt/data/model"
+    assert args[args.index("-n") + 1] == "my-model"
+    assert args[args.index("-t") + 1] == "model"
+    assert any(v.endswith(":/mnt/data:ro") for v in task.volumes)
+
+
+def test_batch_example_passes_upload_outputs_to_download(batch_ws: Path) -> None:
+    # What the upload task's stdout would give (see `wabucket upload`'s ::set-output lines).
+    outputs = {"artifact_name": "my-model", "artifact_type": "model", "artifact_alias": "v7"}
+    task = render_batch_task(batch_ws, "batch", "download", {"upload": outputs})
+    args = task.cmd.split()
+    i = _command_index(args, "download")
+    assert args[i + 1 : i + 4] == ["model", "my-model", "v7"]
+    assert args[args.index("-d") + 1] == "/mnt/data/restored/v7"
+    assert any(v.endswith(":/mnt/data:rw") for v in task.volumes)
+
+
+def test_batch_example_uses_this_release() -> None:
+    refs = re.findall(r"ghcr\.io/neuro-inc/wabucketref:\S+", BATCH.read_text())
+    assert refs and set(refs) == {IMAGE}, refs
+
+
+def test_batch_validation_catches_bad_needs(tmp_path: Path) -> None:
+    from apolo_flow.expr import EvalError, MultiError
+
+    text = BATCH.read_text().replace(
+        "needs.upload.outputs.artifact_alias }}\n", "needs.uplaod.outputs.artifact_alias }}\n", 1
+    )
+    assert text != BATCH.read_text()
+    ws = make_workspace(tmp_path / "bad_ws", {"batch": text})
+    with pytest.raises(MultiError) as exc_info:
+        load_batch(ws, "batch")
+    errors = exc_info.value.errors
+    assert any(
+        isinstance(e, EvalError) and "Task 'uplaod' is not available under needs context" in str(e)
+        for e in errors
+    ), exc_info.value
+
+
+def test_release_version_is_consistent() -> None:
+    """The image tag / action ref appear in several files: all must be this release."""
+    version = project_version()
+    files = [ROOT / "action.yml", LIVE, BATCH, ROOT / "docs" / "usage-image-action.md"]
+    found = []
+    for f in files:
+        if f.exists():
+            found += [(f.name, v) for v in re.findall(r"wabucketref[:@]v([0-9][0-9A-Za-z.+-]*[0-9A-Za-z])", f.read_text())]
+    assert found
+    assert {v for _, v in found} == {version}, found
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(rf"^ARG VERSION={re.escape(version)}$", dockerfile, re.M)
+
+
+def test_train_example_runs_offline(env) -> None:
+    """examples/train.py against the embedded default: a local folder bucket, W&B offline."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train.py"), "--bucket", env.bucket, "--project", "proj"],
+        env={**env.vars, "TMPDIR": str(env.cwd)}, cwd=env.cwd, capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert abs(result["slope"] - 3) < 0.1 and abs(result["intercept"] - 2) < 0.2
+    bucket = Path(env.bucket)
+    assert list(bucket.glob("dataset/toy-regression/*/train.csv"))
+    assert list(bucket.glob("model/my-model/*/model.json"))
+    # The dataset came back through the bucket (not from the generated temp folder).
+    assert (Path(result["dataset_folder"]) / "train.csv").exists()

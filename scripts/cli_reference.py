@@ -20,7 +20,8 @@ def render() -> str:
     commands = [("wabucket", cli)] + [(f"wabucket {n}", c) for n, c in sorted(cli.commands.items())]
     for name, command in commands:
         parent = None if command is cli else click.Context(cli, info_name="wabucket")
-        ctx = click.Context(command, info_name=name.split()[-1], parent=parent, terminal_width=100, max_content_width=100)
+        settings = {**command.context_settings, "terminal_width": 100, "max_content_width": 100}
+        ctx = click.Context(command, info_name=name.split()[-1], parent=parent, **settings)
         parts.append(f"### `{name}`\n\n```\n{command.get_help(ctx)}\n```\n")
     return "\n".join(parts)
 

@@ -168,3 +168,24 @@ def test_platform_job_tags(platform_online, wandb_server, tmp_path):
     run = next(r for r in wandb_server.runs() if r["name"] == "tagged2")
     assert "job_id:job-unknown" in run["tags"]
     assert outputs(proc.stdout)["artifact_name"] == "ds"
+
+
+def test_bucket_defaults_to_project_and_accepts_blob_uri(env, request, tmp_path, wandb_server):
+    """No --bucket: the platform bucket named like the project (the original tool's default)."""
+    env = online(use_backend(env, "platform", request, tmp_path), wandb_server)
+    plat = env.extra["platform"]
+    project = env.vars["WANDB_PROJECT"]
+    plat.add_bucket(project)
+    src = make_tree(tmp_path / "src", big=False)
+    env.run("--project_name", project, "--run_name", "r1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "p1",
+            check=True)
+    assert any(k.startswith("dataset/ds/p1/") for k in plat.s3.list_keys(plat.backing_bucket(project)))
+    # the same bucket as a blob:// URI with a prefix inside it
+    blob = f"blob://{plat.cluster}/{plat.org}/{plat.project}/{project}/team-a"
+    env.run("--bucket", blob, "--project-name", project, "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "p2",
+            check=True)
+    assert any(k.startswith("team-a/dataset/ds/p2/") for k in plat.s3.list_keys(plat.backing_bucket(project)))
+    env.run("--bucket", blob, "--project-name", project, "download", "dataset", "ds", "p2", "-d", str(tmp_path / "dl"),
+            check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    assert "r1" in {r["name"] for r in wandb_server.runs()}

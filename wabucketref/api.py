@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -74,8 +75,10 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="wabucketref-io", daemon=True)
         self.thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def wait(self, fut: "concurrent.futures.Future[T]") -> T:
         try:
             return fut.result()
         except KeyboardInterrupt:
@@ -86,6 +89,9 @@ class _LoopThread:
             except BaseException:  # noqa: BLE001
                 pass
             raise
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.wait(self.submit(coro))
 
     def close(self) -> None:
         if self.loop.is_running():
@@ -152,10 +158,14 @@ class WaBucketRefAPI:
         self.run = None
         self._own_run = False
 
-    def _run_io(self, coro: Coroutine[Any, Any, T]) -> T:
+    @property
+    def _loop(self) -> _LoopThread:
         if self._io is None:
             self._io = _LoopThread()
-        return self._io.run(coro)
+        return self._io
+
+    def _run_io(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro)
 
     def wandb_start_run(
         self, run_name: str | None = None, job_type: str | None = None, config: dict | None = None, tags: list[str] | None = None
@@ -214,32 +224,38 @@ class WaBucketRefAPI:
         if not files:
             raise UsageError(f"source folder has no files: {src_folder}")
         check_unique(f.path for f in files)
-        storage, base = (None, "") if not as_reference else self._storage(self.bucket)
-
-        run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
-        alias = self._alias(art_alias, run)
+        alias = self._alias(art_alias, metadata)
         if not as_reference:
+            run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
             manifest = Manifest([FileEntry(f.path, f.size, sha256_file(f.abspath)) for f in files])
             tracking.log_files_artifact(run, name=art_name, type=art_type, alias=alias, src=Path(src_folder), manifest=manifest, metadata=metadata)
-        else:
-            assert storage is not None
-            prefix = _join(base, art_type, art_name, alias)
-            meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
-            partial_key = _join(base, art_type, art_name, META_DIR, alias + ".partial")
-            manifest = self._run_io(
-                self._upload_bytes(storage, prefix, meta_key, partial_key, files, overwrite)
-            )
-            ref = storage.uri_for(prefix)
-            version = tracking.log_artifact(
-                run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
-            )
-            info = {
-                "name": art_name, "type": art_type, "alias": alias, "ref": ref, "root": prefix,
-                "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
-                "wandb_version": version,
-            }
-            self._run_io(self._commit(storage, meta_key, partial_key, manifest, info))
-            log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
+            self._print_outputs(art_name, art_type, alias, out_suffix)
+            return alias
+
+        tracking.check_credentials()  # before any byte moves
+        storage, base = self._storage(self.bucket)
+        prefix = _join(base, art_type, art_name, alias)
+        meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
+        partial_key = _join(base, art_type, art_name, META_DIR, alias + ".partial")
+        # Bytes move in the I/O thread while this one starts the W&B run: bookkeeping overlaps the transfer.
+        moving = self._loop.submit(self._upload_bytes(storage, prefix, meta_key, partial_key, files, overwrite))
+        try:
+            run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
+        except BaseException:
+            moving.cancel()
+            raise
+        manifest = self._loop.wait(moving)
+        ref = storage.uri_for(prefix)
+        version = tracking.log_artifact(
+            run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+        )
+        info = {
+            "name": art_name, "type": art_type, "alias": alias, "ref": ref, "root": prefix,
+            "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
+            "wandb_version": version,
+        }
+        self._run_io(self._commit(storage, meta_key, partial_key, manifest, info))
+        log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
         self._print_outputs(art_name, art_type, alias, out_suffix)
         return alias
 
@@ -266,11 +282,15 @@ class WaBucketRefAPI:
         await storage.put_bytes(meta_key, manifest.dumps(info))
         await storage.delete([partial_key])
 
-    def _alias(self, art_alias: str | None, run: Any) -> str:
+    def _alias(self, art_alias: str | None, config: dict) -> str:
+        """The alias to use; `!run-config-hash` hashes the current run's config, else `config`
+        (the config this API would start its run with)."""
         if art_alias is None:
             return str(uuid.uuid4())
         if art_alias == RUN_CONFIG_HASH:
-            return config_hash(dict(run.config))
+            wandb = sys.modules.get("wandb")  # no run can exist if wandb was never imported
+            run = self.run or (wandb.run if wandb is not None else None)
+            return config_hash(dict(run.config) if run is not None else config)
         return art_alias
 
     def _print_outputs(self, name: str, type_: str, alias: str, suffix: str) -> None:
@@ -306,8 +326,8 @@ class WaBucketRefAPI:
         else:
             data_storage, key = storage, _join(base, bucket_path)
         manifest = self._run_io(self._hash_folder(data_storage, key))
+        alias = self._alias(art_alias, metadata)
         run = self.wandb_start_run(job_type=self.job_type or "link", config=metadata)
-        alias = self._alias(art_alias, run)
         ref = data_storage.uri_for(key)
         version = tracking.log_artifact(
             run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from . import __version__
 from .errors import WaBucketError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -31,7 +30,7 @@ def _api(ctx: click.Context, quiet: bool = False):
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(__version__, "--version", prog_name="wabucket")
+@click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
 @click.option("--bucket", envvar="WABUCKET_BUCKET", help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
 @click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", help="W&B project (default: $WANDB_PROJECT). Required.")
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")

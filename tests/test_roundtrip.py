@@ -187,3 +187,18 @@ def tamper(env, key: str) -> None:
     data = bytearray(client.get_object(Bucket=bucket, Key=full)["Body"].read())
     data[0] ^= 0xFF
     client.put_object(Bucket=bucket, Key=full, Body=bytes(data))
+
+
+def test_download_prefetch_of_another_version_is_discarded(env, wandb_server, tmp_path):
+    """Downloads start from the bucket's newest manifest while W&B resolves `latest`; when W&B names
+    another version, what was fetched for the wrong one is removed and the right bytes land."""
+    env = online(env, wandb_server)
+    one = make_tree(tmp_path / "one", seed=1, big=False)
+    upload(env, one, "-n", "ds", "-t", "dataset", "-a", "one")
+    two = make_tree(tmp_path / "two", seed=2, big=False)
+    (two / "only-in-two.txt").write_text("not part of version one")
+    # recorded in the bucket's manifests, but not (yet) in W&B
+    env.wabucket("upload", str(two), "-n", "ds", "-t", "dataset", "-a", "two", check=True, env={"WANDB_MODE": "offline"})
+    dest = tmp_path / "dl"
+    env.wabucket("download", "dataset", "ds", "latest", "-d", str(dest), check=True)
+    assert tree_hashes(dest) == tree_hashes(one)

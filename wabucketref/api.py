@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Coroutine, TypeVar
@@ -99,6 +100,15 @@ class _LoopThread:
             self.thread.join(timeout=10)
         if not self.loop.is_running():
             self.loop.close()
+
+
+@dataclass
+class _Prefetch:
+    """A download started from the bucket's manifest before W&B has answered."""
+
+    digest: str | None = None  # of the manifest it follows, once known
+    done: set[str] = field(default_factory=set)  # paths written (verified) so far
+    task: "asyncio.Task | None" = None
 
 
 class WaBucketRefAPI:
@@ -189,16 +199,19 @@ class WaBucketRefAPI:
         self._own_run = True
         return self.run
 
-    def _storage(self, spec: str) -> tuple[Storage, str]:
+    async def _astorage(self, spec: str) -> tuple[Storage, str]:
         """(bucket root, key inside it) for a bucket spec or a data URI; each bucket is opened once."""
         if spec not in self._opened:
-            storage, key = self._run_io(open_bucket(spec))
-            if storage.uri in self._storages:
-                self._run_io(storage.close())
+            storage, key = await open_bucket(spec)
+            if storage.uri in self._storages or spec in self._opened:  # opened meanwhile
+                await storage.close()
             else:
                 self._storages[storage.uri] = storage
-            self._opened[spec] = (self._storages[storage.uri], key)
+            self._opened.setdefault(spec, (self._storages[storage.uri], key))
         return self._opened[spec]
+
+    def _storage(self, spec: str) -> tuple[Storage, str]:
+        return self._run_io(self._astorage(spec))
 
     # ------------------------------------------------------------ upload
 
@@ -370,19 +383,80 @@ class WaBucketRefAPI:
         dest = Path(dst_folder) if dst_folder is not None else Path(tempfile.mkdtemp(prefix=f"wabucket-{art_name}-"))
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"destination is not a folder: {dest}")
-        run = self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
-        if tracking.is_offline():
-            resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
-        else:
-            resolved = tracking.use_artifact(run, name=art_name, type=art_type, alias=art_alias)
-            if resolved.ref is None and resolved.has_files:
-                dest.mkdir(parents=True, exist_ok=True)
-                tracking.download_files(resolved, dest)
-                return dest
-            storage, key = self._locate(resolved, art_alias)
         dest.mkdir(parents=True, exist_ok=True)
-        self._run_io(self._download(storage, key, resolved, dest))
+        if tracking.is_offline():
+            self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
+            resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
+            self._run_io(self._download(storage, key, resolved, dest))
+            return dest
+
+        tracking.check_credentials()
+        # While W&B resolves the alias, start on the copy the bucket's own manifest names; the
+        # result is kept only if W&B's manifest has the same digest (same content).
+        pre = _Prefetch()
+        prefetch = self._loop.submit(self._prefetch(art_name, art_type, art_alias, dest, pre))
+        try:
+            run = self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
+            resolved = tracking.use_artifact(run, name=art_name, type=art_type, alias=art_alias)
+        except BaseException:
+            self._stop_prefetch(prefetch, pre)
+            raise
+        manifest = resolved.manifest
+        if manifest is not None and pre.digest == manifest.digest():
+            self._loop.wait(prefetch)
+            if pre.done == {f.path for f in manifest.files}:
+                return dest
+            trusted = set(pre.done)
+        else:
+            self._stop_prefetch(prefetch, pre)
+            trusted = self._keep_matching(dest, pre.done, manifest)
+        if resolved.ref is None and resolved.has_files:
+            tracking.download_files(resolved, dest)
+            return dest
+        storage, key = self._locate(resolved, art_alias)
+        self._run_io(self._download(storage, key, resolved, dest, trusted))
         return dest
+
+    async def _prefetch(self, name: str, type_: str, alias: str, dest: Path, pre: "_Prefetch") -> None:
+        pre.task = asyncio.current_task()
+        try:
+            storage, base = await self._astorage(self.bucket)
+            manifest = await self._bucket_manifest(storage, base, type_, name, alias)
+            root = manifest.info.get("root") if manifest is not None else None
+            if not isinstance(root, str):
+                return
+            pre.digest = manifest.digest()
+            transfer.check_listing(manifest, await storage.list(root), storage.uri_for(root))
+            await transfer.download(storage, root, manifest, dest, self.options, done=pre.done, skip_existing=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the confirmed pass reports real problems
+            log.debug("prefetch from the bucket manifest stopped: %s", e)
+
+    def _stop_prefetch(self, prefetch: "concurrent.futures.Future[None]", pre: "_Prefetch") -> None:
+        async def cancel() -> None:
+            if pre.task is not None:
+                pre.task.cancel()
+                try:
+                    await pre.task
+                except BaseException:  # noqa: BLE001
+                    pass
+
+        prefetch.cancel()
+        self._run_io(cancel())
+
+    @staticmethod
+    def _keep_matching(dest: Path, written: set[str], manifest: Manifest | None) -> set[str]:
+        """After a prefetch of the wrong version: keep the files this version has too, delete the rest."""
+        wanted = manifest.by_path() if manifest is not None else {}
+        keep = set()
+        for path in written:
+            f = wanted.get(path)
+            if f is not None and (dest / path).stat().st_size == f.size and sha256_file(dest / path) == f.sha256:
+                keep.add(path)
+            else:
+                (dest / path).unlink(missing_ok=True)
+        return keep
 
     def _locate(self, resolved: tracking.Resolved, alias: str) -> tuple[Storage, str]:
         if resolved.ref is not None:
@@ -397,7 +471,9 @@ class WaBucketRefAPI:
                 return storage, key
         raise NotFoundError(f"artifact {resolved.name}:{alias} has no bucket reference and no data at {storage.uri_for(_join(base, resolved.type, resolved.name, alias))}")
 
-    async def _download(self, storage: Storage, key: str, resolved: tracking.Resolved, dest: Path) -> None:
+    async def _download(
+        self, storage: Storage, key: str, resolved: tracking.Resolved, dest: Path, trusted: set[str] = frozenset()
+    ) -> None:
         listing = await storage.list(key)
         if not listing:
             encoded = _sdk_encoded(key)
@@ -414,37 +490,38 @@ class WaBucketRefAPI:
             manifest = Manifest([FileEntry(o.key, o.size, "0" * 64) for o in listing], info={"verified": False})
         else:
             transfer.check_listing(manifest, listing, where)
-        await transfer.download(storage, key, manifest, dest, self.options)
+        await transfer.download(storage, key, manifest, dest, self.options, trusted=trusted)
 
     def _resolve_offline(self, name: str, type_: str, alias: str) -> tuple[tracking.Resolved, Storage, str]:
         """Without W&B, the bucket's own manifests say which folder an alias is."""
         storage, base = self._storage(self.bucket)
-        folder = _join(base, type_, name, META_DIR)
-
-        async def load() -> Manifest:
+        manifest = self._run_io(self._bucket_manifest(storage, base, type_, name, alias))
+        folder = storage.uri_for(_join(base, type_, name, META_DIR))
+        if manifest is None:
             if alias == "latest":
-                newest: Manifest | None = None
-                for info in await storage.list(folder):
-                    if info.key.endswith(".jsonl"):
-                        m = Manifest.loads(await storage.get_bytes(_join(folder, info.key)) or b"", source=info.key)
-                        if newest is None or m.info.get("created_at", "") > newest.info.get("created_at", ""):
-                            newest = m
-                if newest is None:
-                    raise NotFoundError(f"no versions of {type_}/{name} in {storage.uri_for(folder)}")
-                return newest
-            data = await storage.get_bytes(_join(folder, alias + ".jsonl"))
-            if data is None:
-                hint = " (version aliases like v3 need W&B: go online)" if re.fullmatch(r"v\d+", alias) else ""
-                raise NotFoundError(f"offline: no manifest for {type_}/{name}:{alias} in {storage.uri_for(folder)}{hint}")
-            return Manifest.loads(data, source=f"{name}:{alias}")
-
-        manifest = self._run_io(load())
+                raise NotFoundError(f"offline: no versions of {type_}/{name} in {folder}")
+            hint = " (version aliases like v3 need W&B: go online)" if re.fullmatch(r"v\d+", alias) else ""
+            raise NotFoundError(f"offline: no manifest for {type_}/{name}:{alias} in {folder}{hint}")
         root = manifest.info.get("root")
         if not isinstance(root, str):
             raise IntegrityError(f"bucket manifest of {name}:{alias} does not say where the data is")
         resolved = tracking.Resolved(name=name, type=type_, version=None, aliases=[manifest.info.get("alias", alias)], manifest=manifest)
         log.info("offline: %s:%s resolved from the bucket to %s", name, alias, storage.uri_for(root))
         return resolved, storage, root
+
+    async def _bucket_manifest(self, storage: Storage, base: str, type_: str, name: str, alias: str) -> Manifest | None:
+        """The manifest kept in the bucket for name:alias (`latest`: the newest one), or None."""
+        folder = _join(base, type_, name, META_DIR)
+        if alias != "latest":
+            data = await storage.get_bytes(_join(folder, alias + ".jsonl"))
+            return None if data is None else Manifest.loads(data, source=f"{name}:{alias}")
+        newest: Manifest | None = None
+        for info in await storage.list(folder):
+            if info.key.endswith(".jsonl"):
+                m = Manifest.loads(await storage.get_bytes(_join(folder, info.key)) or b"", source=info.key)
+                if newest is None or m.info.get("created_at", "") > newest.info.get("created_at", ""):
+                    newest = m
+        return newest
 
     # ------------------------------------------------------------ verify
 

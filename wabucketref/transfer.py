@@ -200,7 +200,7 @@ async def _remote_sha256(storage: Storage, key: str, progress: Progress | None =
     sha = hashlib.sha256()
     size = 0
     async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
-        await asyncio.to_thread(sha.update, chunk) if len(chunk) > (1 << 20) else sha.update(chunk)
+        sha.update(chunk)
         size += len(chunk)
         if progress:
             progress.advance(len(chunk))
@@ -301,8 +301,15 @@ def check_listing(manifest: Manifest, listing: list[ObjectInfo], where: str) -> 
         raise IntegrityError(f"{extra}: in {where} but not in the artifact's manifest")
 
 
-async def download(storage: Storage, prefix: str, manifest: Manifest, dest: Path, opts: Options) -> Stats:
-    """Bring every manifest file into dest, verified; files already there and equal are kept."""
+async def download(
+    storage: Storage, prefix: str, manifest: Manifest, dest: Path, opts: Options, *,
+    trusted: set[str] = frozenset(), done: set[str] | None = None, skip_existing: bool = False,
+) -> Stats:
+    """Bring every manifest file into dest, verified; files already there and equal are kept.
+
+    trusted: paths already verified in dest (not hashed again). done: filled with the paths
+    this call wrote. skip_existing: leave any file already in dest alone (for a speculative pass).
+    """
     stats = Stats("downloaded")
     progress = Progress(stats, len(manifest.files), manifest.total_size, opts)
     large = asyncio.Semaphore(LARGE_FILES_IN_FLIGHT)
@@ -313,19 +320,29 @@ async def download(storage: Storage, prefix: str, manifest: Manifest, dest: Path
         final = dest / safe_relpath(f.path)
         if dest_real not in final.resolve().parents:
             raise IntegrityError(f"unsafe path in artifact: {f.path!r}")
-        if await asyncio.to_thread(_local_matches, final, f, verify):
+        if f.path in trusted:
             progress.file_done(f.size, skipped=True)
             return
+        if os.path.lexists(final):
+            if skip_existing:
+                return
+            if await asyncio.to_thread(_local_matches, final, f, verify):
+                progress.file_done(f.size, skipped=True)
+                return
         key = _key(prefix, f.path)
 
         async def get() -> None:
             if f.size > SMALL_FILE:
                 async with large:
-                    await _get_to_file(storage, key, final, f, progress, verify)
+                    await _stream_to_file(storage, key, final, f, progress, verify)
             else:
-                await _get_to_file(storage, key, final, f, progress, verify)
+                data = await _fetch(storage, key, f)
+                await asyncio.to_thread(_land, final, data, f, verify)
+                progress.advance(len(data))
 
         await with_retries(get, f"download of {f.path}", opts.attempts)
+        if done is not None:
+            done.add(f.path)
         progress.file_done(f.size)
 
     try:
@@ -344,9 +361,40 @@ def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
     return not verify or _hash_local(path, 1 << 62)[0] == f.sha256
 
 
-async def _get_to_file(storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool) -> None:
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+
+
+async def _fetch(storage: Storage, key: str, f: FileEntry) -> bytes:
+    try:
+        result = await obs.get_async(storage.store, key)
+    except ObjNotFound as e:
+        raise IntegrityError(f"{f.path}: missing from the bucket") from e
+    return bytes(await result.bytes_async())
+
+
+def _check(f: FileEntry, size: int, sha: str, verify: bool) -> None:
+    if size != f.size:
+        raise IntegrityError(f"{f.path}: got {size} bytes from the bucket, manifest says {f.size}")
+    if verify and sha != f.sha256:
+        raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
+
+
+def _land(final: Path, data: bytes, f: FileEntry, verify: bool) -> None:
+    """Check a small file's bytes, then write them under a temporary name and move it into place."""
+    _check(f, len(data), hashlib.sha256(data).hexdigest(), verify)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(final)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def _stream_to_file(storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool) -> None:
     await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+    tmp = _temp_name(final)
     sha = hashlib.sha256()
     size = 0
     try:
@@ -355,20 +403,11 @@ async def _get_to_file(storage: Storage, key: str, final: Path, f: FileEntry, pr
         except ObjNotFound as e:
             raise IntegrityError(f"{f.path}: missing from the bucket") from e
         with open(tmp, "wb") as out:
-            if f.size <= SMALL_FILE:
-                data = bytes(await result.bytes_async())
-                await asyncio.to_thread(_write_hashed, out, sha, data)
-                size = len(data)
-                progress.advance(size)
-            else:
-                async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
-                    await asyncio.to_thread(_write_hashed, out, sha, chunk)
-                    size += len(chunk)
-                    progress.advance(len(chunk))
-        if size != f.size:
-            raise IntegrityError(f"{f.path}: got {size} bytes from the bucket, manifest says {f.size}")
-        if verify and sha.hexdigest() != f.sha256:
-            raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
+            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+                await asyncio.to_thread(_write_hashed, out, sha, chunk)
+                size += len(chunk)
+                progress.advance(len(chunk))
+        _check(f, size, sha.hexdigest(), verify)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,855 @@
+#!/usr/bin/env python3
+"""Benchmark wabucketref against the platform SDK, s5cmd, rclone and `cp -r`, on one real S3 server.
+
+Everything runs on this machine: SeaweedFS (a real object store) on 127.0.0.1, the fake platform
+control plane in front of it (the real apolo_sdk talks to it), and the W&B-protocol backend (the
+real wandb SDK talks to it). Each contender is run as a subprocess, exactly as a user would run it,
+on the same server, alternating runs (every repetition runs every contender once, in a rotated
+order), with the page cache dropped before each timed run when that is allowed.
+
+    python benchmarks/bench.py --small            # CI smoke size, about two minutes
+    python benchmarks/bench.py                    # A = 10,000 x 100 KiB, B = 4 x 256 MiB, 3 repeats
+
+Prints a markdown report (medians, ratios to wabucketref, W&B bookkeeping, --help time, peak RSS,
+targets with PASS/FAIL) on stdout; --json FILE also writes every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform as pyplatform
+import random
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+SIZES = {
+    # name: {dataset: (file count, file size)}
+    "full": {"A": (10_000, 100 * KiB), "B": (4, 256 * MiB)},
+    "small": {"A": (1_000, 100 * KiB), "B": (4, 16 * MiB)},
+}
+
+REFERENCE = "wabucketref"
+CONTENDERS = ["wabucketref", "wabucketref-s3", "wabucketref-nowandb", "sdk", "s5cmd", "rclone", "cp"]
+DESCRIPTIONS = {
+    "wabucketref": "`python -m wabucketref` CLI, platform bucket (fake control plane + real apolo_sdk), W&B online",
+    "wabucketref-s3": "`python -m wabucketref` CLI, direct `s3://` bucket, W&B online",
+    "wabucketref-nowandb": "as `wabucketref` with `WANDB_MODE=disabled` (download resolves the alias from the bucket's manifest)",
+    "sdk": "apolo_sdk `Buckets.upload_dir` / `download_dir` (what the original tool did)",
+    "s5cmd": "`s5cmd cp 'dir/*' s3://b/p/` and back (default 256 workers)",
+    "rclone": "`rclone copy --transfers 32 --checkers 32` (S3 remote from RCLONE_CONFIG_* env)",
+    "cp": "`cp -r` between local folders (the floor)",
+}
+PEERS = ("s5cmd", "rclone")
+PLATFORM_BUCKET = "bench-plat"
+S3_BUCKET = "bench-s3"
+WANDB_PROJECT = "bench"
+SUMMARY_RE = re.compile(r"(uploaded|downloaded) (\d+) files \(([^)]*)\) in ([\d.]+) s")
+TIME_BIN = "/usr/bin/time"
+
+SDK_SCRIPT = r'''
+import asyncio, sys
+from pathlib import Path
+from yarl import URL
+import apolo_sdk
+
+async def main(op, bucket, prefix, local):
+    client = await apolo_sdk.Factory().get()
+    try:
+        b = await client.buckets.get(bucket)
+        remote = b.uri
+        for part in prefix.split("/"):
+            remote = remote / part
+        local_url = URL(Path(local).resolve().as_uri())
+        if op == "upload":
+            await client.buckets.upload_dir(local_url, remote)
+        else:
+            await client.buckets.download_dir(remote, local_url)
+    finally:
+        await client.close()
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+# ------------------------------------------------------------------ datasets
+
+
+@dataclass
+class Dataset:
+    name: str
+    count: int
+    size: int
+    path: Path
+    hashes: dict[str, str] = field(default_factory=dict)
+    folders: int | None = None
+
+    @property
+    def total(self) -> int:
+        return self.count * self.size
+
+    def describe(self) -> str:
+        folders = self.folders if self.folders is not None else len({p.rsplit("/", 1)[0] for p in self.hashes if "/" in p})
+        where = f" in {folders} nested folders" if folders else ""
+        return f"{self.count:,} files x {_size(self.size)} = {_size(self.total)}{where}"
+
+
+def _rel_path(name: str, i: int, count: int) -> str:
+    if name == "A":  # part NN / shard NN / sample NNNNN: 100 files per leaf folder
+        return f"part{i // 1000:02d}/shard{(i // 100) % 10:02d}/sample{i:05d}.bin"
+    return f"model-{i:02d}.bin"
+
+
+def make_dataset(root: Path, name: str, count: int, size: int) -> Dataset:
+    """Deterministic content (a PRNG seeded by dataset and index); reused when already generated."""
+    ds = Dataset(name, count, size, root / f"{name}-{count}x{size}")
+    marker = ds.path.parent / f".{ds.path.name}.json"
+    if marker.exists() and ds.path.is_dir():
+        ds.hashes = json.loads(marker.read_text())
+        return ds
+    shutil.rmtree(ds.path, ignore_errors=True)
+    for i in range(count):
+        rel = _rel_path(name, i, count)
+        p = ds.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        rnd = random.Random(f"wabucketref-bench/{name}/{i}")
+        sha = hashlib.sha256()
+        with open(p, "wb") as f:
+            for start in range(0, size, 16 * MiB):  # randbytes() caps at 256 MiB - 1
+                chunk = rnd.randbytes(min(16 * MiB, size - start))
+                sha.update(chunk)
+                f.write(chunk)
+        ds.hashes[rel] = sha.hexdigest()
+    marker.write_text(json.dumps(ds.hashes))
+    return ds
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath, f)
+            with open(p, "rb") as fh:
+                out[p.relative_to(root).as_posix()] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
+def tree_stats(root: Path) -> tuple[int, int]:
+    n = total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            n += 1
+            total += os.stat(os.path.join(dirpath, f)).st_size
+    return n, total
+
+
+# ------------------------------------------------------------------ measuring one run
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+class RssSampler(threading.Thread):
+    """Samples the summed RSS of a process tree (10 Hz) and each process's VmHWM (peak)."""
+
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stop = threading.Event()
+        self.peak_tree = 0
+        self.hwm: dict[int, tuple[int, int]] = {}  # pid -> (depth in the tree, peak bytes)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(0.1)
+
+    def sample(self) -> None:
+        total = 0
+        stack = [(self.pid, 0)]
+        while stack:
+            p, depth = stack.pop()
+            try:
+                total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * self.PAGE
+                status = Path(f"/proc/{p}/status").read_text()
+                hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+                if hwm > self.hwm.get(p, (0, 0))[1]:
+                    self.hwm[p] = (depth, hwm)
+            except (OSError, AttributeError, IndexError, ValueError):
+                continue
+            stack += [(c, depth + 1) for c in _children(p)]
+        self.peak_tree = max(self.peak_tree, total)
+
+
+@dataclass
+class Run:
+    dataset: str
+    op: str
+    contender: str
+    rep: int
+    wall: float = float("nan")
+    ok: bool = False
+    error: str = ""
+    verified: str = ""  # "sha256" (every file hashed) or "count+bytes"
+    user_cpu: float = float("nan")
+    sys_cpu: float = float("nan")
+    max_rss_single: int = 0  # GNU time: the largest single process (ru_maxrss of the tree)
+    peak_rss_tree: int = 0  # sampled sum over the process tree
+    peak_rss_main: int = 0  # VmHWM of the command's main process (python for the wabucketref rows)
+    server_cpu: float = float("nan")  # SeaweedFS CPU seconds during the run
+    transfer_s: float | None = None  # from wabucketref's summary line
+    cold_cache: bool = False
+
+
+def measure(argv: list[str], env: dict[str, str], log: Path, run: Run, *, server_pid: int | None,
+            cold: bool, timeout: float, cwd: Path) -> Run:
+    """Run argv once, timed: wall, CPU, RSS, server CPU; stdout+stderr go to `log`."""
+    run.cold_cache = drop_caches() if cold else False
+    tfile = log.with_suffix(".time")
+    wrapped = ([TIME_BIN, "-f", "%U %S %M", "-o", str(tfile)] if os.path.exists(TIME_BIN) else []) + argv
+    server0 = _cpu_seconds(server_pid) if server_pid else float("nan")
+    with open(log, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            rc = -9
+        run.wall = time.perf_counter() - t0
+        sampler.stop.set()
+        sampler.join()
+    run.server_cpu = (_cpu_seconds(server_pid) - server0) if server_pid else float("nan")
+    run.peak_rss_tree = sampler.peak_tree
+    # the command's own process: the child of GNU time (or the process itself when not wrapped)
+    main_depth = 1 if wrapped[0] == TIME_BIN else 0
+    run.peak_rss_main = max((h for d, h in sampler.hwm.values() if d == main_depth), default=0)
+    try:
+        u, s, m = tfile.read_text().strip().splitlines()[-1].split()
+        run.user_cpu, run.sys_cpu, run.max_rss_single = float(u), float(s), int(m) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    text = log.read_text(errors="replace")
+    if rc != 0:
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        run.error = f"exit {rc}: {tail[-400:]}"
+        return run
+    found = SUMMARY_RE.findall(text)
+    if found:
+        run.transfer_s = float(found[-1][3])
+    run.ok = True
+    return run
+
+
+# ------------------------------------------------------------------ servers and contenders
+
+
+class Stack:
+    """SeaweedFS + fake platform control plane + W&B backend, all on loopback, for one dataset."""
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.servers.platform import FakePlatform
+        from tests.servers.s3 import SeaweedS3
+        from tests.servers.wandb_backend import WandbBackend
+
+        self.workdir = workdir
+        self.s3 = SeaweedS3(workdir / "seaweed").start()
+        try:
+            self.platform = FakePlatform(self.s3).start()
+            self.platform.add_bucket(PLATFORM_BUCKET)
+            self.s3.create_bucket(S3_BUCKET)
+            self.wandb = WandbBackend(workdir / "wandb").start()
+        except BaseException:
+            self.s3.stop()
+            raise
+        self.client = self.s3.client(read_timeout=120)
+
+    def stop(self) -> None:
+        for what in (getattr(self, "wandb", None), getattr(self, "platform", None), self.s3):
+            if what is not None:
+                try:
+                    what.stop()
+                except Exception as e:  # noqa: BLE001 - best effort
+                    print(f"warning: stopping {type(what).__name__}: {e}", file=sys.stderr)
+
+    def listing(self, bucket: str, prefix: str) -> tuple[int, int]:
+        n = total = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+            for o in page.get("Contents", []):
+                if o["Key"].endswith("/") and o["Size"] == 0:
+                    continue  # a folder marker (apolo_sdk's upload_dir writes one), not a file
+                n += 1
+                total += o["Size"]
+        return n, total
+
+
+def clean_environ(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AWS_", "APOLO_", "NEURO_", "WABUCKET_", "RCLONE_", "S3_"))}
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(home), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(k, None)
+    return env
+
+
+@dataclass
+class Remote:
+    """Where one upload went: what a download needs, and where to list it."""
+
+    bucket: str  # the S3 bucket holding the bytes (the backing bucket for platform buckets)
+    prefix: str
+    alias: str = ""
+    artifact: str = ""
+    local: Path | None = None  # for cp
+
+
+class Contenders:
+    def __init__(self, stack: Stack, work: Path) -> None:
+        self.stack = stack
+        self.work = work
+        bindir = Path(sys.executable).parent
+        self.s5cmd = shutil.which("s5cmd", path=f"{bindir}:{os.environ.get('PATH', '')}") or "s5cmd"
+        self.rclone = shutil.which("rclone", path=f"{bindir}:{os.environ.get('PATH', '')}") or "rclone"
+        base = clean_environ(work / "home")
+        plat = stack.platform.env(config_dir=work / "apolo-config")
+        s3 = stack.s3.env()
+        wb = {**stack.wandb.env(), "WANDB_PROJECT": WANDB_PROJECT}
+        self.env = {
+            "wabucketref": {**base, **plat, **wb},
+            "wabucketref-s3": {**base, **s3, **wb},
+            "wabucketref-nowandb": {**base, **plat, "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
+                                    "WANDB_PROJECT": WANDB_PROJECT, "WANDB_DIR": str(work / "wandb-off")},
+            "sdk": {**base, **plat},
+            "s5cmd": {**base, **s3},
+            "rclone": {
+                **base,
+                "RCLONE_CONFIG": str(work / "rclone.conf"),
+                "RCLONE_CONFIG_BENCH_TYPE": "s3",
+                "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
+                "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": stack.s3.access_key_id,
+                "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": stack.s3.secret_access_key,
+                "RCLONE_CONFIG_BENCH_ENDPOINT": stack.s3.endpoint_url,
+                "RCLONE_CONFIG_BENCH_REGION": stack.s3.region,
+            },
+            "cp": base,
+        }
+        (work / "rclone.conf").touch()
+        (work / "wandb-off").mkdir(exist_ok=True)
+        self.sdk_script = work / "sdk_transfer.py"
+        self.sdk_script.write_text(SDK_SCRIPT)
+        self.backing = stack.platform.backing_bucket(PLATFORM_BUCKET)
+
+    def _wab(self, name: str) -> list[str]:
+        bucket = f"s3://{S3_BUCKET}/wab" if name == "wabucketref-s3" else PLATFORM_BUCKET
+        return [sys.executable, "-m", "wabucketref", "--bucket", bucket, "--project-name", WANDB_PROJECT]
+
+    def upload(self, name: str, ds: Dataset, rep: int) -> tuple[list[str], Remote]:
+        src = str(ds.path)
+        tag = f"{name}-r{rep}"
+        if name.startswith("wabucketref"):
+            # One artifact per upload: W&B versions follow the content, so the same bytes uploaded again
+            # under the same name would only add an alias to the first version (whose reference is the
+            # first upload's folder) instead of recording a new version.
+            art = f"bench-{ds.name}-{tag}"
+            key = f"dataset/{art}/{tag}"
+            if name == "wabucketref-s3":
+                remote = Remote(S3_BUCKET, f"wab/{key}", tag, art)
+            else:
+                remote = Remote(self.backing, key, tag, art)
+            return self._wab(name) + ["upload", src, "-n", art, "-t", "dataset", "-a", tag], remote
+        prefix = f"{name}/{ds.name}/r{rep}"
+        if name == "sdk":
+            return [sys.executable, str(self.sdk_script), "upload", PLATFORM_BUCKET, prefix, src], Remote(self.backing, prefix)
+        if name == "s5cmd":
+            return [self.s5cmd, "--endpoint-url", self.stack.s3.endpoint_url, "cp", f"{src}/*", f"s3://{S3_BUCKET}/{prefix}/"], Remote(S3_BUCKET, prefix)
+        if name == "rclone":
+            return [self.rclone, "copy", src, f"bench:{S3_BUCKET}/{prefix}", "--transfers", "32", "--checkers", "32"], Remote(S3_BUCKET, prefix)
+        if name == "cp":
+            target = self.work / "cp-bucket" / prefix
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return ["cp", "-r", src, str(target)], Remote("", prefix, local=target)
+        raise ValueError(name)
+
+    def download(self, name: str, ds: Dataset, remote: Remote, dest: Path) -> list[str]:
+        if name.startswith("wabucketref"):
+            return self._wab(name) + ["download", "dataset", remote.artifact, remote.alias, "-d", str(dest)]
+        if name == "sdk":
+            return [sys.executable, str(self.sdk_script), "download", PLATFORM_BUCKET, remote.prefix, str(dest)]
+        if name == "s5cmd":
+            return [self.s5cmd, "--endpoint-url", self.stack.s3.endpoint_url, "cp", f"s3://{S3_BUCKET}/{remote.prefix}/*", f"{dest}/"]
+        if name == "rclone":
+            return [self.rclone, "copy", f"bench:{S3_BUCKET}/{remote.prefix}", str(dest), "--transfers", "32", "--checkers", "32"]
+        if name == "cp":
+            return ["cp", "-r", f"{remote.local}/.", str(dest)]
+        raise ValueError(name)
+
+    def stored(self, remote: Remote) -> tuple[int, int]:
+        if remote.local is not None:
+            return tree_stats(remote.local)
+        return self.stack.listing(remote.bucket, remote.prefix)
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def rotate(items: list[str], k: int) -> list[str]:
+    k %= max(1, len(items))
+    return items[k:] + items[:k]
+
+
+def bench_dataset(ds: Dataset, contenders: list[str], repeat: int, work: Path, args: argparse.Namespace,
+                  runs: list[Run]) -> None:
+    stack_dir = work / f"stack-{ds.name}"
+    stack = Stack(stack_dir)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        cs = Contenders(stack, stack_dir)
+        server_pid = stack.s3.pid
+        uploads: dict[str, dict[int, Remote]] = {c: {} for c in contenders}
+        for rep in range(repeat):
+            for c in rotate(contenders, rep):
+                argv, remote = cs.upload(c, ds, rep)
+                run = measure(argv, cs.env[c], logs / f"{ds.name}-up-{c}-r{rep}.log", Run(ds.name, "upload", c, rep),
+                              server_pid=server_pid, cold=args.drop_caches, timeout=args.timeout, cwd=stack_dir)
+                if run.ok:
+                    got = cs.stored(remote)
+                    if got != (ds.count, ds.total):
+                        run.ok = False
+                        run.error = f"bucket holds {got[0]} files / {got[1]} bytes, expected {ds.count} / {ds.total}"
+                    else:
+                        run.verified = "count+bytes"
+                        uploads[c][rep] = remote
+                runs.append(run)
+                _progress(run)
+        for rep in range(repeat):
+            for c in rotate(contenders, rep):
+                source = uploads[c].get(0) or next(iter(uploads[c].values()), None)
+                run = Run(ds.name, "download", c, rep)
+                if source is None:
+                    run.error = "no successful upload to download"
+                    runs.append(run)
+                    _progress(run)
+                    continue
+                dest = work / "dl" / f"{ds.name}-{c}-r{rep}"
+                shutil.rmtree(dest, ignore_errors=True)
+                dest.mkdir(parents=True)
+                argv = cs.download(c, ds, source, dest)
+                run = measure(argv, cs.env[c], logs / f"{ds.name}-down-{c}-r{rep}.log", run,
+                              server_pid=server_pid, cold=args.drop_caches, timeout=args.timeout, cwd=stack_dir)
+                if run.ok:
+                    if rep == 0:  # one download per contender: every file hashed
+                        got_h = tree_hashes(dest)
+                        if got_h != ds.hashes:
+                            bad = sorted(set(got_h.items()) ^ set(ds.hashes.items()))[:1]
+                            run.ok, run.error = False, f"downloaded tree differs from the source (e.g. {bad})"
+                        else:
+                            run.verified = "sha256"
+                    else:
+                        got = tree_stats(dest)
+                        if got != (ds.count, ds.total):
+                            run.ok, run.error = False, f"downloaded {got[0]} files / {got[1]} bytes, expected {ds.count} / {ds.total}"
+                        else:
+                            run.verified = "count+bytes"
+                shutil.rmtree(dest, ignore_errors=True)
+                runs.append(run)
+                _progress(run)
+    finally:
+        stack.stop()
+        if not args.keep:
+            shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+def _progress(run: Run) -> None:
+    state = f"{run.wall:7.2f} s" if run.ok else f"FAILED: {run.error}"
+    extra = f" (transfer {run.transfer_s:.1f} s)" if run.transfer_s is not None else ""
+    print(f"  {run.dataset} {run.op:8s} {run.contender:20s} r{run.rep}: {state}{extra}", file=sys.stderr, flush=True)
+
+
+def measure_help(n: int, work: Path) -> list[float]:
+    exe = Path(sys.executable).parent / "wabucket"
+    argv = [str(exe) if exe.exists() else "wabucket", "--help"]
+    env = clean_environ(work / "home")
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# ------------------------------------------------------------------ report
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f}" if n else "-"
+
+
+def _med(values: list[float]) -> float | None:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else None
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    def version(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+            return out[0] if out else "?"
+        except (OSError, subprocess.SubprocessError):
+            return "not found"
+
+    from importlib.metadata import PackageNotFoundError, version as pkg_version
+
+    pkgs = {}
+    for p in ("wabucketref", "obstore", "apolo-sdk", "aiobotocore", "wandb"):
+        try:
+            pkgs[p] = pkg_version(p)
+        except PackageNotFoundError:
+            pkgs[p] = "-"
+    bindir = Path(sys.executable).parent
+    from tests.servers.s3 import weed_binary
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(ram / (1 << 30), 1),
+        "kernel": pyplatform.release(),
+        "python": pyplatform.python_version(),
+        "packages": pkgs,
+        "s5cmd": version([str(bindir / "s5cmd") if (bindir / "s5cmd").exists() else "s5cmd", "version"]),
+        "rclone": version([str(bindir / "rclone") if (bindir / "rclone").exists() else "rclone", "version"]),
+        "seaweedfs": version([weed_binary(), "version"]),
+    }
+
+
+def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info: dict[str, Any],
+           help_times: list[float], args: argparse.Namespace, command: str) -> tuple[str, dict[str, Any]]:
+    lines: list[str] = []
+    out = lines.append
+    by: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        by.setdefault((r.dataset, r.op, r.contender), []).append(r)
+
+    def ok_runs(d: str, op: str, c: str) -> list[Run]:
+        return [r for r in by.get((d, op, c), []) if r.ok]
+
+    def med(d: str, op: str, c: str, attr: str = "wall") -> float | None:
+        rs = ok_runs(d, op, c)
+        if len(rs) != len(by.get((d, op, c), [])):
+            return None  # a failed or invalid run: no median
+        return _med([getattr(r, attr) if getattr(r, attr) is not None else float("nan") for r in rs])
+
+    cold = any(r.cold_cache for r in runs)
+    out("# wabucketref benchmark")
+    out("")
+    out(f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB RAM, Linux {info['kernel']}, Python {info['python']}")
+    out("- versions: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+        + f"; s5cmd {info['s5cmd']}; {info['rclone']}; SeaweedFS `{info['seaweedfs']}`")
+    out("- server: SeaweedFS `weed mini` on 127.0.0.1 (one server per dataset, shared by all contenders); "
+        "fake platform control plane and W&B backend on 127.0.0.1 (in the benchmark process)")
+    for ds in datasets:
+        out(f"- dataset {ds.name}: {ds.describe()}")
+    out(f"- {args.repeat} repetition(s); each repetition runs every contender once, in a rotated order; "
+        f"page cache dropped before each timed run: {'yes' if cold else 'no (not permitted, or --no-drop-caches)'}")
+    out("- every upload goes to a fresh prefix/alias and is checked by listing (file count and bytes); every download "
+        "goes into a fresh empty folder and is checked (file count and bytes; the first repetition of each contender: sha256 of every file)")
+    out("")
+    out("## Wall time (median seconds; `x ref` = contender / wabucketref, above 1 is slower)")
+    out("")
+    out("| dataset | op | contender | median s | min | max | MB/s | x ref | client CPU s | SeaweedFS CPU s | peak RSS MB (tree) |")
+    out("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table: dict[str, Any] = {}
+    for ds in datasets:
+        for op in ("upload", "download"):
+            ref = med(ds.name, op, REFERENCE)
+            for c in contenders:
+                rs = by.get((ds.name, op, c), [])
+                if not rs:
+                    continue
+                good = [r for r in rs if r.ok]
+                m = med(ds.name, op, c)
+                if m is None:
+                    err = next((r.error for r in rs if not r.ok), "")
+                    out(f"| {ds.name} | {op} | {c} | FAILED | | | | | | | {err[:120].replace('|', '/')} |")
+                    table[f"{ds.name}/{op}/{c}"] = {"error": err}
+                    continue
+                walls = [r.wall for r in good]
+                cpu = _med([r.user_cpu + r.sys_cpu for r in good])
+                scpu = _med([r.server_cpu for r in good])
+                rss = max(r.peak_rss_tree for r in good)
+                ratio = (m / ref) if ref else None
+                out(f"| {ds.name} | {op} | {c} | {m:.2f} | {min(walls):.2f} | {max(walls):.2f} | {ds.total / m / 1e6:.0f} | "
+                    f"{_fmt(ratio)} | {_fmt(cpu, 1)} | {_fmt(scpu, 1)} | {_mb(rss)} |")
+                table[f"{ds.name}/{op}/{c}"] = {"median": m, "min": min(walls), "max": max(walls), "ratio_to_ref": ratio,
+                                                 "client_cpu": cpu, "server_cpu": scpu, "peak_rss_tree": rss}
+    out("")
+    out("Contenders: " + "; ".join(f"**{c}**: {DESCRIPTIONS[c]}" for c in contenders))
+    out("")
+
+    # ---- W&B bookkeeping
+    book: dict[str, Any] = {}
+    wab = [c for c in ("wabucketref", "wabucketref-s3", "wabucketref-nowandb") if c in contenders]
+
+    def outside(d: str, op: str, c: str) -> float | None:
+        rs = ok_runs(d, op, c)
+        if not rs or len(rs) != len(by.get((d, op, c), [])) or any(r.transfer_s is None for r in rs):
+            return None
+        return _med([r.wall - r.transfer_s for r in rs])  # type: ignore[operator]
+
+    if wab:
+        out("## Where wabucketref's time goes (W&B bookkeeping)")
+        out("")
+        out("`transfer` = the seconds in wabucketref's own summary line (`uploaded N files (...) in S s`: from the start of "
+            "the byte transfer to the last file done, 0.1 s resolution); `outside` = wall - transfer (interpreter start, "
+            "imports, platform login, listing, manifest, W&B), median over runs. **W&B cost** = outside(`wabucketref`, W&B "
+            "online) - outside(`wabucketref-nowandb`, same platform bucket with `WANDB_MODE=disabled`): what W&B adds, with "
+            "the run-to-run noise of the transfer itself removed. `wall diff` = the plain difference of median walls "
+            "(noisier; it also catches W&B work that overlaps the transfer).")
+        out("")
+        out("| dataset | op | contender | wall s | transfer s | outside s | W&B cost s | W&B cost / wall | wall diff s |")
+        out("|---|---|---|---:|---:|---:|---:|---:|---:|")
+        for ds in datasets:
+            for op in ("upload", "download"):
+                off_out = outside(ds.name, op, "wabucketref-nowandb")
+                off_wall = med(ds.name, op, "wabucketref-nowandb")
+                for c in wab:
+                    m = med(ds.name, op, c)
+                    if m is None:
+                        continue
+                    tr = med(ds.name, op, c, "transfer_s")
+                    o = outside(ds.name, op, c)
+                    is_ref = c == REFERENCE
+                    cost = (o - off_out) if (is_ref and o is not None and off_out is not None) else None
+                    wdiff = (m - off_wall) if (is_ref and off_wall is not None) else None
+                    share = f"{100 * cost / m:.0f}%" if cost is not None else "-"
+                    out(f"| {ds.name} | {op} | {c} | {m:.2f} | {_fmt(tr)} | {_fmt(o)} | {_fmt(cost)} | {share} | {_fmt(wdiff)} |")
+                    book[f"{ds.name}/{op}/{c}"] = {"wall": m, "transfer": tr, "outside": o, "wandb_cost": cost,
+                                                   "wall_diff_to_disabled": wdiff}
+        out("")
+
+    # ---- help and RSS
+    help_med = statistics.median(help_times) if help_times else None
+    rss_runs = [r for r in runs if r.contender == REFERENCE and r.dataset == "B" and r.op == "upload" and r.ok]
+    rss_tree = max((r.peak_rss_tree for r in rss_runs), default=0)
+    rss_single = max((r.max_rss_single for r in rss_runs), default=0)
+    rss_main = max((r.peak_rss_main for r in rss_runs), default=0)
+    out("## Start-up and memory")
+    out("")
+    if help_times:
+        out(f"- `wabucket --help`: median {help_med:.3f} s of {len(help_times)} runs (min {min(help_times):.3f}, max {max(help_times):.3f})")
+    if rss_runs:
+        out(f"- peak RSS of `wabucket upload` of dataset B (platform bucket, W&B online): whole process tree {_mb(rss_tree)} MB "
+            f"(sampled at 10 Hz: python + wandb-core service); the python process alone (VmHWM) {_mb(rss_main)} MB; "
+            f"largest single process (GNU time) {_mb(rss_single)} MB")
+    out("")
+
+    # ---- targets
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, value: float | None, limit: float | None, shown: str, is_max: bool = True) -> None:
+        if value is None or limit is None:
+            verdict = "n/a"
+        else:
+            verdict = "PASS" if (value <= limit if is_max else value < limit) else "FAIL"
+        targets.append({"target": name, "measured": shown, "verdict": verdict})
+
+    for ds in datasets:
+        for op in ("upload", "download"):
+            ref = med(ds.name, op, REFERENCE)
+            peers = [p for p in (med(ds.name, op, q) for q in PEERS if q in contenders) if p is not None]
+            best = min(peers) if peers else None
+            if best is not None:
+                target(f"{ds.name} {op} <= 1.1x the faster of s5cmd/rclone", ref, 1.1 * best,
+                       f"{_fmt(ref)} s vs {_fmt(best)} s (x{_fmt(ref / best if ref else None)}; limit {1.1 * best:.2f} s)")
+            if ds.name == "A":
+                sdk = med(ds.name, op, "sdk") if "sdk" in contenders else None
+                if sdk is not None:
+                    target(f"A {op} <= 1/5 of SDK {op}_dir", ref, sdk / 5,
+                           f"{_fmt(ref)} s vs SDK {_fmt(sdk)} s (SDK is x{_fmt(sdk / ref if ref else None, 1)} slower; limit {sdk / 5:.2f} s)")
+    a_up, a_down = book.get("A/upload/wabucketref", {}), book.get("A/download/wabucketref", {})
+    if a_up.get("wandb_cost") is not None and a_down.get("wandb_cost") is not None:
+        cost = a_up["wandb_cost"] + a_down["wandb_cost"]
+        total = a_up["wall"] + a_down["wall"]
+        target("W&B bookkeeping <= 10% of A's total (upload + download)", cost, 0.10 * total,
+               f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% (outside-transfer difference, online vs disabled)")
+    if help_med is not None:
+        target("`wabucket --help` < 0.3 s", help_med, 0.3, f"{help_med:.3f} s", is_max=False)
+    if rss_runs:
+        target("peak RSS uploading B < 300 MB (whole process tree)", rss_tree / 1e6, 300, f"{_mb(rss_tree)} MB", is_max=False)
+    out("## Targets")
+    out("")
+    out("| target | measured | verdict |")
+    out("|---|---|---|")
+    for t in targets:
+        out(f"| {t['target']} | {t['measured']} | **{t['verdict']}** |")
+    out("")
+    if args.small:
+        out("(`--small`: the data sets are scaled down for a smoke run; start-up costs weigh far more than at full size.)")
+        out("")
+    out("## Reproduce")
+    out("")
+    out("```")
+    out(command)
+    out("```")
+    data = {"machine": info, "small": args.small, "datasets": {d.name: {"count": d.count, "size": d.size, "folders": int(d.describe().split(" in ")[-1].split()[0]) if " in " in d.describe() else 0} for d in datasets},
+            "repeat": args.repeat, "cold_cache": cold, "table": table, "bookkeeping": book,
+            "help_seconds": help_times, "targets": targets, "runs": [asdict(r) for r in runs], "command": command}
+    return "\n".join(lines), data
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="A = 1000 x 100 KiB, B = 4 x 16 MiB, 1 repeat (CI smoke, ~2 min)")
+    p.add_argument("--repeat", type=int, help="repetitions per contender (default 3; 1 with --small)")
+    p.add_argument("--only", choices=["A", "B"], help="run one data set only")
+    p.add_argument("--contenders", nargs="+", metavar="NAME", choices=CONTENDERS, default=None,
+                   help=f"subset of: {' '.join(CONTENDERS)} (default: all)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write every run and the summary as JSON")
+    p.add_argument("--workdir", type=Path, help="where data, servers and downloads live (default: a new folder in $TMPDIR, removed at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (generated data is reused by a later --workdir run)")
+    p.add_argument("--no-drop-caches", dest="drop_caches", action="store_false", help="do not drop the page cache before each run")
+    p.add_argument("--help-runs", type=int, default=10, help="runs of `wabucket --help` to time (default 10)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed (default 3600)")
+    p.add_argument("--report-from", type=Path, metavar="JSON", help="only print the report of a earlier --json file (no runs)")
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.small else 3
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return args
+
+
+def report_from(args: argparse.Namespace) -> int:
+    """Render the report of saved runs again (e.g. after changing the report)."""
+    data = json.loads(args.report_from.read_text())
+    runs = [Run(**r) for r in data["runs"]]
+    datasets = [Dataset(n, d["count"], d["size"], Path(), folders=d.get("folders")) for n, d in data["datasets"].items()]
+    seen = {r.contender for r in runs}
+    contenders = [c for c in CONTENDERS if c in seen]
+    args.repeat = data["repeat"]
+    args.small = data.get("small", False)
+    text, _ = report(runs, datasets, contenders, data["machine"], data["help_seconds"], args, data["command"])
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report_from:
+        return report_from(args)
+    contenders = [c for c in CONTENDERS if c in (args.contenders or CONTENDERS)]
+    sizes = SIZES["small" if args.small else "full"]
+    names = [args.only] if args.only else ["A", "B"]
+    command = "python benchmarks/bench.py" + (" " + shlex.join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="wabucket-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    need = sum(sizes[n][0] * sizes[n][1] for n in names)
+    free = shutil.disk_usage(work).free
+    per_ds = max(sizes[n][0] * sizes[n][1] for n in names) * (len(contenders) * args.repeat + 2)
+    if free < need + per_ds:
+        print(f"warning: {_size(free)} free in {work}; this run may need about {_size(need + per_ds)}", file=sys.stderr)
+    if args.drop_caches and not drop_caches():
+        print("note: cannot drop the page cache (needs root); runs alternate instead", file=sys.stderr)
+        args.drop_caches = False
+    runs: list[Run] = []
+    try:
+        info = machine_info()
+        print(f"work folder: {work}", file=sys.stderr)
+        help_times = measure_help(args.help_runs, work) if args.help_runs > 0 and REFERENCE in contenders else []
+        datasets = []
+        for n in names:
+            t0 = time.perf_counter()
+            ds = make_dataset(work / "data", n, *sizes[n])
+            datasets.append(ds)
+            print(f"dataset {n}: {ds.describe()} ({time.perf_counter() - t0:.1f} s to prepare)", file=sys.stderr)
+        for ds in datasets:
+            bench_dataset(ds, contenders, args.repeat, work, args, runs)
+        text, data = report(runs, datasets, contenders, info, help_times, args, command)
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps(data, indent=2, default=str))
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

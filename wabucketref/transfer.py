@@ -36,9 +36,11 @@ log = logging.getLogger("wabucketref")
 
 DEFAULT_CONCURRENCY = 32
 ATTEMPTS = 4
-SMALL_FILE = 8 << 20  # read and sent in one request; larger files stream in parts
+SMALL_FILE = 4 << 20  # sent or fetched in one request; larger files move in parts
 STREAM_CHUNK = 8 << 20
-LARGE_FILES_IN_FLIGHT = 2  # bounds memory: each large file buffers a few parts
+LARGE_UPLOADS_IN_FLIGHT = 2  # each buffers up to UPLOAD_PARTS_PER_FILE parts in obstore
+UPLOAD_PARTS_PER_FILE = 3
+RANGES_IN_FLIGHT = 8  # ranged GETs of large files, all files together: bounds download memory
 PART_SUFFIX = ".wabucket-part"
 
 T = TypeVar("T")
@@ -216,13 +218,13 @@ async def upload(
     """Put `files` under `prefix`, skipping those the destination already holds byte for byte."""
     stats = Stats("uploaded")
     progress = Progress(stats, len(files), sum(f.size for f in files), opts)
-    large = asyncio.Semaphore(LARGE_FILES_IN_FLIGHT)
-    part = storage.multipart_chunk
+    large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
 
     async def one(f: LocalFile) -> FileEntry:
         key = _key(prefix, f.path)
         info = existing.get(f.path)
         if info is not None and info.size == f.size:
+            part = storage.part_size(f.size) if f.size > SMALL_FILE else f.size + 1
             sha, md5s = await asyncio.to_thread(_hash_local, f.abspath, part)
             same = storage.etag_matches(info, md5s)
             if same is None:
@@ -259,20 +261,21 @@ def _read_and_hash(path: Path) -> tuple[bytes, str]:
 
 
 async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: Progress) -> str:
+    """A multipart upload whose parts are hashed as they are read (parts of a known size, so a
+    resume can compare the object's ETag)."""
     sha = hashlib.sha256()
     sent = 0
+    part = storage.part_size(f.size)
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent
         with open(f.abspath, "rb") as fh:
-            while chunk := await asyncio.to_thread(_read_hashed, fh, sha, storage.multipart_chunk):
+            while chunk := await asyncio.to_thread(_read_hashed, fh, sha, part):
                 sent += len(chunk)
                 progress.advance(len(chunk))
                 yield chunk
 
-    await obs.put_async(
-        storage.store, key, chunks(), chunk_size=storage.multipart_chunk, max_concurrency=4
-    )
+    await obs.put_async(storage.store, key, chunks(), chunk_size=part, max_concurrency=UPLOAD_PARTS_PER_FILE)
     if sent != f.size:
         raise WaBucketError(f"file changed while uploading: {f.path}")
     return sha.hexdigest()
@@ -312,18 +315,16 @@ async def download(
     """
     stats = Stats("downloaded")
     progress = Progress(stats, len(manifest.files), manifest.total_size, opts)
-    large = asyncio.Semaphore(LARGE_FILES_IN_FLIGHT)
-    dest_real = dest.resolve()
+    ranges = asyncio.Semaphore(RANGES_IN_FLIGHT)
     verify = manifest.info.get("verified", True)
+    present = await asyncio.to_thread(_prepare_dest, dest, [f.path for f in manifest.files])
 
     async def one(f: FileEntry) -> None:
-        final = dest / safe_relpath(f.path)
-        if dest_real not in final.resolve().parents:
-            raise IntegrityError(f"unsafe path in artifact: {f.path!r}")
+        final = dest / f.path
         if f.path in trusted:
             progress.file_done(f.size, skipped=True)
             return
-        if os.path.lexists(final):
+        if f.path in present:
             if skip_existing:
                 return
             if await asyncio.to_thread(_local_matches, final, f, verify):
@@ -333,8 +334,7 @@ async def download(
 
         async def get() -> None:
             if f.size > SMALL_FILE:
-                async with large:
-                    await _stream_to_file(storage, key, final, f, progress, verify)
+                await _get_ranges(storage, key, final, f, progress, verify, ranges)
             else:
                 data = await _fetch(storage, key, f)
                 await asyncio.to_thread(_land, final, data, f, verify)
@@ -352,6 +352,24 @@ async def download(
     return stats
 
 
+def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
+    """Make every folder the files need (once each, never through a link that leaves dest) and
+    return the paths that already exist there (usually none: then nothing is hashed)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    real = os.path.realpath(dest)
+    for folder in sorted({p.rpartition("/")[0] for p in paths if "/" in safe_relpath(p)}):
+        target = dest / folder
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.path.realpath(target).startswith(real + os.sep):
+            raise IntegrityError(f"{folder}: leads outside the destination folder")
+    present = set()
+    for root, _, names in os.walk(dest):
+        rel = os.path.relpath(root, dest)
+        for name in names:
+            present.add(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return present
+
+
 def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size != f.size:
@@ -365,12 +383,12 @@ def _temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
 
 
-async def _fetch(storage: Storage, key: str, f: FileEntry) -> bytes:
+async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:
     try:
         result = await obs.get_async(storage.store, key)
     except ObjNotFound as e:
         raise IntegrityError(f"{f.path}: missing from the bucket") from e
-    return bytes(await result.bytes_async())
+    return await result.bytes_async()  # a buffer: hashed and written without a copy
 
 
 def _check(f: FileEntry, size: int, sha: str, verify: bool) -> None:
@@ -380,42 +398,81 @@ def _check(f: FileEntry, size: int, sha: str, verify: bool) -> None:
         raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
 
 
-def _land(final: Path, data: bytes, f: FileEntry, verify: bool) -> None:
+def _land(final: Path, data: Any, f: FileEntry, verify: bool) -> None:
     """Check a small file's bytes, then write them under a temporary name and move it into place."""
     _check(f, len(data), hashlib.sha256(data).hexdigest(), verify)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(final)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as out:
+            out.write(data)
         os.replace(tmp, final)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
-async def _stream_to_file(storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool) -> None:
-    await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+async def _get_ranges(
+    storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, slots: asyncio.Semaphore
+) -> None:
+    """A large file as parallel ranged GETs written in place; hashed in order as parts arrive.
+
+    A part keeps its slot until it has been hashed, so parts waiting for an earlier one are
+    bounded by the slots (memory stays bounded whatever the file sizes).
+    """
+    part = storage.part_size(f.size)
     tmp = _temp_name(final)
     sha = hashlib.sha256()
-    size = 0
+    waiting: dict[int, Any] = {}
+    hashed_to = 0
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        os.ftruncate(fd, f.size)
+
+        async def fetch(start: int) -> None:
+            nonlocal hashed_to
+            await slots.acquire()
+            queued = False
+            try:
+                end = min(start + part, f.size)
+                try:
+                    data = await obs.get_range_async(storage.store, key, start=start, end=end)
+                except ObjNotFound as e:
+                    raise IntegrityError(f"{f.path}: missing from the bucket") from e
+                if len(data) != end - start:
+                    raise IntegrityError(f"{f.path}: the bucket returned {len(data)} bytes for a {end - start}-byte range")
+                await asyncio.to_thread(os.pwrite, fd, data, start)
+                progress.advance(len(data))
+                waiting[start] = data
+                queued = True
+            except BaseException:
+                if not queued:
+                    slots.release()
+                raise
+            while hashed_to in waiting:  # only the task holding the next part in order gets here
+                chunk = waiting.pop(hashed_to)
+                slots.release()
+                await asyncio.to_thread(sha.update, chunk)
+                hashed_to += len(chunk)
+
+        tasks = [asyncio.ensure_future(fetch(start)) for start in range(0, f.size, part)]
         try:
-            result = await obs.get_async(storage.store, key)
-        except ObjNotFound as e:
-            raise IntegrityError(f"{f.path}: missing from the bucket") from e
-        with open(tmp, "wb") as out:
-            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
-                await asyncio.to_thread(_write_hashed, out, sha, chunk)
-                size += len(chunk)
-                progress.advance(len(chunk))
-        _check(f, size, sha.hexdigest(), verify)
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for _ in waiting:  # parts that never got hashed still hold their slots
+                slots.release()
+            raise
+        _check(f, hashed_to, sha.hexdigest(), verify)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_hashed(out: Any, sha: Any, data: bytes) -> None:
-    sha.update(data)
-    out.write(data)
+        if fd >= 0:
+            os.close(fd)
+        if fd >= 0 or os.path.lexists(tmp):
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- hashing what is in a bucket

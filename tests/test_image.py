@@ -25,7 +25,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import random
 import sys
 import time
 import uuid
@@ -22,20 +21,16 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 import obstore as obs
-from obstore.exceptions import (
-    NotFoundError as ObjNotFound,
-    PermissionDeniedError,
-    UnauthenticatedError,
-)
+from obstore.exceptions import NotFoundError as ObjNotFound
 
-from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
+from .errors import IntegrityError, NotFoundError, WaBucketError
 from .manifest import FileEntry, LocalFile, Manifest, safe_relpath
+from .retry import ATTEMPTS, with_retries
 from .storage import ObjectInfo, Storage
 
 log = logging.getLogger("wabucketref")
 
 DEFAULT_CONCURRENCY = 32
-ATTEMPTS = 4
 SMALL_FILE = 4 << 20  # sent or fetched in one request; larger files move in parts
 STREAM_CHUNK = 8 << 20
 LARGE_UPLOADS_IN_FLIGHT = 2  # each buffers up to UPLOAD_PARTS_PER_FILE parts in obstore
@@ -144,30 +139,6 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concu
     if errors:
         raise errors[0]
     return [results[i] for i in range(len(results))]
-
-
-_PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
-
-
-async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int) -> R:
-    """Retry transient failures with exponential backoff and jitter; after the last try, fail."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await fn()
-        except _PERMANENT:
-            raise
-        except Exception as e:  # noqa: BLE001 - network and server errors of any client
-            if attempt == attempts:
-                raise TransferError(f"{what} failed after {attempts} tries: {_one_line(e)}") from e
-            delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
-            log.warning("%s failed (%s); retrying in %.1f s", what, _one_line(e), delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def _key(prefix: str, path: str) -> str:

@@ -40,7 +40,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

@@ -13,6 +13,8 @@ from typing import Any, Awaitable, Callable
 
 import obstore as obs
 
+from ..retry import ATTEMPTS, with_retries
+
 # Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
 # retries for streamed transfers live in transfer.py.
 RETRY_CONFIG = {
@@ -49,7 +51,15 @@ class Storage:
     `uri` names the root in references written to W&B; keys are relative to it.
     """
 
-    multipart_chunk = 16 << 20  # S3 part size we upload with (known, so ETags can be checked)
+    def part_size(self, size: int) -> int:
+        """Part size for multipart uploads and ranged downloads of a file of `size` bytes.
+
+        8 MiB, or more for files that would otherwise need over 9,000 parts (S3 allows 10,000);
+        deterministic, so a resume can recompute an object's multipart ETag.
+        """
+        mib = 1 << 20
+        smallest = -(-size // 9000)  # ceil(size / 9000)
+        return max(8 * mib, -(-smallest // mib) * mib)
 
     def __init__(self, store: Any, uri: str, *, on_close: Callable[[], Awaitable[None]] | None = None):
         self.store = store
@@ -97,11 +107,12 @@ class Storage:
         return bytes(await result.bytes_async())
 
     async def put_bytes(self, key: str, data: bytes) -> None:
-        await obs.put_async(self.store, key, data)
+        await with_retries(lambda: obs.put_async(self.store, key, data), f"writing {key}", ATTEMPTS)
 
     async def delete(self, keys: list[str]) -> None:
+        # A bulk delete is a POST, which obstore does not retry after a connection error.
         if keys:
-            await obs.delete_async(self.store, keys)
+            await with_retries(lambda: obs.delete_async(self.store, keys), f"deleting {keys[0]}", ATTEMPTS)
 
     def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
         """Does an S3-style ETag match content whose per-part MD5 digests are given?

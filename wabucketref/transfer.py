@@ -36,6 +36,7 @@ STREAM_CHUNK = 8 << 20
 LARGE_UPLOADS_IN_FLIGHT = 2  # each buffers up to UPLOAD_PARTS_PER_FILE parts in obstore
 UPLOAD_PARTS_PER_FILE = 3
 RANGES_IN_FLIGHT = 8  # ranged GETs of large files, all files together: bounds download memory
+RANGE_SIZE = 16 << 20
 PART_SUFFIX = ".wabucket-part"
 
 T = TypeVar("T")
@@ -390,7 +391,7 @@ async def _get_ranges(
     A part keeps its slot until it has been hashed, so parts waiting for an earlier one are
     bounded by the slots (memory stays bounded whatever the file sizes).
     """
-    part = storage.part_size(f.size)
+    part = max(storage.part_size(f.size), RANGE_SIZE)
     tmp = _temp_name(final)
     sha = hashlib.sha256()
     waiting: dict[int, Any] = {}

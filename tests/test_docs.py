@@ -31,3 +31,16 @@ def test_readme_first_command_runs(tmp_path):
     assert "::set-output name=artifact_alias::first" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "dataset/demo-data/first"
     assert tree_hashes(work / "dataset/demo-data/first") == tree_hashes(work / "examples/data")
+
+
+def test_readme_live_snippet_renders(tmp_path):
+    """The README's live.yml snippet, through apolo-flow's own parser and dry-run renderer."""
+    from tests.flow_dryrun import GH_ACTION_RE, make_workspace, render_live, split_run_line
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if block.startswith("kind: live"))
+    ws = make_workspace(tmp_path / "readme_ws", {"live": re.sub(GH_ACTION_RE, "ws:action.yml", snippet)})
+    line = split_run_line(render_live(ws, "upload_model"))
+    assert line.args == ["--bucket", "my-bucket", "--project-name", "readme_ws",
+                         "upload", "/mnt/models/run-1", "-n", "my-model", "-t", "model"]
+    assert line.option_values("volume") == ["storage:models:/mnt/models:ro"]

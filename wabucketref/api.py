@@ -262,11 +262,7 @@ class WaBucketRefAPI:
         version = tracking.log_artifact(
             run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
         )
-        info = {
-            "name": art_name, "type": art_type, "alias": alias, "ref": ref, "root": prefix,
-            "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
-            "wandb_version": version,
-        }
+        info = _record(art_name, art_type, alias, ref, prefix, manifest, version)
         self._run_io(self._commit(storage, meta_key, partial_key, manifest, info))
         log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
         self._print_outputs(art_name, art_type, alias, out_suffix)
@@ -347,11 +343,7 @@ class WaBucketRefAPI:
         )
         if data_storage is storage:
             meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
-            info = {
-                "name": art_name, "type": art_type, "alias": alias, "ref": ref, "root": key,
-                "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
-                "wandb_version": version,
-            }
+            info = _record(art_name, art_type, alias, ref, key, manifest, version)
             try:
                 self._run_io(storage.put_bytes(meta_key, manifest.dumps(info)))
             except Exception as e:  # noqa: BLE001 - a read-only bucket can still be linked
@@ -565,6 +557,15 @@ class WaBucketRefAPI:
 
         self._run_io(check())
         return manifest
+
+
+def _record(name: str, type_: str, alias: str, ref: str, root: str, manifest: Manifest, version: str | None) -> dict:
+    """Header of the manifest kept in the bucket: what offline downloads resolve aliases with."""
+    return {
+        "name": name, "type": type_, "alias": alias, "ref": ref, "root": root,
+        "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
+        "wandb_version": version,
+    }
 
 
 def _sdk_encoded(key: str) -> str:

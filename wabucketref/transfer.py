@@ -86,11 +86,16 @@ class Progress:
         self.quiet = opts.quiet
         self.bar = None
         if not opts.quiet and sys.stderr.isatty() and total_files:
+            import shutil
+
             from tqdm import tqdm
 
+            size = shutil.get_terminal_size((100, 24))
             self.bar = tqdm(
-                total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=stats.verb, file=sys.stderr, leave=False, dynamic_ncols=True,
+                total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=stats.verb,
+                file=sys.stderr, leave=False, disable=False,
+                # tqdm hides the bar on a terminal that reports no size; assume a usual one then
+                ncols=size.columns, nrows=size.lines,
             )
             self.total_files = total_files
 

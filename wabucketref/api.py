@@ -245,7 +245,7 @@ class WaBucketRefAPI:
             self._print_outputs(art_name, art_type, alias, out_suffix)
             return alias
 
-        tracking.check_credentials()  # before any byte moves
+        tracking.preflight()  # W&B must answer before any byte moves
         storage, base = self._storage(self.bucket)
         prefix = _join(base, art_type, art_name, alias)
         meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
@@ -382,7 +382,7 @@ class WaBucketRefAPI:
             self._run_io(self._download(storage, key, resolved, dest))
             return dest
 
-        tracking.check_credentials()
+        tracking.preflight()  # W&B must answer before anything lands in dest
         # While W&B resolves the alias, start on the copy the bucket's own manifest names; the
         # result is kept only if W&B's manifest has the same digest (same content).
         pre = _Prefetch()

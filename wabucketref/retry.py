@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from typing import Awaitable, Callable, TypeVar
 
 from obstore.exceptions import NotFoundError as ObjNotFound
@@ -36,5 +37,11 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int)
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    raw = str(e)
+    text = raw.strip().splitlines()
+    line = re.sub(r"\s*<\?xml[^>]*\?>", "", text[0] if text else type(e).__name__)
+    # An S3 error's first line ends where its XML body starts: keep the body's code and message.
+    code, message = re.search(r"<Code>([^<]*)</Code>", raw), re.search(r"<Message>([^<]*)</Message>", raw)
+    if code and code.group(1) not in line:
+        line = f"{line.rstrip(': ')}: {code.group(1)}" + (f": {message.group(1)}" if message else "")
+    return line[:300]

@@ -42,21 +42,67 @@ def is_offline() -> bool:
     return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
 
 
-def check_credentials() -> None:
-    """Fail fast, instead of blocking on wandb's login prompt, when no API key can be found."""
-    if is_offline() or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+def _base_url() -> str:
+    return (os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").rstrip("/")
+
+
+def _api_key() -> str | None:
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
     try:
         path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-        if netrc.netrc(path).authenticators(host):
-            return
+        auth = netrc.netrc(path).authenticators(urlsplit(_base_url()).hostname or "")
     except (OSError, netrc.NetrcParseError):
-        pass
+        return None
+    return auth[2] if auth else None
+
+
+def check_credentials() -> None:
+    """Fail fast, instead of blocking on wandb's login prompt, when no API key can be found."""
+    if is_offline() or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or _api_key():
+        return
     raise WaBucketError(
         "no W&B credentials: run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline to "
         "record runs locally for a later `wandb sync`"
     )
+
+
+def preflight(timeout: float = 10.0) -> None:
+    """Check that W&B answers and accepts the key, before anything is written anywhere.
+
+    One small GraphQL query: cheaper than finding out after the bytes moved (upload) or landed
+    (download) that the run cannot start.
+    """
+    check_credentials()
+    key = _api_key()
+    if is_offline() or key is None:  # identity-token auth: left to wandb itself
+        return
+    import base64
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = _base_url() + "/graphql"
+    request = urllib.request.Request(
+        url, data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()},
+    )
+    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+    context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            response.read()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise WaBucketError(f"W&B at {_base_url()} rejected the API key (HTTP {e.code}): run `wandb login --relogin`") from e
+        if e.code >= 500:
+            raise WaBucketError(f"W&B at {_base_url()} is failing (HTTP {e.code}); try again later or set WANDB_MODE=offline") from e
+    except (OSError, TimeoutError) as e:  # URLError, refused, reset, timeout
+        reason = getattr(e, "reason", e)
+        raise WaBucketError(
+            f"cannot reach W&B at {_base_url()} ({reason}); check WANDB_BASE_URL and proxies, or set WANDB_MODE=offline"
+        ) from e
 
 
 def start_run(

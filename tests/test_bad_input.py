@@ -1,0 +1,245 @@
+"""Bad input, table-driven: each case exits with its code and exactly one readable line on stderr (or a click
+usage error), no traceback, nothing on stdout, nothing written to the bucket and nothing registered in W&B."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import pytest
+
+from tests.conftest import online
+
+FAST_WANDB_INIT = {"WANDB_INIT_TIMEOUT": "8"}
+# Root reads any file whatever its mode: run the CLI as a root that has dropped CAP_DAC_OVERRIDE and
+# CAP_DAC_READ_SEARCH from its bounding set (prctl PR_CAPBSET_DROP), so file modes apply to it again.
+DROP_DAC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):
+    if libc.prctl(24, cap, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_CAPBSET_DROP, {cap}) failed: errno {ctypes.get_errno()}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+NO_DAC = [sys.executable, "-c", DROP_DAC]
+
+
+@dataclass
+class Case:
+    id: str
+    args: Callable[[SimpleNamespace], list[str]]
+    code: int
+    says: str  # in the error line (or the usage error)
+    setup: Callable[[SimpleNamespace], None] | None = None
+    usage: bool = False  # a click usage error instead of a "wabucket: error:" line
+    global_opts: bool = True  # prepend --bucket and --project-name
+    max_seconds: float = 30
+    marks: list = field(default_factory=list)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _blackhole(c) -> int:
+    """A port that accepts connections and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    c.cleanup.append(s.close)
+    return s.getsockname()[1]
+
+
+def _passed_config(url: str) -> str:
+    data = {"token": "t0k3n", "cluster": "default", "url": url, "org_name": "org", "project_name": "proj"}
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+def _platform(c) -> None:
+    plat = c.request.getfixturevalue("platform")
+    c.env.vars.update(plat.env(config_dir=c.tmp / "apolo-config"))
+    c.env.bucket = "no-such-bucket-" + os.urandom(3).hex()
+
+
+def _platform_at(url_of: Callable) -> Callable:
+    def setup(c) -> None:
+        c.env.vars.update(APOLO_PASSED_CONFIG=_passed_config(url_of(c)), NEURO_PASSED_CONFIG=_passed_config(url_of(c)),
+                          APOLO_CONFIG=str(c.tmp / "apolo-cfg"), NEUROMATION_CONFIG=str(c.tmp / "apolo-cfg"))
+        c.env.bucket = "plat-bucket"
+    return setup
+
+
+def _wandb_at(url_of: Callable) -> Callable:
+    def setup(c) -> None:
+        c.env.vars.update(WANDB_BASE_URL=url_of(c), **FAST_WANDB_INIT)
+    return setup
+
+
+def _no_credentials(c) -> None:
+    c.env.vars.pop("WANDB_API_KEY")
+    c.env.vars["NETRC"] = str(c.tmp / "no-netrc")
+
+
+def _no_project(c) -> None:
+    c.env.vars.pop("WANDB_PROJECT")
+
+
+def _unreadable(c) -> None:
+    secret = c.src / "nested" / "secret.bin"
+    secret.write_bytes(b"top secret")
+    secret.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that let it
+        c.prefix = NO_DAC
+
+
+def _unreadable_dir(c) -> None:
+    d = c.src / "locked"
+    d.mkdir()
+    (d / "inside.txt").write_text("x")
+    d.chmod(0)
+    if os.geteuid() == 0:
+        c.prefix = NO_DAC
+
+
+def _fifo_only(c) -> None:
+    c.fifo_dir = c.tmp / "fifo-only"
+    c.fifo_dir.mkdir()
+    os.mkfifo(c.fifo_dir / "pipe")
+
+
+def _a_file(c) -> None:
+    c.file = c.tmp / "a-file.txt"
+    c.file.write_text("not a folder")
+
+
+UP = ["upload"]
+OK = ["-n", "ds", "-t", "dataset", "-a", "al1"]
+
+
+def up(*extra: str, src: Callable | None = None) -> Callable:
+    return lambda c: [*UP, str(src(c) if src else c.src), *extra]
+
+
+CASES = [
+    # ---- the source folder
+    Case("src-missing", lambda c: [*UP, str(c.tmp / "nope"), *OK], 2, "does not exist"),
+    Case("src-is-a-file", lambda c: [*UP, str(c.file), *OK], 2, "is a file", setup=_a_file, usage=True),
+    Case("src-empty", lambda c: [*UP, str(c.empty), *OK], 2, "has no files"),
+    Case("src-only-a-fifo", lambda c: [*UP, str(c.fifo_dir), *OK], 2, "has no files", setup=_fifo_only),
+    Case("src-unreadable-file", up(*OK), 2, "nested/secret.bin", setup=_unreadable),
+    Case("src-unreadable-folder", up(*OK), 2, "locked", setup=_unreadable_dir),
+    # ---- names, aliases, metadata, suffix (W&B rules: names [A-Za-z0-9_.-] up to 128; aliases without / or :)
+    Case("name-slash", up("-n", "a/b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("name-space", up("-n", "a b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("name-colon", up("-n", "a:b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("name-129", up("-n", "x" * 129, "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("name-unicode", up("-n", "dätä", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("name-empty", up("-n", "", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("type-bad", up("-n", "ds", "-t", "data/set", "-a", "al1"), 2, "invalid artifact type"),
+    Case("alias-slash", up("-n", "ds", "-t", "dataset", "-a", "a/b"), 2, "invalid alias"),
+    Case("alias-colon", up("-n", "ds", "-t", "dataset", "-a", "a:b"), 2, "invalid alias"),
+    Case("alias-dotdot", up("-n", "ds", "-t", "dataset", "-a", ".."), 2, "invalid alias"),
+    Case("alias-latest", up("-n", "ds", "-t", "dataset", "-a", "latest"), 2, "managed by W&B"),
+    Case("alias-version", up("-n", "ds", "-t", "dataset", "-a", "v3"), 2, "managed by W&B"),
+    Case("metadata-no-equals", up(*OK, "-m", "novalue"), 2, "KEY=VALUE"),
+    Case("metadata-empty-key", up(*OK, "-m", "=value"), 2, "KEY=VALUE"),
+    Case("suffix-dash", up(*OK, "-s", "a-b"), 2, "invalid suffix"),
+    Case("suffix-dollar", up(*OK, "-s", "x$(id)"), 2, "invalid suffix"),
+    Case("missing-name-option", up("-t", "dataset"), 2, "Missing option", usage=True),
+    Case("concurrency-zero", lambda c: ["--concurrency", "0", *UP, str(c.src), *OK], 2, "concurrency", usage=True),
+    # ---- buckets
+    Case("bucket-unknown-platform", up(*OK), 1, "platform bucket not found", setup=_platform),
+    Case("bucket-bad-scheme", lambda c: ["--bucket", "ftp://host/x", "--project-name", "p", *UP, str(c.src), *OK], 2,
+         "unsupported bucket URI scheme", global_opts=False),
+    Case("bucket-s3-without-name", lambda c: ["--bucket", "s3:///x", "--project-name", "p", *UP, str(c.src), *OK], 2,
+         "needs a bucket name", global_opts=False),
+    Case("platform-endpoint-closed", up(*OK), 1, "127.0.0.1",
+         setup=_platform_at(lambda c: f"http://127.0.0.1:{_closed_port()}/api/v1"), max_seconds=20),
+    Case("platform-endpoint-silent", up(*OK), 1, "imeout",
+         setup=_platform_at(lambda c: f"http://127.0.0.1:{_blackhole(c)}/api/v1"), max_seconds=90,
+         marks=[pytest.mark.slow]),
+    # ---- download / link / verify arguments
+    Case("dest-is-a-file", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.file)], 2,
+         "destination is not a folder", setup=_a_file),
+    Case("download-alias-slash", lambda c: ["download", "dataset", "ds", "a/b"], 2, "invalid alias"),
+    Case("download-name-bad", lambda c: ["download", "dataset", "d s", "latest"], 2, "invalid artifact name"),
+    Case("download-run-args-bad-json", lambda c: ["download", "dataset", "ds", "latest", "-a", "{nope"], 2,
+         "invalid run args"),
+    Case("download-run-args-list", lambda c: ["download", "dataset", "ds", "latest", "-a", "[1]"], 2,
+         "KEY=VALUE"),
+    Case("link-name-bad", lambda c: ["link", "dataset/x/y", "-n", "a/b", "-t", "dataset"], 2, "invalid artifact name"),
+    Case("link-missing-folder", lambda c: ["link", "no/such/folder", "-n", "ds", "-t", "dataset", "-a", "al1"], 1,
+         "does not exist"),
+    Case("verify-name-bad", lambda c: ["verify", "dataset", "a:b", "latest"], 2, "invalid artifact name"),
+    # ---- W&B project and credentials
+    Case("project-missing", lambda c: ["--bucket", c.env.bucket, *UP, str(c.src), *OK], 2, "no W&B project",
+         setup=_no_project, global_opts=False),
+    Case("wandb-no-credentials", up(*OK), 1, "no W&B credentials", setup=_no_credentials, max_seconds=15),
+    Case("wandb-no-credentials-download", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.tmp / "dl")], 1,
+         "no W&B credentials", setup=_no_credentials, max_seconds=15),
+    Case("wandb-unreachable", up(*OK), 1, "W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_closed_port()}"),
+         max_seconds=40),
+    Case("wandb-silent", up(*OK), 1, "W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_blackhole(c)}"),
+         max_seconds=40),
+    Case("wandb-unreachable-download", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.tmp / "dl")], 1,
+         "W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_closed_port()}"), max_seconds=40),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, env, wandb_server, tmp_path, request):
+    env = online(env, wandb_server)
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "nested" / "b.txt").write_text("b")
+    (tmp_path / "empty").mkdir()
+    c = SimpleNamespace(env=env, tmp=tmp_path, src=src, empty=tmp_path / "empty", request=request, prefix=[], cleanup=[])
+    try:
+        if case.setup:
+            case.setup(c)
+        args = case.args(c)
+        if case.global_opts:
+            args = ["--bucket", env.bucket, "--project-name", env.vars["WANDB_PROJECT"], *args]
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [*(c.prefix or [sys.executable]), "-m", "wabucketref", *args], env=env.vars, cwd=env.cwd, capture_output=True,
+            text=True, timeout=case.max_seconds + 60, stdin=subprocess.DEVNULL,
+        )
+        took = time.monotonic() - t0
+    finally:
+        for fn in c.cleanup:
+            fn()
+        for p in (src / "nested" / "secret.bin", src / "locked"):
+            if p.exists():
+                p.chmod(0o700)
+
+    err = proc.stderr
+    assert proc.returncode == case.code, f"exit {proc.returncode}, wanted {case.code}\n{err}"
+    assert took < case.max_seconds, f"took {took:.1f} s"
+    assert "Traceback" not in err and proc.stdout == "", err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if case.usage:
+        assert lines[0].startswith("Usage: wabucket"), err
+        assert lines[-1].startswith("Error:") and case.says in lines[-1], err
+    else:
+        assert len(lines) == 1, f"wanted one line on stderr, got:\n{err}"
+        assert lines[0].startswith("wabucket: error: ") and case.says in lines[0], err
+    # nothing written to the bucket (a local folder: an empty folder at most), nothing registered in W&B
+    bucket = Path(env.bucket)
+    if bucket.is_absolute():
+        assert not [p for p in bucket.rglob("*") if not p.is_dir()], list(bucket.rglob("*"))
+    project = env.vars.get("WANDB_PROJECT") or "p"
+    assert wandb_server.artifact_versions(project, "ds") == []
+    assert not [a for a in wandb_server.pending_artifacts() if a["project"] == project]

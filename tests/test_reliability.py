@@ -1,0 +1,520 @@
+"""Faults: the storage server killed mid-transfer, injected 5xx/SlowDown/resets, W&B failing after the
+bytes are in, temporary credentials expiring, Ctrl-C; and integrity (tampering, `verify`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MULTIPART_FILE_SIZE, Env, make_tree, online, tree_hashes, use_backend
+from tests.servers.faultproxy import CredentialGate, FaultProxy, issuing_platform
+
+PART = ".wabucket-part"
+FAST_WANDB = {"WANDB_X_GRAPHQL_RETRY_MAX": "2", "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": "1"}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def make_files(root: Path, n: int, size: int, seed: int = 0) -> Path:
+    rnd = random.Random(seed)
+    for i in range(n):
+        p = root / f"d{i % 4}" / f"f{i:03d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rnd.randbytes(size))
+    return root
+
+
+def via(env: Env, proxy: FaultProxy) -> Env:
+    """Send this env's s3:// traffic through the proxy."""
+    env.vars.update(AWS_ENDPOINT_URL=proxy.url, AWS_ENDPOINT_URL_S3=proxy.url, AWS_S3_ENDPOINT_URL=proxy.url)
+    return env
+
+
+def direct(env: Env, seaweed) -> Env:
+    """Back to talking to the S3 server itself."""
+    env.vars.update(seaweed.env())
+    return env
+
+
+def spawn(env: Env, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", env.vars["WANDB_PROJECT"], *args],
+        env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_until(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}\n{err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def summary(stderr: str, verb: str) -> tuple[int, int]:
+    """(files moved, files that were already there) from the closing summary line."""
+    m = re.search(rf"^wabucket: {verb} (\d+) files \(.*?\) in [\d.]+ s, [\d.]+ MB/s(?:; (\d+) files \(.*?\) were already there)?$",
+                  stderr, re.M)
+    assert m, f"no '{verb}' summary line in:\n{stderr}"
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def assert_one_clear_line(stderr: str, *needles: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("wabucket: error:")]
+    assert len(errors) == 1, stderr
+    for needle in needles:
+        assert needle in errors[0], stderr
+    return errors[0]
+
+
+def no_part_files(root: Path) -> None:
+    assert not [p for p in Path(root).rglob("*") if p.name.endswith(PART)], list(Path(root).rglob("*"))
+
+
+def final_files_are_whole(dest: Path, src: Path) -> int:
+    """Every file under its final name in dest equals the source's; returns how many there are."""
+    want = tree_hashes(src)
+    have = tree_hashes(dest) if dest.exists() else {}
+    for path, digest in have.items():
+        assert path in want and want[path] == digest, f"half-written or foreign file under a final name: {path}"
+    return len(have)
+
+
+def s3_keys(env: Env, seaweed, sub: str = "") -> dict[str, bytes]:
+    """Objects of an s3 env's bucket under some/prefix/<sub>, read straight from the server."""
+    client = seaweed.client()
+    prefix = "some/prefix/" + sub
+    keys = seaweed.list_keys(env.extra["s3_bucket"], prefix)
+    return {k[len(prefix):]: client.get_object(Bucket=env.extra["s3_bucket"], Key=k)["Body"].read() for k in keys}
+
+
+@pytest.fixture
+def s3_env(env, request, tmp_path) -> Env:
+    return use_backend(env, "s3", request, tmp_path)
+
+
+@pytest.fixture
+def restart_guard(seaweed):
+    """Whatever a test does to the shared S3 server, it is running again afterwards."""
+    yield seaweed
+    if not seaweed.running:
+        seaweed.restart()
+
+
+# ------------------------------------------------------------------ injected 5xx, SlowDown and resets
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_injected_errors_and_resets(s3_env, seaweed, tmp_path, seed):
+    """A fifth of S3 requests fail with 500/503/SlowDown and a tenth get reset: every transfer still completes."""
+    env = s3_env
+    src = make_files(make_tree(tmp_path / "src", seed=seed), 40, 20_000, seed=seed)
+    with FaultProxy(seaweed.endpoint_url, seed=seed, error_rate=0.2, reset_rate=0.1) as proxy:
+        via(env, proxy)
+        up = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "a1", check=True)
+        assert summary(up.stderr, "uploaded")[0] == len(tree_hashes(src))
+        dl = env.wabucket("download", "dataset", "ds", "a1", "-d", str(tmp_path / "dl"), check=True)
+        env.wabucket("verify", "dataset", "ds", "a1", check=True)
+        env.wabucket("link", "dataset/ds/a1", "-n", "linked", "-t", "dataset", "-a", "l1", check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    no_part_files(tmp_path / "dl")
+    assert "Traceback" not in up.stderr + dl.stderr
+    # the run really was hostile: every kind of fault was injected, on reads and on writes
+    assert proxy.fault_kinds() == {"500", "503", "slowdown", "reset", "reset_mid"}, proxy.faults
+    assert {m for _, m, _ in proxy.faults} >= {"GET", "PUT"}
+    assert len(proxy.faults) >= 15
+    # and the bucket holds exactly the files, byte for byte
+    stored = s3_keys(env, seaweed, "dataset/ds/a1/")
+    assert {k: hashlib.sha256(v).hexdigest() for k, v in stored.items()} == tree_hashes(src)
+
+
+def test_injected_faults_platform_bucket(env, seaweed, tmp_path):
+    """The same hostility on a platform bucket: its temporary credentials lead to the proxy."""
+    gate = CredentialGate(seaweed.access_key_id, seaweed.secret_access_key, ttl=600)
+    with FaultProxy(seaweed.endpoint_url, seed=5, error_rate=0.2, reset_rate=0.1, gate=gate) as proxy:
+        plat = issuing_platform(seaweed, gate, proxy).start()
+        try:
+            env.bucket = "b-flt" + os.urandom(4).hex()
+            plat.add_bucket(env.bucket)
+            env.vars.update(plat.env(config_dir=tmp_path / "apolo-config"))
+            src = make_files(make_tree(tmp_path / "src", seed=5), 30, 20_000, seed=5)
+            env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "p1", check=True)
+            env.wabucket("download", "dataset", "ds", "p1", "-d", str(tmp_path / "dl"), check=True)
+            env.wabucket("verify", "dataset", "ds", "p1", check=True)
+        finally:
+            plat.stop()
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    assert proxy.fault_kinds() >= {"500", "503", "slowdown", "reset"} and len(proxy.faults) >= 10, proxy.faults
+    assert sum(gate.accepted.values()) > 60
+
+
+# ------------------------------------------------------------------ the storage server killed mid-transfer
+
+
+N_FILES, FILE_SIZE = 40, 100_000
+
+
+def _kill_when(proc, proxy, method: str, n: int, seaweed) -> int:
+    wait_until(lambda: proxy.count(method, 200) >= n, 60, f"{n} {method}s", proc)
+    seaweed.kill()
+    return proxy.count(method, 200)
+
+
+@pytest.mark.parametrize("outage", ["short", "long"])
+def test_storage_killed_mid_upload(s3_env, wandb_server, restart_guard, tmp_path, outage):
+    """Kill -9 the S3 server mid-upload. Short outage: retries carry the upload through. Long outage: exit 1 with one
+    clear line and nothing registered; the rerun uploads only what is missing and registers the artifact."""
+    seaweed = restart_guard
+    env = online(s3_env, wandb_server)
+    env.vars.update(FAST_WANDB)
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "2", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1")
+        _kill_when(proc, proxy, "PUT", 8, seaweed)
+        if outage == "short":
+            time.sleep(2)
+            seaweed.restart()
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+            assert summary(err, "uploaded")[0] == N_FILES
+        else:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 1, err
+            assert_one_clear_line(err, "failed after")
+            assert out == ""  # no ::set-output for an artifact that does not exist
+            seaweed.restart()
+            # nothing registered: no version, no manifest beside the data; the marker says "unfinished"
+            assert wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds") == []
+            meta = s3_keys(env, seaweed, "dataset/ds/.wabucketref/")
+            assert set(meta) == {"k1.partial"}
+            rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+            moved, there = summary(rerun.stderr, "uploaded")
+            assert there >= 6 and moved + there == N_FILES, rerun.stderr
+            assert moved >= 1
+    direct(env, seaweed)
+    versions = wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds")
+    assert len(versions) == 1 and "k1" in versions[0]["aliases"]
+    assert set(s3_keys(env, seaweed, "dataset/ds/.wabucketref/")) == {"k1.jsonl"}
+    env.wabucket("download", "dataset", "ds", "k1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+@pytest.mark.parametrize("outage", ["short", "long"])
+def test_storage_killed_mid_download(s3_env, restart_guard, tmp_path, outage):
+    seaweed = restart_guard
+    env = s3_env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+    dest = tmp_path / "dl"
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "2", "download", "dataset", "ds", "k1", "-d", str(dest))
+        _kill_when(proc, proxy, "GET", 10, seaweed)
+        if outage == "short":
+            time.sleep(2)
+            seaweed.restart()
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+            assert summary(err, "downloaded")[0] == N_FILES
+        else:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 1, err
+            assert_one_clear_line(err, "failed after")
+            no_part_files(dest)
+            done = final_files_are_whole(dest, src)
+            assert 0 < done < N_FILES
+            seaweed.restart()
+            rerun = env.wabucket("download", "dataset", "ds", "k1", "-d", str(dest), check=True)
+            moved, there = summary(rerun.stderr, "downloaded")
+            assert there == done and moved == N_FILES - done, rerun.stderr
+    assert tree_hashes(dest) == tree_hashes(src)
+    no_part_files(dest)
+
+
+# ------------------------------------------------------------------ W&B fails after the bytes are in
+
+
+@pytest.mark.parametrize("kind,op,status,times", [
+    ("local", "CommitArtifact", 400, 1), ("s3", "CommitArtifact", 400, 1), ("platform", "CommitArtifact", 400, 1),
+    ("local", "CreateArtifact", 500, 20),
+])
+def test_wandb_fails_after_upload(env, request, wandb_server, tmp_path, kind, op, status, times):
+    """W&B fails while the artifact is logged, after the bytes are in (a 400 the SDK does not retry, or 500s until
+    it gives up): one clear line, nothing registered; the rerun registers it without uploading the bytes again."""
+    env = online(use_backend(env, kind, request, tmp_path), wandb_server)
+    env.vars.update(FAST_WANDB)
+    src = make_tree(tmp_path / "src", big=False)
+    wandb_server.fail_operation(op, times=times, status=status)
+    try:
+        t0 = time.monotonic()
+        first = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "w1", timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        wandb_server.clear_faults()
+    assert first.returncode == 1, first.stderr
+    assert_one_clear_line(first.stderr, "W&B")
+    assert first.stdout == "" and took < 60
+    assert summary(first.stderr, "uploaded") == (len(tree_hashes(src)), 0)  # the bytes were in
+    assert wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds") == []
+
+    rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "w1", check=True)
+    assert summary(rerun.stderr, "uploaded") == (0, len(tree_hashes(src)))  # nothing uploaded again
+    versions = wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds")
+    assert len(versions) == 1 and "w1" in versions[0]["aliases"] and versions[0]["state"] == "COMMITTED"
+    env.wabucket("download", "dataset", "ds", "w1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+# ------------------------------------------------------------------ temporary credentials that expire
+
+
+@pytest.fixture
+def expiring_platform(env, seaweed, tmp_path):
+    """A platform bucket whose temporary S3 credentials live 2 s and are enforced by the proxy in front of S3."""
+    gate = CredentialGate(seaweed.access_key_id, seaweed.secret_access_key, ttl=2.0)
+    with FaultProxy(seaweed.endpoint_url, gate=gate, bandwidth=2_000_000) as proxy:
+        plat = issuing_platform(seaweed, gate, proxy).start()
+        try:
+            name = "b-exp" + os.urandom(4).hex()
+            plat.add_bucket(name)
+            env.vars.update(plat.env(config_dir=tmp_path / "apolo-config"))
+            env.bucket, env.kind = name, "platform"
+            env.extra.update(platform=plat, gate=gate, proxy=proxy)
+            yield env
+        finally:
+            plat.stop()
+
+
+def test_gate_enforces_expiry(expiring_platform, seaweed):
+    """The harness itself: a request signed with an expired temporary credential is refused."""
+    import boto3
+    from botocore.config import Config
+
+    gate, proxy = expiring_platform.extra["gate"], expiring_platform.extra["proxy"]
+    cred = gate.issue()
+    bucket = expiring_platform.extra["platform"].backing_bucket(expiring_platform.bucket)
+    client = boto3.client(
+        "s3", endpoint_url=proxy.url, aws_access_key_id=cred.access_key_id, aws_secret_access_key=cred.secret_access_key,
+        aws_session_token=cred.session_token, region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+    client.put_object(Bucket=bucket, Key="probe", Body=b"x")  # valid: re-signed and accepted by the server
+    cred.expires = time.time() - 1
+    with pytest.raises(Exception, match="ExpiredToken"):
+        client.put_object(Bucket=bucket, Key="probe", Body=b"y")
+
+
+def test_credentials_expire_during_transfer(expiring_platform, tmp_path):
+    env = expiring_platform
+    gate, plat = env.extra["gate"], env.extra["platform"]
+    src = make_files(tmp_path / "src", 24, 250_000)  # ~3 s each way through the throttled proxy, ttl 2 s
+    t0 = time.monotonic()
+    env.wabucket("--concurrency", "4", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "c1", check=True)
+    env.wabucket("--concurrency", "4", "download", "dataset", "ds", "c1", "-d", str(tmp_path / "dl"), check=True)
+    assert time.monotonic() - t0 > 2 * gate.ttl
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    refreshed = plat.calls_matching("make_tmp_credentials", "POST")
+    assert len(refreshed) > 2
+    # requests were signed with several credentials, none of them used after it expired
+    assert len([k for k, n in gate.accepted.items() if n]) > 2
+    assert not [r for r in gate.rejected if r[0] == "ExpiredToken"], gate.rejected
+    assert not gate.rejected, gate.rejected
+
+
+def test_s3_error_code_is_shown(s3_env, seaweed, tmp_path):
+    """A refused request names the S3 error code and message, not the first line of an XML body."""
+    env = s3_env
+    gate = CredentialGate(seaweed.access_key_id, seaweed.secret_access_key, ttl=0)  # born expired
+    cred = gate.issue()
+    src = make_tree(tmp_path / "src", big=False)
+    with FaultProxy(seaweed.endpoint_url, gate=gate) as proxy:
+        via(env, proxy)
+        env.vars.update(AWS_ACCESS_KEY_ID=cred.access_key_id, AWS_SECRET_ACCESS_KEY=cred.secret_access_key,
+                        AWS_SESSION_TOKEN=cred.session_token)
+        proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "e1")
+    assert proc.returncode == 1
+    assert_one_clear_line(proc.stderr, "ExpiredToken", "The provided token has expired")
+    assert "<?xml" not in proc.stderr
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+
+def _interrupt(proc: subprocess.Popen) -> tuple[float, str, str]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"still running 30 s after SIGINT\n{err}")
+    return time.monotonic() - t0, out, err
+
+
+def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path):
+    env = s3_env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "3", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1")
+        wait_until(lambda: proxy.count("PUT", 200) >= 8, 60, "8 PUTs", proc)
+        took, out, err = _interrupt(proc)
+    direct(env, seaweed)
+    assert took < 10, err
+    assert proc.returncode in (130, 1), err
+    assert "Traceback" not in err and out == ""
+    # no object under a final name is anything but a whole source file
+    stored = s3_keys(env, seaweed, "dataset/ds/i1/")
+    want = {p: (src / p).read_bytes() for p in tree_hashes(src)}
+    assert 0 < len(stored) < len(want)
+    for key, data in stored.items():
+        assert want.get(key) == data, f"partial object under a final name: {key}"
+    assert set(s3_keys(env, seaweed, "dataset/ds/.wabucketref/")) == {"i1.partial"}
+    rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1", check=True)
+    moved, there = summary(rerun.stderr, "uploaded")
+    assert there == len(stored) and moved == len(want) - len(stored)
+    env.wabucket("download", "dataset", "ds", "i1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+def test_ctrl_c_during_download(s3_env, seaweed, tmp_path):
+    env = s3_env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1", check=True)
+    dest = tmp_path / "dl"
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "3", "download", "dataset", "ds", "i1", "-d", str(dest))
+        wait_until(lambda: proxy.count("GET", 200) >= 10, 60, "10 GETs", proc)
+        took, out, err = _interrupt(proc)
+    direct(env, seaweed)
+    assert took < 10, err
+    assert proc.returncode in (130, 1), err
+    assert "Traceback" not in err and out == ""
+    no_part_files(dest)
+    done = final_files_are_whole(dest, src)
+    assert 0 < done < N_FILES + 1
+    rerun = env.wabucket("download", "dataset", "ds", "i1", "-d", str(dest), check=True)
+    moved, there = summary(rerun.stderr, "downloaded")
+    assert there == done and moved == N_FILES + 1 - done
+    assert tree_hashes(dest) == tree_hashes(src)
+
+
+# ------------------------------------------------------------------ integrity: tampering and `verify`
+
+
+def _bucket_ops(env: Env):
+    """(write(key, data), delete(key)) straight in the storage, not through the tool."""
+    if env.kind == "local":
+        root = Path(env.bucket)
+
+        def write(key, data):
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            (root / key).write_bytes(data)
+
+        return write, lambda key: (root / key).unlink()
+    import boto3
+    from botocore.config import Config
+
+    if env.kind == "s3":
+        bucket, prefix = env.extra["s3_bucket"], "some/prefix/"
+        s3 = None
+    else:
+        s3 = env.extra["platform"].s3
+        bucket, prefix = env.extra["platform"].backing_bucket(env.bucket), ""
+    client = boto3.client(
+        "s3", endpoint_url=env.vars.get("AWS_ENDPOINT_URL") or s3.endpoint_url,
+        aws_access_key_id=env.vars.get("AWS_ACCESS_KEY_ID") or s3.access_key_id,
+        aws_secret_access_key=env.vars.get("AWS_SECRET_ACCESS_KEY") or s3.secret_access_key,
+        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}),
+    )
+    return (lambda key, data: client.put_object(Bucket=bucket, Key=prefix + key, Body=data),
+            lambda key: client.delete_object(Bucket=bucket, Key=prefix + key))
+
+
+@pytest.mark.parametrize("change", ["byte", "removed", "added"])
+def test_tampered_bucket_fails_download_and_verify(backend_env, tmp_path, change):
+    env = backend_env
+    src = make_tree(tmp_path / "src", big=False)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "t1", check=True)
+    ok = env.wabucket("verify", "dataset", "ds", "t1", check=True)
+    assert re.search(r"ok: 6 files, \d+ bytes match the manifest", ok.stderr)
+    write, delete = _bucket_ops(env)
+    victim = "nested/small.bin"
+    if change == "byte":
+        data = bytearray((src / victim).read_bytes())
+        data[1234] ^= 1
+        write(f"dataset/ds/t1/{victim}", bytes(data))
+    elif change == "removed":
+        delete(f"dataset/ds/t1/{victim}")
+    else:
+        victim = "nested/intruder.txt"
+        write(f"dataset/ds/t1/{victim}", b"not in the manifest")
+    before = sorted(p.name for p in env.cwd.iterdir())
+    v = env.wabucket("verify", "dataset", "ds", "t1")
+    assert v.returncode == 1
+    assert_one_clear_line(v.stderr, victim)
+    assert sorted(p.name for p in env.cwd.iterdir()) == before  # verify writes nothing
+
+    dest = tmp_path / "dl"
+    d = env.wabucket("download", "dataset", "ds", "t1", "-d", str(dest))
+    assert d.returncode == 1 and d.stdout == ""
+    assert_one_clear_line(d.stderr, victim)
+    assert not (dest / victim).exists()
+    if dest.exists():
+        no_part_files(dest)
+        final_files_are_whole(dest, src)
+
+
+def test_verify_local_folder(env, tmp_path):
+    src = make_tree(tmp_path / "src", big=False)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "ok1", check=True)
+    dest = tmp_path / "dl"
+    env.wabucket("download", "dataset", "ds", "ok1", "-d", str(dest), check=True)
+    ok = env.wabucket("verify", "dataset", "ds", "ok1", "--local", str(dest), check=True)
+    assert "6 files" in ok.stderr and ok.stdout == ""
+
+    (dest / "a.txt").write_bytes(b"hellO 0\n")  # same size, one byte differs
+    bad = env.wabucket("verify", "dataset", "ds", "ok1", "--local", str(dest))
+    assert bad.returncode == 1
+    assert_one_clear_line(bad.stderr, "a.txt", "does not match")
+    (dest / "a.txt").write_bytes((src / "a.txt").read_bytes())
+
+    (dest / "nested" / "small.bin").unlink()
+    gone = env.wabucket("verify", "dataset", "ds", "ok1", "--local", str(dest))
+    assert gone.returncode == 1
+    assert_one_clear_line(gone.stderr, "nested/small.bin", "missing")
+    (dest / "nested" / "small.bin").write_bytes((src / "nested" / "small.bin").read_bytes())
+
+    (dest / "extra.txt").write_text("x")
+    extra = env.wabucket("verify", "dataset", "ds", "ok1", "--local", str(dest))
+    assert extra.returncode == 1
+    assert_one_clear_line(extra.stderr, "extra.txt")
+    (dest / "extra.txt").unlink()
+
+    # the bucket's copy is still fine, and verify reports it without touching dest
+    mtimes = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
+    env.wabucket("verify", "dataset", "ds", "ok1", check=True)
+    env.wabucket("verify", "dataset", "ds", "ok1", "--local", str(dest), check=True)
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == mtimes
+
+    missing = env.wabucket("verify", "dataset", "ds", "ok1", "--local", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not a folder" in missing.stderr and "Traceback" not in missing.stderr

@@ -152,8 +152,8 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one readable line instead of a traceback
         if os.environ.get("WABUCKET_DEBUG"):
             raise
-        from .retry import _one_line  # an S3 error's code and message, not its XML body's first line
+        from .retry import one_line  # an S3 error's code and message, not its XML body's first line
 
-        first = _one_line(e) if str(e).strip() else ""
+        first = one_line(e) if str(e).strip() else ""
         click.echo(f"wabucket: error: {type(e).__name__}: {first} (set WABUCKET_DEBUG=1 for details)", err=True)
         return 1

@@ -29,14 +29,14 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int)
             raise
         except Exception as e:  # noqa: BLE001 - network and server errors of any client
             if attempt == attempts:
-                raise TransferError(f"{what} failed after {attempts} tries: {_one_line(e)}") from e
+                raise TransferError(f"{what} failed after {attempts} tries: {one_line(e)}") from e
             delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
-            log.warning("%s failed (%s); retrying in %.1f s", what, _one_line(e), delay)
+            log.warning("%s failed (%s); retrying in %.1f s", what, one_line(e), delay)
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     raw = str(e)
     text = raw.strip().splitlines()
     line = re.sub(r"\s*<\?xml[^>]*\?>", "", text[0] if text else type(e).__name__)

@@ -333,18 +333,14 @@ def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
     """Make every folder the files need (once each, never through a link that leaves dest) and
     return the paths that already exist there (usually none: then nothing is hashed)."""
     dest.mkdir(parents=True, exist_ok=True)
+    fresh = not any(os.scandir(dest))
     real = os.path.realpath(dest)
     for folder in sorted({p.rpartition("/")[0] for p in paths if "/" in safe_relpath(p)}):
         target = dest / folder
-        target.mkdir(parents=True, exist_ok=True)
-        if not os.path.realpath(target).startswith(real + os.sep):
+        if not os.path.realpath(target).startswith(real + os.sep):  # checked before anything is made
             raise IntegrityError(f"{folder}: leads outside the destination folder")
-    present = set()
-    for root, _, names in os.walk(dest):
-        rel = os.path.relpath(root, dest)
-        for name in names:
-            present.add(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
-    return present
+        target.mkdir(parents=True, exist_ok=True)
+    return set() if fresh else {p for p in paths if os.path.lexists(dest / p)}
 
 
 def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:

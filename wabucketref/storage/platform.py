@@ -106,7 +106,7 @@ def _make_store(provider: str, creds: dict, fetch) -> Any:
             return {
                 "access_key_id": c["access_key_id"],
                 "secret_access_key": c["secret_access_key"],
-                "token": c.get("session_token"),
+                "token": c.get("session_token") or None,  # some providers send "" for none
                 "expires_at": _expiry(c.get("expiration")),
             }
 

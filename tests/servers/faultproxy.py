@@ -274,9 +274,11 @@ class FaultProxy:
         self.stop()
 
     # ------------------------------------------------------------ introspection
-    def count(self, method: str | None = None, status: int | None = None) -> int:
+    def count(self, method: str | None = None, status: int | tuple[int, ...] | None = None) -> int:
+        """Requests relayed with this method and status (or any of these statuses)."""
+        statuses = (status,) if isinstance(status, int) else status
         with self._lock:
-            return sum(1 for m, _, s in self.log if (method is None or m == method) and (status is None or s == status))
+            return sum(1 for m, _, s in self.log if (method is None or m == method) and (statuses is None or s in statuses))
 
     def fault_kinds(self) -> set[str]:
         with self._lock:

@@ -132,6 +132,9 @@ class SeaweedS3:
             "s3.domainName": "localhost",
             "s3.allowDeleteBucketNotEmpty": "false",
             "s3.iam": "false",
+            # The default (free disk / 128 MB) runs out on a busy disk when a session makes many
+            # buckets (each is a collection with its own volumes); volumes are not preallocated.
+            "volume.max": "2000",
         }
         self.options.update(options or {})
         self.extra_args = list(extra_args or [])

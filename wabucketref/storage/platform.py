@@ -8,15 +8,24 @@ through obstore's client for that provider, which is far faster than the SDK's o
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import obstore as obs
+
 from ..errors import NotFoundError, WaBucketError
+from . import session_cache
 from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage
 from .s3 import make_s3_store
 
+log = logging.getLogger("wabucketref")
+
 S3_PROVIDERS = {"aws", "minio", "seaweedfs", "open_stack"}
 REFRESH_MARGIN = timedelta(seconds=60)
+PROBE_PREFIX = ".wabucketref-probe/"
+EXPIRY_KEYS = ("expiration", "expiry", "expire_time")  # s3, azure, gcp
+NO_RETRIES = {**RETRY_CONFIG, "max_retries": 0}
 
 
 async def open_client() -> Any:
@@ -31,36 +40,94 @@ async def open_client() -> Any:
         ) from e
 
 
+class _Session:
+    """What a command needs of the platform for one bucket: where it is and how to sign requests.
+
+    The platform client is opened only when needed (apolo_sdk costs ~0.5 s to import), and a
+    session is kept in the user's cache while its credentials are fresh, so that the next command
+    starts moving bytes at once.
+    """
+
+    def __init__(self, spec: str, entry: dict, client: Any = None) -> None:
+        self.spec = spec
+        self.entry = entry
+        self._client = client
+
+    async def client(self) -> Any:
+        if self._client is None:
+            self._client = await open_client()
+        return self._client
+
+    async def fetch_credentials(self) -> dict:
+        client = await self.client()
+        creds = await client.buckets.request_tmp_credentials(self.entry["bucket_id"], self.entry["cluster"])
+        self.entry["credentials"] = creds.credentials
+        expires = _expiry(next((creds.credentials[k] for k in EXPIRY_KEYS if creds.credentials.get(k)), None))
+        session_cache.save(self.spec, self.entry, expires.timestamp() if expires else None)
+        return creds.credentials
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def storage(self) -> Storage:
+        e = self.entry
+        store = _make_store(e["provider"], e["credentials"], self.fetch_credentials)
+        return Storage(store, e["uri"], on_close=self.close)
+
+    async def answers(self) -> bool:
+        """Do the cached credentials still open the bucket? One listing of an empty prefix (a HEAD
+        could not tell a missing bucket from a missing key), without retries: any failure
+        (refused, gone, unreachable) means asking the platform afresh."""
+        store = _make_store(self.entry["provider"], self.entry["credentials"], self.fetch_credentials, NO_RETRIES)
+        try:
+            async for _ in obs.list(store, PROBE_PREFIX, chunk_size=1):
+                break
+        except Exception as e:  # noqa: BLE001
+            log.debug("cached platform session not usable: %s", e)
+            return False
+        return True
+
+
 async def open_platform(spec: str) -> tuple[Storage, str]:
     """`spec` is a bucket name or id, or blob://cluster/org/project/bucket[/prefix]."""
+    entry = session_cache.load(spec)
+    if entry is not None:
+        cached = _Session(spec, entry)
+        if await cached.answers():
+            return cached.storage(), entry["prefix"]
+        session_cache.forget(spec)
+    session = _Session(spec, {}, await open_client())
+    try:
+        session.entry = await _lookup(await session.client(), spec)
+        await session.fetch_credentials()
+        return session.storage(), session.entry["prefix"]
+    except BaseException:
+        await session.close()
+        raise
+
+
+async def _lookup(client: Any, spec: str) -> dict:
     import apolo_sdk
     from yarl import URL
 
-    client = await open_client()
     try:
-        try:
-            if spec.startswith("blob:"):
-                url = URL(spec)
-                bucket = await client.buckets._get_bucket_for_uri(url)  # find/by_path: the SDK's own resolver
-                prefix = _key_after_bucket(url, bucket)
-            else:
-                bucket = await client.buckets.get(spec)
-                prefix = ""
-        except apolo_sdk.ResourceNotFound as e:
-            raise NotFoundError(f"platform bucket not found: {spec}") from e
-        except apolo_sdk.AuthError as e:
-            raise WaBucketError(f"platform refused access to bucket {spec}: {e}") from e
-
-        async def fetch_credentials() -> dict:
-            creds = await client.buckets.request_tmp_credentials(bucket.id, bucket.cluster_name)
-            return creds.credentials
-
-        provider = bucket.provider.value
-        store = _make_store(provider, await fetch_credentials(), fetch_credentials)
-    except BaseException:
-        await client.close()
-        raise
-    return Storage(store, str(bucket.uri), on_close=client.close), prefix
+        if spec.startswith("blob:"):
+            url = URL(spec)
+            bucket = await client.buckets._get_bucket_for_uri(url)  # find/by_path: the SDK's own resolver
+            prefix = _key_after_bucket(url, bucket)
+        else:
+            bucket = await client.buckets.get(spec)
+            prefix = ""
+    except apolo_sdk.ResourceNotFound as e:
+        raise NotFoundError(f"platform bucket not found: {spec}") from e
+    except apolo_sdk.AuthError as e:
+        raise WaBucketError(f"platform refused access to bucket {spec}: {e}") from e
+    return {
+        "uri": str(bucket.uri), "prefix": prefix, "provider": bucket.provider.value,
+        "bucket_id": bucket.id, "cluster": bucket.cluster_name,
+    }
 
 
 def _key_after_bucket(url: Any, bucket: Any) -> str:
@@ -99,7 +166,7 @@ class _Refreshing:
         return converted
 
 
-def _make_store(provider: str, creds: dict, fetch) -> Any:
+def _make_store(provider: str, creds: dict, fetch, retry_config: dict = RETRY_CONFIG) -> Any:
     if provider in S3_PROVIDERS:
 
         def convert(c: dict) -> dict:
@@ -115,6 +182,7 @@ def _make_store(provider: str, creds: dict, fetch) -> Any:
             endpoint=creds.get("endpoint_url"),
             region=creds.get("region_name") or "us-east-1",
             credential_provider=_Refreshing(creds, fetch, convert),
+            retry_config=retry_config,
         )
     if provider == "azure":
         from obstore.store import AzureStore
@@ -132,7 +200,7 @@ def _make_store(provider: str, creds: dict, fetch) -> Any:
             endpoint=creds["storage_endpoint"],
             credential_provider=_Refreshing(creds, fetch, convert),
             client_options=CLIENT_OPTIONS,
-            retry_config=RETRY_CONFIG,
+            retry_config=retry_config,
         )
     if provider == "gcp":
         from obstore.store import GCSStore
@@ -141,7 +209,7 @@ def _make_store(provider: str, creds: dict, fetch) -> Any:
             key = base64.b64decode(creds["key_data"]).decode()
             return GCSStore(
                 creds["bucket_name"], service_account_key=key, client_options=CLIENT_OPTIONS,
-                retry_config=RETRY_CONFIG
+                retry_config=retry_config
             )
 
         def convert(c: dict) -> dict:
@@ -149,7 +217,7 @@ def _make_store(provider: str, creds: dict, fetch) -> Any:
 
         return GCSStore(
             creds["bucket_name"], credential_provider=_Refreshing(creds, fetch, convert),
-            client_options=CLIENT_OPTIONS, retry_config=RETRY_CONFIG
+            client_options=CLIENT_OPTIONS, retry_config=retry_config
         )
     raise WaBucketError(f"platform bucket provider {provider!r} is not supported")
 

@@ -19,7 +19,9 @@ def s3_endpoint() -> str | None:
     return next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
 
 
-def make_s3_store(bucket: str, *, endpoint: str | None, region: str | None = None, **config) -> S3Store:
+def make_s3_store(
+    bucket: str, *, endpoint: str | None, region: str | None = None, retry_config: dict = RETRY_CONFIG, **config
+) -> S3Store:
     kwargs = dict(config)
     if endpoint:
         kwargs["endpoint"] = endpoint
@@ -29,7 +31,7 @@ def make_s3_store(bucket: str, *, endpoint: str | None, region: str | None = Non
     options = dict(CLIENT_OPTIONS)
     if endpoint and endpoint.startswith("http://"):
         options["allow_http"] = True
-    return S3Store(bucket, client_options=options, retry_config=RETRY_CONFIG, **kwargs)
+    return S3Store(bucket, client_options=options, retry_config=retry_config, **kwargs)
 
 
 def open_s3(url: str) -> tuple[Storage, str]:

@@ -1,0 +1,121 @@
+"""Platform sessions kept between commands (wabucketref/storage/session_cache.py).
+
+A second command on the same platform bucket asks the platform nothing; a session that the
+bucket refuses, that belongs to another login, or whose credentials are about to expire is not
+used; WABUCKET_CACHE=0 turns it off. All through the real apolo_sdk, fake control plane and
+SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree, tree_hashes, use_backend
+
+
+@pytest.fixture
+def plat_env(env, request, tmp_path):
+    return use_backend(env, "platform", request, tmp_path)
+
+
+def sessions(env) -> list[Path]:
+    return sorted((Path(env.vars["HOME"]) / ".cache" / "wabucketref" / "platform").glob("*.json"))
+
+
+def upload(env, tmp_path, alias="a1") -> Path:
+    src = make_tree(tmp_path / f"src-{alias}", big=False)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", alias, check=True)
+    return src
+
+
+def download(env, tmp_path, alias="a1", name="dl") -> Path:
+    dest = tmp_path / name
+    env.wabucket("download", "dataset", "ds", alias, "-d", str(dest), check=True)
+    return dest
+
+
+def test_second_command_asks_the_platform_nothing(plat_env, tmp_path):
+    env, plat = plat_env, plat_env.extra["platform"]
+    src = upload(env, tmp_path)
+    [session] = sessions(env)
+    assert stat.S_IMODE(session.stat().st_mode) == 0o600
+    assert stat.S_IMODE(session.parent.stat().st_mode) == 0o700
+
+    plat.clear_calls()
+    dest = download(env, tmp_path)
+    assert tree_hashes(dest) == tree_hashes(src)
+    assert plat.calls == []  # no config, no bucket lookup, no credentials
+
+
+def test_refused_session_falls_back_to_the_platform(plat_env, tmp_path):
+    env, plat = plat_env, plat_env.extra["platform"]
+    src = upload(env, tmp_path)
+    [session] = sessions(env)
+    data = json.loads(session.read_text())
+    data["session"]["credentials"]["secret_access_key"] = "not-the-secret"
+    session.write_text(json.dumps(data))
+
+    plat.clear_calls()
+    dest = download(env, tmp_path)
+    assert tree_hashes(dest) == tree_hashes(src)
+    assert plat.calls_matching("make_tmp_credentials", "POST")
+    fixed = json.loads(session.read_text())["session"]["credentials"]["secret_access_key"]
+    assert fixed == plat.s3.secret_access_key
+
+
+def test_another_login_starts_afresh(plat_env, tmp_path):
+    env, plat = plat_env, plat_env.extra["platform"]
+    upload(env, tmp_path)
+    db = Path(env.vars["APOLO_CONFIG"]) / "db"
+    st = db.stat()
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # what a new `apolo login` does to it
+
+    plat.clear_calls()
+    download(env, tmp_path)
+    assert plat.calls_matching("make_tmp_credentials", "POST")
+    plat.clear_calls()
+    download(env, tmp_path, name="dl2")
+    assert plat.calls == []
+
+    # a project config in the working folder can name another cluster, org or project
+    (env.cwd / ".apolo.toml").write_text('[job]\nlife-span = "1d"\n')
+    plat.clear_calls()
+    download(env, tmp_path, name="dl3")
+    assert plat.calls_matching("make_tmp_credentials", "POST")
+
+
+def test_cache_can_be_turned_off(plat_env, tmp_path):
+    env, plat = plat_env, plat_env.extra["platform"]
+    env.vars["WABUCKET_CACHE"] = "0"
+    upload(env, tmp_path)
+    assert sessions(env) == []
+    plat.clear_calls()
+    download(env, tmp_path)
+    assert plat.calls_matching("make_tmp_credentials", "POST")
+
+
+def test_credentials_about_to_expire_are_not_reused(plat_env, tmp_path):
+    env, plat = plat_env, plat_env.extra["platform"]
+    plat.credentials_ttl = 120.0  # under the 5 minutes a cached session must have left
+    try:
+        upload(env, tmp_path)
+        plat.clear_calls()
+        download(env, tmp_path)
+        assert plat.calls_matching("make_tmp_credentials", "POST")
+    finally:
+        plat.credentials_ttl = None
+
+
+def test_deleted_bucket_is_reported_not_served_from_the_cache(plat_env, tmp_path):
+    env, plat = plat_env, plat_env.extra["platform"]
+    upload(env, tmp_path)
+    plat._drop_backing(plat.backing_bucket(env.bucket))
+    plat.buckets.pop(plat.bucket(env.bucket).id)
+    proc = env.wabucket("download", "dataset", "ds", "a1", "-d", str(tmp_path / "dl"))
+    assert proc.returncode != 0
+    assert "platform bucket not found" in proc.stderr, proc.stderr

@@ -1,0 +1,115 @@
+"""Platform sessions kept between commands: a bucket's location and its temporary credentials.
+
+Without it every command imports apolo_sdk and asks the platform for the same answers again,
+about a second before the first byte moves. A file is private to the user (0600 in a 0700
+folder), is used only while its credentials have MIN_LIFETIME left and for MAX_AGE at most, and
+belongs to the platform login it came from: logging in again (apolo_sdk rewrites its `db`) or
+another passed config starts afresh. WABUCKET_CACHE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("wabucketref")
+
+MAX_AGE = 600.0  # seconds
+MIN_LIFETIME = 300.0  # seconds of credential validity a cached session must still have
+
+
+def _enabled() -> bool:
+    return os.environ.get("WABUCKET_CACHE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wabucketref" / "platform"
+
+
+def _login() -> tuple[str, list] | None:
+    """(identity, stamp) of the platform login apolo_sdk would use; None before the first login.
+
+    The identity names the config (apolo_sdk's choice of folder, and any passed config); the stamp
+    changes whenever a file apolo_sdk reads changes: its `db` (rewritten by a new login or a
+    project switch), `user.toml`, and the `.apolo.toml` of the working folder or a parent.
+    """
+    folders = [os.environ.get("APOLO_CONFIG", "~/.apolo"), os.environ.get("NEUROMATION_CONFIG", "~/.neuro")]
+    db = next((p for p in (Path(f).expanduser() / "db" for f in folders) if p.exists()), None)
+    if db is None:
+        return None
+    passed = os.environ.get("APOLO_PASSED_CONFIG") or os.environ.get("NEURO_PASSED_CONFIG") or ""
+    identity = hashlib.sha256(json.dumps([str(db.resolve()), passed]).encode()).hexdigest()
+    return identity, [_file_stamp(p) for p in (db, db.with_name("user.toml"), _project_config())]
+
+
+def _project_config() -> Path | None:
+    try:
+        here = Path.cwd()
+    except OSError:
+        return None
+    for folder in (here, *here.parents):
+        for name in (".apolo.toml", ".neuro.toml"):
+            if (folder / name).exists():
+                return folder / name
+    return None
+
+
+def _file_stamp(path: Path | None) -> list | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else [str(path), st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _path(spec: str, identity: str) -> Path:
+    return folder() / (hashlib.sha256(f"{identity}\n{spec}".encode()).hexdigest()[:40] + ".json")
+
+
+def load(spec: str) -> dict[str, Any] | None:
+    """The cached session for a bucket spec, if it is still good to use."""
+    login = _login() if _enabled() else None
+    if login is None:
+        return None
+    try:
+        data = json.loads(_path(spec, login[0]).read_text())
+    except (OSError, ValueError):
+        return None
+    now = time.time()
+    if data.get("stamp") != login[1] or not 0 <= now - data.get("saved", 0) <= MAX_AGE:
+        return None
+    expires = data.get("expires")
+    if expires is not None and expires - now < MIN_LIFETIME:
+        return None
+    return data.get("session")
+
+
+def save(spec: str, session: dict[str, Any], expires: float | None) -> None:
+    """Keep a session (written whole under a temporary name, then renamed); failures only cost speed."""
+    login = _login() if _enabled() else None
+    if login is None:
+        return
+    path = _path(spec, login[0])
+    tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"stamp": login[1], "saved": time.time(), "expires": expires, "session": session}, out)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.debug("platform session not cached: %s", e)
+        tmp.unlink(missing_ok=True)
+
+
+def forget(spec: str) -> None:
+    login = _login()
+    if login is not None:
+        _path(spec, login[0]).unlink(missing_ok=True)

@@ -50,7 +50,9 @@ SIZES = {
 REFERENCE = "wabucketref"
 CONTENDERS = ["wabucketref", "wabucketref-s3", "wabucketref-nowandb", "sdk", "s5cmd", "rclone", "cp"]
 DESCRIPTIONS = {
-    "wabucketref": "`python -m wabucketref` CLI, platform bucket (fake control plane + real apolo_sdk), W&B online",
+    "wabucketref": "`python -m wabucketref` CLI, platform bucket (fake control plane + real apolo_sdk), W&B online; "
+                   "the first platform command of a data set logs in and asks for credentials, later ones reuse "
+                   "the cached platform session",
     "wabucketref-s3": "`python -m wabucketref` CLI, direct `s3://` bucket, W&B online",
     "wabucketref-nowandb": "as `wabucketref` with `WANDB_MODE=disabled` (download resolves the alias from the bucket's manifest)",
     "sdk": "apolo_sdk `Buckets.upload_dir` / `download_dir` (what the original tool did)",
@@ -457,6 +459,9 @@ def bench_dataset(ds: Dataset, contenders: list[str], repeat: int, work: Path, a
     logs.mkdir(exist_ok=True)
     try:
         cs = Contenders(stack, stack_dir)
+        if args.no_session_cache:
+            for c in ("wabucketref", "wabucketref-nowandb"):
+                cs.env[c]["WABUCKET_CACHE"] = "0"
         server_pid = stack.s3.pid
         uploads: dict[str, dict[int, Remote]] = {c: {} for c in contenders}
         for rep in range(repeat):
@@ -627,6 +632,8 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
         f"page cache dropped before each timed run: {'yes' if cold else 'no (not permitted, or --no-drop-caches)'}")
     out("- every upload goes to a fresh prefix/alias and is checked by listing (file count and bytes); every download "
         "goes into a fresh empty folder and is checked (file count and bytes; the first repetition of each contender: sha256 of every file)")
+    out("- platform session: " + ("not kept (`--no-session-cache`): every platform command logs in" if getattr(args, "no_session_cache", False)
+                                  else "kept between commands; the first platform command of each data set logs in"))
     out("")
     out("## Wall time (median seconds; `x ref` = contender / wabucketref, above 1 is slower)")
     out("")
@@ -784,6 +791,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every run and the summary as JSON")
     p.add_argument("--workdir", type=Path, help="where data, servers and downloads live (default: a new folder in $TMPDIR, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (generated data is reused by a later --workdir run)")
+    p.add_argument("--no-session-cache", action="store_true",
+                   help="WABUCKET_CACHE=0 for wabucketref: every platform command logs in afresh (the cold path)")
     p.add_argument("--no-drop-caches", dest="drop_caches", action="store_false", help="do not drop the page cache before each run")
     p.add_argument("--help-runs", type=int, default=10, help="runs of `wabucket --help` to time (default 10)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed (default 3600)")

@@ -68,6 +68,22 @@ def test_refused_session_falls_back_to_the_platform(plat_env, tmp_path):
     assert fixed == plat.s3.secret_access_key
 
 
+@pytest.mark.parametrize("damage", ["not json", "wrong keys"])
+def test_damaged_session_file_is_ignored(plat_env, tmp_path, damage):
+    env, plat = plat_env, plat_env.extra["platform"]
+    src = upload(env, tmp_path)
+    [session] = sessions(env)
+    if damage == "not json":
+        session.write_text("{truncated")
+    else:
+        data = json.loads(session.read_text())
+        del data["session"]["uri"]
+        session.write_text(json.dumps(data))
+    plat.clear_calls()
+    assert tree_hashes(download(env, tmp_path)) == tree_hashes(src)
+    assert plat.calls_matching("make_tmp_credentials", "POST")
+
+
 def test_another_login_starts_afresh(plat_env, tmp_path):
     env, plat = plat_env, plat_env.extra["platform"]
     upload(env, tmp_path)

@@ -7,8 +7,8 @@ to name its keys as URIs; listing, reading and writing are the same code for all
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
 import obstore as obs

@@ -26,6 +26,7 @@ REFRESH_MARGIN = timedelta(seconds=60)
 PROBE_PREFIX = ".wabucketref-probe/"
 EXPIRY_KEYS = ("expiration", "expiry", "expire_time")  # s3, azure, gcp
 NO_RETRIES = {**RETRY_CONFIG, "max_retries": 0}
+SESSION_KEYS = {"uri", "prefix", "provider", "bucket_id", "cluster", "credentials"}
 
 
 async def open_client() -> Any:
@@ -93,7 +94,7 @@ class _Session:
 async def open_platform(spec: str) -> tuple[Storage, str]:
     """`spec` is a bucket name or id, or blob://cluster/org/project/bucket[/prefix]."""
     entry = session_cache.load(spec)
-    if entry is not None:
+    if entry is not None and SESSION_KEYS <= entry.keys():
         cached = _Session(spec, entry)
         if await cached.answers():
             return cached.storage(), entry["prefix"]

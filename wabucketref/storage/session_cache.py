@@ -28,8 +28,10 @@ def _enabled() -> bool:
     return os.environ.get("WABUCKET_CACHE", "1").lower() not in ("0", "false", "no", "off")
 
 
-def folder() -> Path:
+def folder() -> Path | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):  # no home folder (HOME unset, no passwd entry): keep nothing
+        return None
     return Path(base) / "wabucketref" / "platform"
 
 
@@ -69,40 +71,46 @@ def _file_stamp(path: Path | None) -> list | None:
     return None if st is None else [str(path), st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def _path(spec: str, identity: str) -> Path:
-    return folder() / (hashlib.sha256(f"{identity}\n{spec}".encode()).hexdigest()[:40] + ".json")
+def _where(spec: str) -> tuple[Path, list] | None:
+    """The file that keeps `spec`'s session, and the login stamp it must carry; None: keep nothing."""
+    where = folder() if _enabled() else None
+    login = _login() if where is not None else None
+    if login is None:
+        return None
+    identity, stamp = login
+    return where / (hashlib.sha256(f"{identity}\n{spec}".encode()).hexdigest()[:40] + ".json"), stamp
 
 
 def load(spec: str) -> dict[str, Any] | None:
     """The cached session for a bucket spec, if it is still good to use."""
-    login = _login() if _enabled() else None
-    if login is None:
+    found = _where(spec)
+    if found is None:
         return None
+    path, stamp = found
     try:
-        data = json.loads(_path(spec, login[0]).read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+        now = time.time()
+        if data["stamp"] != stamp or not 0 <= now - data["saved"] <= MAX_AGE:
+            return None
+        if data["expires"] is not None and data["expires"] - now < MIN_LIFETIME:
+            return None
+        return data["session"] if isinstance(data["session"], dict) else None
+    except (OSError, ValueError, TypeError, KeyError):  # missing, unreadable or not ours: ask afresh
         return None
-    now = time.time()
-    if data.get("stamp") != login[1] or not 0 <= now - data.get("saved", 0) <= MAX_AGE:
-        return None
-    expires = data.get("expires")
-    if expires is not None and expires - now < MIN_LIFETIME:
-        return None
-    return data.get("session")
 
 
 def save(spec: str, session: dict[str, Any], expires: float | None) -> None:
     """Keep a session (written whole under a temporary name, then renamed); failures only cost speed."""
-    login = _login() if _enabled() else None
-    if login is None:
+    found = _where(spec)
+    if found is None:
         return
-    path = _path(spec, login[0])
+    path, stamp = found
     tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"stamp": login[1], "saved": time.time(), "expires": expires, "session": session}, out)
+            json.dump({"stamp": stamp, "saved": time.time(), "expires": expires, "session": session}, out)
         os.replace(tmp, path)
     except OSError as e:
         log.debug("platform session not cached: %s", e)
@@ -110,6 +118,6 @@ def save(spec: str, session: dict[str, Any], expires: float | None) -> None:
 
 
 def forget(spec: str) -> None:
-    login = _login()
-    if login is not None:
-        _path(spec, login[0]).unlink(missing_ok=True)
+    found = _where(spec)
+    if found is not None:
+        found[0].unlink(missing_ok=True)

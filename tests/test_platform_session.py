@@ -39,6 +39,13 @@ def download(env, tmp_path, alias="a1", name="dl") -> Path:
     return dest
 
 
+def new_login(env) -> None:
+    """What a new `apolo login` does to the session's stamp: apolo_sdk rewrites its db."""
+    db = Path(env.vars["APOLO_CONFIG"]) / "db"
+    st = db.stat()
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
 def test_second_command_asks_the_platform_nothing(plat_env, tmp_path):
     env, plat = plat_env, plat_env.extra["platform"]
     src = upload(env, tmp_path)
@@ -50,6 +57,20 @@ def test_second_command_asks_the_platform_nothing(plat_env, tmp_path):
     dest = download(env, tmp_path)
     assert tree_hashes(dest) == tree_hashes(src)
     assert plat.calls == []  # no config, no bucket lookup, no credentials
+
+
+def test_sessions_too_old_to_use_are_removed(plat_env, tmp_path):
+    env = plat_env
+    upload(env, tmp_path)
+    [session] = sessions(env)
+    stale = session.with_name("0" * 40 + ".json")  # e.g. another blob:// prefix, an hour ago
+    stale.write_text(session.read_text())
+    old = session.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    new_login(env)  # the next command logs in and saves a fresh session
+    download(env, tmp_path)
+    assert not stale.exists()
+    assert len(sessions(env)) == 1
 
 
 def test_refused_session_falls_back_to_the_platform(plat_env, tmp_path):
@@ -87,9 +108,7 @@ def test_damaged_session_file_is_ignored(plat_env, tmp_path, damage):
 def test_another_login_starts_afresh(plat_env, tmp_path):
     env, plat = plat_env, plat_env.extra["platform"]
     upload(env, tmp_path)
-    db = Path(env.vars["APOLO_CONFIG"]) / "db"
-    st = db.stat()
-    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # what a new `apolo login` does to it
+    new_login(env)
 
     plat.clear_calls()
     download(env, tmp_path)

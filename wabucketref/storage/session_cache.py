@@ -115,6 +115,18 @@ def save(spec: str, session: dict[str, Any], expires: float | None) -> None:
     except OSError as e:
         log.debug("platform session not cached: %s", e)
         tmp.unlink(missing_ok=True)
+    _prune(path.parent)
+
+
+def _prune(where: Path) -> None:
+    """Remove sessions too old to be used (each blob:// prefix has its own, so they add up)."""
+    too_old = time.time() - MAX_AGE
+    try:
+        for entry in os.scandir(where):
+            if entry.name.endswith(".json") and entry.stat().st_mtime < too_old:
+                os.unlink(entry.path)
+    except OSError as e:
+        log.debug("pruning %s: %s", where, e)
 
 
 def forget(spec: str) -> None:

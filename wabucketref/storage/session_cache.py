@@ -28,7 +28,7 @@ def _enabled() -> bool:
     return os.environ.get("WABUCKET_CACHE", "1").lower() not in ("0", "false", "no", "off")
 
 
-def folder() -> Path | None:
+def _folder() -> Path | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     if not os.path.isabs(base):  # no home folder (HOME unset, no passwd entry): keep nothing
         return None
@@ -56,10 +56,10 @@ def _project_config() -> Path | None:
         here = Path.cwd()
     except OSError:
         return None
-    for folder in (here, *here.parents):
+    for parent in (here, *here.parents):
         for name in (".apolo.toml", ".neuro.toml"):
-            if (folder / name).exists():
-                return folder / name
+            if (parent / name).exists():
+                return parent / name
     return None
 
 
@@ -73,7 +73,7 @@ def _file_stamp(path: Path | None) -> list | None:
 
 def _where(spec: str) -> tuple[Path, list] | None:
     """The file that keeps `spec`'s session, and the login stamp it must carry; None: keep nothing."""
-    where = folder() if _enabled() else None
+    where = _folder() if _enabled() else None
     login = _login() if where is not None else None
     if login is None:
         return None

@@ -222,52 +222,21 @@ def _broken(tmp_path: Path, job_body: str) -> Path:
     return make_workspace(tmp_path / "ws", {"live": live})
 
 
-def test_missing_required_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("args:\n  type: model\n  path: /x\n", r"Required input\(s\): name"),
+        ("", r"Required input\(s\): name,type"),
+        ("args:\n  type: model\n  name: n\n  bukket: b\n", r"Unsupported input\(s\): bukket"),
+        ('args:\n  type: model\n  name: n\n  pass_config: "false"\n', r"Type of argument 'pass_config' do not match"),
+    ],
+    ids=["missing-required-input", "missing-args-section", "unknown-input", "bool-given-as-string"],
+)
+def test_bad_action_args(tmp_path: Path, args: str, message: str) -> None:
     from apolo_flow.expr import EvalError
 
-    ws = _broken(tmp_path, """\
-        action: ws:action.yml
-        args:
-          type: model
-          path: /x
-        """)
-    with pytest.raises(EvalError, match=r"Required input\(s\): name"):
-        render_live(ws, "broken")
-
-
-def test_missing_args_section(tmp_path: Path) -> None:
-    from apolo_flow.expr import EvalError
-
-    ws = _broken(tmp_path, "action: ws:action.yml\n")
-    with pytest.raises(EvalError, match=r"Required input\(s\): name,type"):
-        render_live(ws, "broken")
-
-
-def test_unknown_input(tmp_path: Path) -> None:
-    from apolo_flow.expr import EvalError
-
-    ws = _broken(tmp_path, """\
-        action: ws:action.yml
-        args:
-          type: model
-          name: n
-          bukket: b
-        """)
-    with pytest.raises(EvalError, match=r"Unsupported input\(s\): bukket"):
-        render_live(ws, "broken")
-
-
-def test_bool_input_given_as_string(tmp_path: Path) -> None:
-    from apolo_flow.expr import EvalError
-
-    ws = _broken(tmp_path, """\
-        action: ws:action.yml
-        args:
-          type: model
-          name: n
-          pass_config: "false"
-        """)
-    with pytest.raises(EvalError, match=r"Type of argument 'pass_config' do not match"):
+    ws = _broken(tmp_path, "action: ws:action.yml\n" + args)
+    with pytest.raises(EvalError, match=message):
         render_live(ws, "broken")
 
 

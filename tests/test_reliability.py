@@ -175,6 +175,23 @@ def _kill_when(proc, proxy, method: str, n: int, seaweed) -> int:
     return proxy.count(method, OK)
 
 
+def _ride_out_short_outage(proc, seaweed, verb: str) -> None:
+    """The server comes back after 2 s: the command finishes with every file moved."""
+    time.sleep(2)
+    seaweed.restart()
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert summary(err, verb)[0] == N_FILES
+
+
+def _fail_on_long_outage(proc) -> str:
+    """The server stays down: exit 1 with one clear line. Returns stdout."""
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    assert_one_clear_line(err, "failed after")
+    return out
+
+
 @pytest.mark.parametrize("outage", ["short", "long"])
 def test_storage_killed_mid_upload(s3_env, wandb_server, restart_guard, tmp_path, outage):
     """Kill -9 the S3 server mid-upload. Short outage: retries carry the upload through. Long outage: exit 1 with one
@@ -188,16 +205,9 @@ def test_storage_killed_mid_upload(s3_env, wandb_server, restart_guard, tmp_path
         proc = spawn(env, "--concurrency", "2", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1")
         _kill_when(proc, proxy, "PUT", 8, seaweed)
         if outage == "short":
-            time.sleep(2)
-            seaweed.restart()
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err
-            assert summary(err, "uploaded")[0] == N_FILES
+            _ride_out_short_outage(proc, seaweed, "uploaded")
         else:
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 1, err
-            assert_one_clear_line(err, "failed after")
-            assert out == ""  # no ::set-output for an artifact that does not exist
+            assert _fail_on_long_outage(proc) == ""  # no ::set-output for an artifact that does not exist
             seaweed.restart()
             # nothing registered: no version, no manifest beside the data; the marker says "unfinished"
             assert wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds") == []
@@ -227,15 +237,9 @@ def test_storage_killed_mid_download(s3_env, restart_guard, tmp_path, outage):
         proc = spawn(env, "--concurrency", "2", "download", "dataset", "ds", "k1", "-d", str(dest))
         _kill_when(proc, proxy, "GET", 10, seaweed)
         if outage == "short":
-            time.sleep(2)
-            seaweed.restart()
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err
-            assert summary(err, "downloaded")[0] == N_FILES
+            _ride_out_short_outage(proc, seaweed, "downloaded")
         else:
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 1, err
-            assert_one_clear_line(err, "failed after")
+            _fail_on_long_outage(proc)
             no_part_files(dest)
             done = final_files_are_whole(dest, src)
             assert 0 < done < N_FILES

@@ -49,6 +49,23 @@ def test_roundtrip_offline(backend_env, tmp_path):
     assert list((env.cwd / "wandb").glob("offline-run-*"))
 
 
+def test_downloaded_files_follow_the_umask(env, tmp_path):
+    """Files land with the mode any new file gets (0666 minus the umask), whatever their size."""
+    import os
+    import stat
+
+    src = make_tree(tmp_path / "src")
+    upload(env, src, "-n", "perm", "-t", "dataset", "-a", "p1")
+    old = os.umask(0o002)  # group-writable, as on shared team folders; the CLI inherits it
+    try:
+        env.wabucket("download", "dataset", "perm", "p1", "-d", str(tmp_path / "dl"), check=True)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path / "dl").as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "dl").rglob("*") if p.is_file()}
+    assert modes["models/weights.bin"] == modes["nested/small.bin"] == modes["empty.bin"] == 0o664, modes
+
+
 @pytest.fixture
 def online_env(backend_env, wandb_server):
     return online(backend_env, wandb_server)

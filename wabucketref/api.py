@@ -418,8 +418,18 @@ class WaBucketRefAPI:
             if not isinstance(root, str):
                 return
             pre.digest = manifest.digest()
-            transfer.check_listing(manifest, await storage.list(root), storage.uri_for(root))
-            await transfer.download(storage, root, manifest, dest, self.options, done=pre.done, skip_existing=True)
+            # Listing 10k objects takes as long as fetching hundreds of them: do both at once. Every
+            # file is checked against the manifest as it lands, and the confirmed pass lists again.
+            copy = asyncio.ensure_future(
+                transfer.download(storage, root, manifest, dest, self.options, done=pre.done, skip_existing=True)
+            )
+            try:
+                transfer.check_listing(manifest, await storage.list(root), storage.uri_for(root))
+                await copy
+            finally:
+                if not copy.done():
+                    copy.cancel()
+                    await asyncio.gather(copy, return_exceptions=True)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the confirmed pass reports real problems

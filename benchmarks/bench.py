@@ -741,7 +741,8 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
             best = min(peers) if peers else None
             if best is not None:
                 target(f"{ds.name} {op} <= 1.1x the faster of s5cmd/rclone", ref, 1.1 * best,
-                       f"{_fmt(ref)} s vs {_fmt(best)} s (x{_fmt(ref / best if ref else None)}; limit {1.1 * best:.2f} s)")
+                       # 3 decimals: a ratio of 1.1007 must not read as "x1.10, limit = measured" next to FAIL
+                       f"{_fmt(ref)} s vs {_fmt(best)} s (x{_fmt(ref / best if ref else None, 3)}; limit {1.1 * best:.3f} s)")
             if ds.name == "A":
                 sdk = med(ds.name, op, "sdk") if "sdk" in contenders else None
                 if sdk is not None:

@@ -64,7 +64,7 @@ PEERS = ("s5cmd", "rclone")
 PLATFORM_BUCKET = "bench-plat"
 S3_BUCKET = "bench-s3"
 WANDB_PROJECT = "bench"
-SUMMARY_RE = re.compile(r"(uploaded|downloaded) (\d+) files \(([^)]*)\) in ([\d.]+) s")
+SUMMARY_RE = re.compile(r"(uploaded|downloaded) (\d+) files? \(([^)]*)\) in ([\d.]+) s")
 TIME_BIN = "/usr/bin/time"
 
 SDK_SCRIPT = r'''

@@ -80,6 +80,26 @@ def _platform_at(url_of: Callable) -> Callable:
     return setup
 
 
+def _s3(bucket: str | None = None, offline: bool = False, **env: Callable[[SimpleNamespace], str] | str) -> Callable:
+    """An s3:// bucket on the test SeaweedFS (a fresh one unless `bucket` names one that does not exist),
+    with environment overrides: a wrong secret, a closed endpoint."""
+    def setup(c) -> None:
+        seaweed = c.request.getfixturevalue("seaweed")
+        c.env.vars.update(seaweed.env())
+        name = bucket or "bad-input-" + os.urandom(3).hex()
+        if bucket is None:
+            seaweed.create_bucket(name)
+        c.env.bucket = f"s3://{name}/p"
+        c.env.vars.update({k: v(c) if callable(v) else v for k, v in env.items()})
+        if offline:
+            c.env.vars["WANDB_MODE"] = "offline"
+    return setup
+
+
+def _closed_endpoint(c) -> str:
+    return f"http://127.0.0.1:{_closed_port()}"
+
+
 def _wandb_at(url_of: Callable) -> Callable:
     def setup(c) -> None:
         c.env.vars.update(WANDB_BASE_URL=url_of(c), **FAST_WANDB_INIT)
@@ -169,6 +189,18 @@ CASES = [
     Case("platform-endpoint-silent", up(*OK), 1, "imeout",
          setup=_platform_at(lambda c: f"http://127.0.0.1:{_blackhole(c)}/api/v1"), max_seconds=90,
          marks=[pytest.mark.slow]),
+    # ---- s3:// buckets the server refuses: one line naming the bucket, not the client's error chain
+    Case("s3-no-such-bucket", up(*OK), 1, "s3://no-such-bucket-wab: no such bucket at http://127.0.0.1:",
+         setup=_s3("no-such-bucket-wab")),
+    Case("s3-no-such-bucket-download-offline", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.tmp / "dl")], 1,
+         "s3://no-such-bucket-wab: no such bucket", setup=_s3("no-such-bucket-wab", offline=True)),
+    Case("s3-wrong-secret", up(*OK), 1, "refused the request: SignatureDoesNotMatch",
+         setup=_s3(AWS_SECRET_ACCESS_KEY="not-the-secret")),
+    Case("s3-unknown-key-id", lambda c: ["verify", "dataset", "ds", "al1"], 1, "refused the request: InvalidAccessKeyId",
+         setup=_s3(offline=True, AWS_ACCESS_KEY_ID="nobody")),
+    Case("s3-endpoint-closed", up(*OK), 1, "cannot connect to http://127.0.0.1:",
+         setup=_s3(AWS_ENDPOINT_URL=_closed_endpoint, AWS_ENDPOINT_URL_S3=_closed_endpoint, AWS_S3_ENDPOINT_URL=_closed_endpoint),
+         max_seconds=20),
     # ---- download / link / verify arguments
     Case("dest-is-a-file", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.file)], 2,
          "destination is not a folder", setup=_a_file),

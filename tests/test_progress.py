@@ -53,3 +53,12 @@ def test_progress_bar_on_terminal_and_quiet(env, tmp_path):
     # not a terminal: no bar, but the summary line
     proc = env.wabucket("download", "dataset", "ds", "p1", "-d", str(tmp_path / "dl2"), check=True)
     assert "%|" not in proc.stderr and "downloaded 7 files" in proc.stderr
+
+
+def test_summary_counts_read_as_english():
+    from wabucketref.transfer import Stats
+
+    one = Stats("uploaded", files=1, bytes=8, skipped_files=1, skipped_bytes=5).summary()
+    assert one.startswith("uploaded 1 file (8 B) in ") and one.endswith("; 1 file (5 B) was already there"), one
+    many = Stats("downloaded", files=3, bytes=3000, skipped_files=2, skipped_bytes=2000).summary()
+    assert many.startswith("downloaded 3 files (3.0 KB) in ") and many.endswith("; 2 files (2.0 KB) were already there"), many

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MULTIPART_FILE_SIZE, Env, make_tree, online, tree_hashes, use_backend
-from tests.servers.faultproxy import CredentialGate, FaultProxy, issuing_platform
+from tests.servers.faultproxy import CredentialGate, FaultProxy, Reject, issuing_platform
 
 PART = ".wabucket-part"
 FAST_WANDB = {"WANDB_X_GRAPHQL_RETRY_MAX": "2", "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": "1"}
@@ -67,7 +67,7 @@ def wait_until(cond, timeout: float, what: str, proc: subprocess.Popen | None = 
 
 def summary(stderr: str, verb: str) -> tuple[int, int]:
     """(files moved, files that were already there) from the closing summary line."""
-    m = re.search(rf"^wabucket: {verb} (\d+) files \(.*?\) in [\d.]+ s, [\d.]+ MB/s(?:; (\d+) files \(.*?\) were already there)?$",
+    m = re.search(rf"^wabucket: {verb} (\d+) files? \(.*?\) in [\d.]+ s, [\d.]+ MB/s(?:; (\d+) files? \(.*?\) (?:was|were) already there)?$",
                   stderr, re.M)
     assert m, f"no '{verb}' summary line in:\n{stderr}"
     return int(m.group(1)), int(m.group(2) or 0)
@@ -355,6 +355,26 @@ def test_s3_error_code_is_shown(s3_env, seaweed, tmp_path):
     assert proc.returncode == 1
     assert_one_clear_line(proc.stderr, "ExpiredToken", "The provided token has expired")
     assert "<?xml" not in proc.stderr
+
+
+def test_refused_writes_are_not_retried(s3_env, seaweed, tmp_path):
+    """An S3 refusal that another try cannot fix (AccessDenied on every PUT, as with a read-only key) fails the
+    upload at once, in one line naming the bucket, instead of being retried file after file."""
+    env = s3_env
+    puts = []
+
+    def read_only(req):  # the upload's own marker may be written: the data files are refused
+        if req.method == "PUT" and "/.wabucketref/" not in req.target:
+            puts.append(req.target)
+            raise Reject(403, "AccessDenied", "Access Denied")
+
+    src = make_tree(tmp_path / "src", big=False)
+    with FaultProxy(seaweed.endpoint_url, gate=read_only) as proxy:
+        via(env, proxy)
+        proc = env.wabucket("--concurrency", "1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "ro1")
+    assert proc.returncode == 1
+    assert_one_clear_line(proc.stderr, f"s3://{env.extra['s3_bucket']}: http://127.0.0.1:", "refused the request: AccessDenied")
+    assert len(puts) == 1, puts  # one file tried once, then the command stopped
 
 
 # ------------------------------------------------------------------ Ctrl-C

@@ -18,6 +18,11 @@ R = TypeVar("R")
 
 ATTEMPTS = 4
 _PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
+# S3 error codes that another try cannot fix (whatever exception type the client wrapped them in)
+PERMANENT_CODES = frozenset({
+    "NoSuchBucket", "InvalidBucketName", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+    "AllAccessDisabled", "AccountProblem",
+})
 
 
 async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int) -> R:
@@ -28,6 +33,8 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int)
         except _PERMANENT:
             raise
         except Exception as e:  # noqa: BLE001 - network and server errors of any client
+            if s3_error(e)[0] in PERMANENT_CODES:
+                raise
             if attempt == attempts:
                 raise TransferError(f"{what} failed after {attempts} tries: {one_line(e)}") from e
             delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
@@ -36,12 +43,26 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int)
     raise AssertionError("unreachable")
 
 
+def s3_error(e: BaseException) -> tuple[str | None, str]:
+    """The code and message of the S3 error body carried in an exception's text, if any."""
+    raw = str(e)
+    code, message = re.search(r"<Code>([^<]*)</Code>", raw), re.search(r"<Message>([^<]*)</Message>", raw)
+    return (code.group(1) if code else None), (message.group(1) if message else "")
+
+
+def server_of(e: BaseException) -> str | None:
+    """scheme://host[:port] of the request an obstore error names."""
+    found = re.search(r"Error performing \w+ (https?://[^/\s?]+)", str(e))
+    return found.group(1) if found else None
+
+
 def one_line(e: BaseException) -> str:
     raw = str(e)
+    code, message = s3_error(e)
+    if code:
+        # An S3 refusal: its code and message and the request, not the client's wrapping or the XML.
+        request = re.search(r"Error performing (\w+) (https?://[^\s?]+)", raw)
+        where = f" ({request.group(1)} {request.group(2)})" if request else ""
+        return ((f"{code}: {message}" if message else code) + where)[:300]
     text = raw.strip().splitlines()
-    line = re.sub(r"\s*<\?xml[^>]*\?>", "", text[0] if text else type(e).__name__)
-    # An S3 error's first line ends where its XML body starts: keep the body's code and message.
-    code, message = re.search(r"<Code>([^<]*)</Code>", raw), re.search(r"<Message>([^<]*)</Message>", raw)
-    if code and code.group(1) not in line:
-        line = f"{line.rstrip(': ')}: {code.group(1)}" + (f": {message.group(1)}" if message else "")
-    return line[:300]
+    return re.sub(r"\s*<\?xml[^>]*\?>", "", text[0] if text else type(e).__name__)[:300]

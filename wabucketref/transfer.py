@@ -62,12 +62,17 @@ class Stats:
     def summary(self) -> str:
         seconds = max(time.monotonic() - self.started, 1e-6)
         text = (
-            f"{self.verb} {self.files} files ({_human(self.bytes)}) in {seconds:.1f} s, "
+            f"{self.verb} {_files(self.files)} ({_human(self.bytes)}) in {seconds:.1f} s, "
             f"{self.bytes / seconds / 1e6:.1f} MB/s"
         )
         if self.skipped_files:
-            text += f"; {self.skipped_files} files ({_human(self.skipped_bytes)}) were already there"
+            were = "was" if self.skipped_files == 1 else "were"
+            text += f"; {_files(self.skipped_files)} ({_human(self.skipped_bytes)}) {were} already there"
         return text
+
+
+def _files(n: int) -> str:
+    return "1 file" if n == 1 else f"{n} files"
 
 
 def _human(n: float) -> str:
@@ -226,7 +231,8 @@ async def upload(
         return FileEntry(f.path, f.size, sha)
 
     try:
-        entries = await bounded_map(one, files, opts.concurrency)
+        with storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+            entries = await bounded_map(one, files, opts.concurrency)
     finally:
         progress.close()
     return Manifest(entries), stats
@@ -326,7 +332,8 @@ async def download(
         progress.file_done(f.size)
 
     try:
-        await bounded_map(one, manifest.files, opts.concurrency)
+        with storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+            await bounded_map(one, manifest.files, opts.concurrency)
     finally:
         progress.close()
     return stats
@@ -484,7 +491,8 @@ async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], 
         return FileEntry(o.key, size, sha)
 
     try:
-        entries = await bounded_map(one, listing, opts.concurrency)
+        with storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+            entries = await bounded_map(one, listing, opts.concurrency)
     finally:
         progress.close()
     return Manifest(entries), stats

@@ -6,14 +6,17 @@ to name its keys as URIs; listing, reading and writing are the same code for all
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import obstore as obs
 
-from ..retry import ATTEMPTS, with_retries
+from ..errors import NotFoundError, WaBucketError
+from ..retry import ATTEMPTS, PERMANENT_CODES, s3_error, server_of, with_retries
 
 # Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
 # retries for streamed transfers live in transfer.py.
@@ -61,10 +64,41 @@ class Storage:
         smallest = -(-size // 9000)  # ceil(size / 9000)
         return max(8 * mib, -(-smallest // mib) * mib)
 
-    def __init__(self, store: Any, uri: str, *, on_close: Callable[[], Awaitable[None]] | None = None):
+    def __init__(
+        self, store: Any, uri: str, *, on_close: Callable[[], Awaitable[None]] | None = None, credentials_hint: str = "",
+    ):
         self.store = store
         self.uri = uri.rstrip("/")
         self._on_close = on_close
+        self.credentials_hint = credentials_hint  # where the credentials came from, for a refusal
+
+    def explain(self, e: BaseException) -> WaBucketError | None:
+        """A failure of the whole bucket (missing, refused credentials, no connection) as one line
+        naming it; None for anything else."""
+        code, message = s3_error(e)
+        server = server_of(e) or "the server"
+        if code in ("NoSuchBucket", "InvalidBucketName"):
+            return NotFoundError(f"{self.uri}: no such bucket at {server} ({code})")
+        if code in PERMANENT_CODES:
+            hint = f" ({self.credentials_hint})" if self.credentials_hint else ""
+            return WaBucketError(f"{self.uri}: {server} refused the request: {code}: {message}{hint}")
+        if code is None and re.search(r"\bkind: Connect\b", str(e)):  # obstore's debug text of a failed connect
+            reasons = re.findall(r'message: "([^"]+)"', str(e))
+            return WaBucketError(f"{self.uri}: cannot connect to {server}" + (f" ({reasons[-1]})" if reasons else ""))
+        return None
+
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """Raise what `explain` makes of an error inside, or the error itself."""
+        try:
+            yield
+        except WaBucketError:
+            raise
+        except Exception as e:
+            plain = self.explain(e)
+            if plain is None:
+                raise
+            raise plain from e
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri})"
@@ -77,42 +111,50 @@ class Storage:
         prefix = prefix.strip("/")
         start = len(prefix) + 1 if prefix else 0
         out = []
-        stream = obs.list(self.store, prefix + "/" if prefix else None, chunk_size=1000)
-        async for batch in stream:
-            for meta in batch:
-                key = meta["path"][start:]
-                if key:  # the prefix's own folder marker lists as the prefix itself
-                    out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
+        with self.explained():
+            stream = obs.list(self.store, prefix + "/" if prefix else None, chunk_size=1000)
+            async for batch in stream:
+                for meta in batch:
+                    key = meta["path"][start:]
+                    if key:  # the prefix's own folder marker lists as the prefix itself
+                        out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
         return _without_folder_markers(out)
 
     async def exists(self, key: str) -> bool:
-        try:
-            await obs.head_async(self.store, key)
-            return True
-        except FileNotFoundError:
-            return False
+        with self.explained():
+            try:
+                await obs.head_async(self.store, key)
+                return True
+            except FileNotFoundError:  # a HEAD has no body: a missing bucket looks the same
+                return False
 
     async def has_prefix(self, prefix: str) -> bool:
-        stream = obs.list(self.store, prefix.strip("/") + "/", chunk_size=1)
-        async for batch in stream:
-            if batch:
-                return True
+        with self.explained():
+            stream = obs.list(self.store, prefix.strip("/") + "/", chunk_size=1)
+            async for batch in stream:
+                if batch:
+                    return True
         return False
 
     async def get_bytes(self, key: str) -> bytes | None:
-        try:
-            result = await obs.get_async(self.store, key)
-        except FileNotFoundError:
-            return None
-        return bytes(await result.bytes_async())
+        with self.explained():
+            try:
+                result = await obs.get_async(self.store, key)
+            except FileNotFoundError as e:
+                if s3_error(e)[0] == "NoSuchBucket":  # the bucket, not the key, is missing
+                    raise
+                return None
+            return bytes(await result.bytes_async())
 
     async def put_bytes(self, key: str, data: bytes) -> None:
-        await with_retries(lambda: obs.put_async(self.store, key, data), f"writing {key}", ATTEMPTS)
+        with self.explained():
+            await with_retries(lambda: obs.put_async(self.store, key, data), f"writing {key}", ATTEMPTS)
 
     async def delete(self, keys: list[str]) -> None:
         # A bulk delete is a POST, which obstore does not retry after a connection error.
         if keys:
-            await with_retries(lambda: obs.delete_async(self.store, keys), f"deleting {keys[0]}", ATTEMPTS)
+            with self.explained():
+                await with_retries(lambda: obs.delete_async(self.store, keys), f"deleting {keys[0]}", ATTEMPTS)
 
     def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
         """Does an S3-style ETag match content whose per-part MD5 digests are given?

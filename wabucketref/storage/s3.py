@@ -41,4 +41,6 @@ def open_s3(url: str) -> tuple[Storage, str]:
     prefix = parts.path.strip("/")
     endpoint = s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
-    return Storage(make_s3_store(parts.netloc, endpoint=endpoint, region=region), f"s3://{parts.netloc}"), prefix
+    store = make_s3_store(parts.netloc, endpoint=endpoint, region=region)
+    hint = "credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    return Storage(store, f"s3://{parts.netloc}", credentials_hint=hint), prefix

@@ -50,10 +50,16 @@ def s3_error(e: BaseException) -> tuple[str | None, str]:
     return (code.group(1) if code else None), (message.group(1) if message else "")
 
 
+def failed_request(e: BaseException) -> tuple[str, str] | None:
+    """(method, URL without its query) of the request an obstore error names."""
+    found = re.search(r"Error performing (\w+) (https?://[^\s?]+)", str(e))
+    return (found.group(1), found.group(2)) if found else None
+
+
 def server_of(e: BaseException) -> str | None:
     """scheme://host[:port] of the request an obstore error names."""
-    found = re.search(r"Error performing \w+ (https?://[^/\s?]+)", str(e))
-    return found.group(1) if found else None
+    request = failed_request(e)
+    return re.match(r"https?://[^/]+", request[1]).group(0) if request else None
 
 
 def one_line(e: BaseException) -> str:
@@ -61,8 +67,8 @@ def one_line(e: BaseException) -> str:
     code, message = s3_error(e)
     if code:
         # An S3 refusal: its code and message and the request, not the client's wrapping or the XML.
-        request = re.search(r"Error performing (\w+) (https?://[^\s?]+)", raw)
-        where = f" ({request.group(1)} {request.group(2)})" if request else ""
+        request = failed_request(e)
+        where = f" ({request[0]} {request[1]})" if request else ""
         return ((f"{code}: {message}" if message else code) + where)[:300]
     text = raw.strip().splitlines()
     return re.sub(r"\s*<\?xml[^>]*\?>", "", text[0] if text else type(e).__name__)[:300]

@@ -377,6 +377,28 @@ def test_refused_writes_are_not_retried(s3_env, seaweed, tmp_path):
     assert len(puts) == 1, puts  # one file tried once, then the command stopped
 
 
+def test_full_disk_fails_cleanly(env, tmp_path):
+    """A destination disk that fills up mid-download: one clear line at once (no retries), and nothing under a
+    final name that is not whole. pwrite may write part of a range before the disk is full; that part
+    must not be taken for the whole."""
+    src = make_tree(tmp_path / "src")  # small files, and one multipart-sized file fetched in ranges
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "f1", check=True)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("needs root and mount(8) for a 2 MiB tmpfs to fill up")
+    try:
+        proc = env.wabucket("download", "dataset", "ds", "f1", "-d", str(disk / "dl"))
+        assert proc.returncode == 1
+        assert_one_clear_line(proc.stderr, "models/weights.bin", "No space left on device")
+        assert "retrying" not in proc.stderr
+        assert final_files_are_whole(disk / "dl", src) >= 1  # the small files that fitted are there, whole
+        assert not (disk / "dl" / "models" / "weights.bin").exists()
+        no_part_files(disk / "dl")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 # ------------------------------------------------------------------ Ctrl-C
 
 

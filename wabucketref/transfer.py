@@ -405,6 +405,14 @@ def _land(final: Path, data: Any, f: FileEntry, verify: bool) -> None:
         raise
 
 
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    """pwrite may write less than asked (a disk filling up): write the rest, or raise its error."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 async def _get_ranges(
     storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, slots: asyncio.Semaphore
 ) -> None:
@@ -434,7 +442,7 @@ async def _get_ranges(
                     raise IntegrityError(f"{f.path}: missing from the bucket") from e
                 if len(data) != end - start:
                     raise IntegrityError(f"{f.path}: the bucket returned {len(data)} bytes for a {end - start}-byte range")
-                await asyncio.to_thread(os.pwrite, fd, data, start)
+                await asyncio.to_thread(_pwrite_all, fd, data, start)
                 progress.advance(len(data))
                 waiting[start] = data
                 queued = True

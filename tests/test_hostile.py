@@ -130,6 +130,29 @@ def test_dest_symlinks_are_not_followed_outside(env, tmp_path):
         one_error_line(proc)
 
 
+@pytest.mark.parametrize("in_the_way", ["file-for-folder", "folder-for-file"])
+def test_dest_entries_in_the_way(env, tmp_path, in_the_way):
+    """A DEST holding a file where the artifact needs a folder, or a folder where it needs a file: one line
+    naming it, at once (a local conflict is not retried), and that entry left as it was."""
+    src = make_tree(tmp_path / "src", big=False)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "w1", check=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    if in_the_way == "file-for-folder":
+        (dest / "nested").write_text("mine")
+        says = ["nested: a file is in the way of the folder nested/"]
+    else:
+        (dest / "a.txt").mkdir()
+        (dest / "a.txt" / "mine.txt").write_text("mine")
+        says = ["download of a.txt failed: Is a directory", "a.txt"]
+    proc = env.wabucket("download", "dataset", "ds", "w1", "-d", str(dest))
+    assert proc.returncode == 1 and proc.stdout == ""
+    one_error_line(proc, *says)
+    assert "retrying" not in proc.stderr
+    assert (dest / "nested").read_text() == "mine" if in_the_way == "file-for-folder" else \
+        (dest / "a.txt" / "mine.txt").read_text() == "mine"
+
+
 # ------------------------------------------------------------------ crafted W&B artifacts (online)
 
 

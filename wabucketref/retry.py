@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
 import re
@@ -18,8 +17,6 @@ log = logging.getLogger("wabucketref")
 R = TypeVar("R")
 
 ATTEMPTS = 4
-# local disk errors that another try cannot fix
-FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 _PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
 # S3 error codes that another try cannot fix (whatever exception type the client wrapped them in)
 PERMANENT_CODES = frozenset({
@@ -38,8 +35,10 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int)
         except Exception as e:  # noqa: BLE001 - network and server errors of any client
             if s3_error(e)[0] in PERMANENT_CODES:
                 raise
-            if isinstance(e, OSError) and e.errno in FULL_OR_READ_ONLY:
-                raise TransferError(f"{what} failed: {e.strerror}") from e
+            if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)):
+                # the local disk (full, read-only, a folder in the way): another try cannot fix it
+                path = e.filename2 or e.filename
+                raise TransferError(f"{what} failed: {e.strerror or e}" + (f": {path}" if path else "")) from e
             if attempt == attempts:
                 raise TransferError(f"{what} failed after {attempts} tries: {one_line(e)}") from e
             delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())

@@ -349,7 +349,10 @@ def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
         target = dest / folder
         if not os.path.realpath(target).startswith(real + os.sep):  # checked before anything is made
             raise IntegrityError(f"{folder}: leads outside the destination folder")
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise WaBucketError(f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs") from e
     return set() if fresh else {p for p in paths if os.path.lexists(dest / p)}
 
 

@@ -465,6 +465,32 @@ def test_ctrl_c_during_download(s3_env, seaweed, tmp_path):
     assert tree_hashes(dest) == tree_hashes(src)
 
 
+def test_killed_download_resumes_without_leftovers(s3_env, seaweed, tmp_path):
+    """SIGKILL (the OOM killer, a preempted job) cleans nothing up: the rerun removes the dead run's part
+    files, keeps the finished files and brings the rest."""
+    env = s3_env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+    dest = tmp_path / "dl"
+    mine = dest / ".notes.txt.0123abcd.wabucket-part"  # looks like a part file, but of no file in the artifact
+    dest.mkdir()
+    mine.write_text("mine")
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "3", "download", "dataset", "ds", "k1", "-d", str(dest))
+        wait_until(lambda: any(p.name.startswith(".big.bin.") for p in dest.iterdir()), 60, "big.bin's part file", proc)
+        proc.kill()
+        proc.communicate()
+    direct(env, seaweed)
+    assert [p for p in dest.rglob("*") if p.name.endswith(PART) and p != mine]  # what a killed run leaves
+    env.wabucket("download", "dataset", "ds", "k1", "-d", str(dest), check=True)
+    assert mine.read_text() == "mine"
+    mine.unlink()
+    no_part_files(dest)
+    assert tree_hashes(dest) == tree_hashes(src)
+
+
 # ------------------------------------------------------------------ integrity: tampering and `verify`
 
 

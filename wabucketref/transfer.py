@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ UPLOAD_PARTS_PER_FILE = 3
 RANGES_IN_FLIGHT = 4  # ranged GETs of large files, all files together: bounds download memory (8 x 16 MiB peaked at 374 MB on a 5 GiB file)
 RANGE_SIZE = 16 << 20
 PART_SUFFIX = ".wabucket-part"
+_PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see _temp_name
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -353,7 +355,28 @@ def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
             target.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
             raise WaBucketError(f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs") from e
-    return set() if fresh else {p for p in paths if os.path.lexists(dest / p)}
+    if fresh:
+        return set()
+    _remove_stale_parts(dest, paths)
+    return {p for p in paths if os.path.lexists(dest / p)}
+
+
+def _remove_stale_parts(dest: Path, paths: list[str]) -> None:
+    """Delete the part files a killed run (SIGKILL, a preempted job) left beside the files this download
+    writes: every try writes a part file of its own, so a resume never reuses them."""
+    names: dict[str, set[str]] = {}
+    for p in paths:
+        folder, _, name = p.rpartition("/")
+        names.setdefault(folder, set()).add(name)
+    for folder, wanted in names.items():
+        try:
+            entries = list(os.scandir(dest / folder))
+        except OSError:
+            continue
+        for entry in entries:
+            m = _PART_NAME.fullmatch(entry.name)
+            if m and m.group(1) in wanted and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:

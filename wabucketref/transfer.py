@@ -39,7 +39,7 @@ UPLOAD_PARTS_PER_FILE = 3
 RANGES_IN_FLIGHT = 4  # ranged GETs of large files, all files together: bounds download memory (8 x 16 MiB peaked at 374 MB on a 5 GiB file)
 RANGE_SIZE = 16 << 20
 PART_SUFFIX = ".wabucket-part"
-_PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see _temp_name
+_PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see _open_part
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -355,28 +355,28 @@ def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
             target.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
             raise WaBucketError(f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs") from e
-    if fresh:
-        return set()
-    _remove_stale_parts(dest, paths)
-    return {p for p in paths if os.path.lexists(dest / p)}
+    return set() if fresh else _scan_dest(dest, paths)
 
 
-def _remove_stale_parts(dest: Path, paths: list[str]) -> None:
-    """Delete the part files a killed run (SIGKILL, a preempted job) left beside the files this download
-    writes: every try writes a part file of its own, so a resume never reuses them."""
+def _scan_dest(dest: Path, paths: list[str]) -> set[str]:
+    """One listing per folder: the paths already there, and the part files a killed run (SIGKILL, a
+    preempted job) left beside them deleted (every try writes a part file of its own: none is reused)."""
     names: dict[str, set[str]] = {}
     for p in paths:
         folder, _, name = p.rpartition("/")
         names.setdefault(folder, set()).add(name)
+    present = set()
     for folder, wanted in names.items():
         try:
             entries = list(os.scandir(dest / folder))
         except OSError:
             continue
         for entry in entries:
-            m = _PART_NAME.fullmatch(entry.name)
-            if m and m.group(1) in wanted and entry.is_file(follow_symlinks=False):
+            if entry.name in wanted:
+                present.add(f"{folder}/{entry.name}" if folder else entry.name)
+            elif (m := _PART_NAME.fullmatch(entry.name)) and m.group(1) in wanted and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
+    return present
 
 
 def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
@@ -388,8 +388,10 @@ def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
     return not verify or _hash_local(path, 1 << 62)[0] == f.sha256
 
 
-def _temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{os.urandom(4).hex()}{PART_SUFFIX}")
+def _open_part(final: Path) -> tuple[Path, int]:
+    """A new part file beside `final` (`.NAME.XXXXXXXX.wabucket-part`), open for writing."""
+    tmp = final.with_name(f".{final.name}.{os.urandom(4).hex()}{PART_SUFFIX}")
+    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 
 async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:
@@ -416,13 +418,10 @@ def _land(final: Path, data: Any, f: FileEntry, verify: bool) -> None:
     Plain os calls: this runs once per file, and a buffered file object costs more than the write.
     """
     _check(f, len(data), hashlib.sha256(data).hexdigest(), verify)
-    tmp = _temp_name(final)
+    tmp, fd = _open_part(final)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _pwrite_all(fd, data, 0)
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -448,11 +447,10 @@ async def _get_ranges(
     bounded by the slots (memory stays bounded whatever the file sizes).
     """
     part = max(storage.part_size(f.size), RANGE_SIZE)
-    tmp = _temp_name(final)
     sha = hashlib.sha256()
     waiting: dict[int, Any] = {}
     hashed_to = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    tmp, fd = _open_part(final)
     try:
         os.ftruncate(fd, f.size)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["local", "s3", "platform"]
+BACKENDS = ["local", "s3", "platform", "platform-azure"]
 MULTIPART_FILE_SIZE = 17 << 20  # above the 16 MiB part size: exercises multipart upload and streamed download
 
 
@@ -36,6 +36,16 @@ def platform(seaweed):
 
     with FakePlatform(seaweed) as plat:
         yield plat
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    from tests.servers.azurite import Azurite, azurite_binary
+
+    if azurite_binary() is None:  # .ci/run installs it; CI runs every test
+        pytest.skip("azurite-blob is not installed (npm install --prefix .venv/node azurite@3.35.0)")
+    with Azurite(tmp_path_factory.mktemp("azurite")) as az:
+        yield az
 
 
 @pytest.fixture(scope="session")
@@ -170,13 +180,73 @@ def use_backend(env: Env, kind: str, request, tmp_path: Path) -> Env:
         env.vars.update(s3.env())
         env.bucket = f"s3://{name}/some/prefix"
         env.extra["s3_bucket"] = name
-    elif kind == "platform":
+    elif kind in ("platform", "platform-azure"):
         plat = request.getfixturevalue("platform")
-        plat.add_bucket(name)
+        if kind == "platform-azure":
+            plat.azure = request.getfixturevalue("azurite")
+        plat.add_bucket(name, provider="azure" if kind == "platform-azure" else "aws")
         env.vars.update(plat.env(config_dir=tmp_path / "apolo-config"))
         env.bucket = name
         env.extra["platform"] = plat
     return env
+
+
+class RawBucket:
+    """The test's bucket straight through the storage server's own client, not through the tool."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        plat = env.extra.get("platform")
+        if env.kind == "local":
+            self.root = Path(env.bucket)
+        elif env.kind == "s3":
+            self.bucket, self.prefix = env.extra["s3_bucket"], "some/prefix/"
+            self.s3 = s3_client(env.vars["AWS_ENDPOINT_URL"], env.vars["AWS_ACCESS_KEY_ID"], env.vars["AWS_SECRET_ACCESS_KEY"])
+        elif env.kind == "platform":
+            self.bucket, self.prefix = plat.backing_bucket(env.bucket), ""
+            self.s3 = s3_client(plat.s3.endpoint_url, plat.s3.access_key_id, plat.s3.secret_access_key)
+        else:
+            self.container = plat.azure.container(plat.backing_bucket(env.bucket))
+
+    def read(self, key: str) -> bytes:
+        if self.env.kind == "local":
+            return (self.root / key).read_bytes()
+        if self.env.kind == "platform-azure":
+            return self.container.download_blob(key).readall()
+        return self.s3.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+
+    def write(self, key: str, data: bytes) -> None:
+        if self.env.kind == "local":
+            (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / key).write_bytes(data)
+        elif self.env.kind == "platform-azure":
+            self.container.upload_blob(key, data, overwrite=True)
+        else:
+            self.s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        if self.env.kind == "local":
+            return sorted(p.relative_to(self.root).as_posix() for p in (self.root / prefix).rglob("*") if p.is_file())
+        if self.env.kind == "platform-azure":
+            return sorted(b.name for b in self.container.list_blobs(name_starts_with=prefix))
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        return sorted(o["Key"][len(self.prefix):] for page in pages for o in page.get("Contents", []))
+
+    def delete(self, key: str) -> None:
+        if self.env.kind == "local":
+            (self.root / key).unlink()
+        elif self.env.kind == "platform-azure":
+            self.container.delete_blob(key)
+        else:
+            self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+
+def s3_client(endpoint: str, key_id: str, secret: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret,
+                        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
 
 
 @pytest.fixture(params=BACKENDS)

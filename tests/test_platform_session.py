@@ -154,3 +154,56 @@ def test_deleted_bucket_is_reported_not_served_from_the_cache(plat_env, tmp_path
     proc = env.wabucket("download", "dataset", "ds", "a1", "-d", str(tmp_path / "dl"))
     assert proc.returncode != 0
     assert "platform bucket not found" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ Azure platform buckets (Azurite)
+
+
+@pytest.fixture
+def azure_env(env, request, tmp_path):
+    return use_backend(env, "platform-azure", request, tmp_path)
+
+
+def test_azure_bucket_with_the_account_key(azure_env, tmp_path):
+    """Some Azure buckets come with the account key as `credential` instead of a SAS token."""
+    from tests.servers.azurite import ACCOUNT_KEY
+
+    env, plat = azure_env, azure_env.extra["platform"]
+    plat.azure_account_key = True
+    try:
+        src = make_tree(tmp_path / "src")
+        up = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+        down = env.wabucket("download", "dataset", "ds", "k1", "-d", str(tmp_path / "dl"), check=True)
+    finally:
+        plat.azure_account_key = False
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    assert plat.calls_matching("make_tmp_credentials")
+    for proc in (up, down):
+        assert ACCOUNT_KEY not in proc.stdout + proc.stderr
+
+
+def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
+    """SAS tokens that live 2 s (Azurite enforces the expiry) and a transfer that takes longer: the
+    transfer asks the platform for new ones as it goes, and the next command does not trust the
+    cached, expired one."""
+    import time
+
+    env, plat = azure_env, azure_env.extra["platform"]
+    src = tmp_path / "src"
+    for i in range(1200):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i}.txt").write_text(f"file {i}\n" * 100)
+    plat.credentials_ttl = 2
+    plat.clear_calls()
+    try:
+        started = time.monotonic()
+        env.wabucket("--concurrency", "1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1", check=True)
+        took = time.monotonic() - started
+        uploads = len(plat.calls_matching("make_tmp_credentials"))
+        dest = download(env, tmp_path, alias="r1")
+    finally:
+        plat.credentials_ttl = None
+    assert took > 3, f"the upload took {took:.1f} s: too short to outlive a token"
+    assert tree_hashes(dest) == tree_hashes(src)
+    assert uploads > 1
+    assert len(plat.calls_matching("make_tmp_credentials")) > uploads

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MULTIPART_FILE_SIZE, Env, make_tree, online, tree_hashes, use_backend
+from tests.conftest import MULTIPART_FILE_SIZE, Env, RawBucket, make_tree, online, tree_hashes, use_backend
 from tests.servers.faultproxy import CredentialGate, FaultProxy, Reject, issuing_platform
 
 PART = ".wabucket-part"
@@ -494,35 +494,6 @@ def test_killed_download_resumes_without_leftovers(s3_env, seaweed, tmp_path):
 # ------------------------------------------------------------------ integrity: tampering and `verify`
 
 
-def _bucket_ops(env: Env):
-    """(write(key, data), delete(key)) straight in the storage, not through the tool."""
-    if env.kind == "local":
-        root = Path(env.bucket)
-
-        def write(key, data):
-            (root / key).parent.mkdir(parents=True, exist_ok=True)
-            (root / key).write_bytes(data)
-
-        return write, lambda key: (root / key).unlink()
-    import boto3
-    from botocore.config import Config
-
-    if env.kind == "s3":
-        bucket, prefix = env.extra["s3_bucket"], "some/prefix/"
-        s3 = None
-    else:
-        s3 = env.extra["platform"].s3
-        bucket, prefix = env.extra["platform"].backing_bucket(env.bucket), ""
-    client = boto3.client(
-        "s3", endpoint_url=env.vars.get("AWS_ENDPOINT_URL") or s3.endpoint_url,
-        aws_access_key_id=env.vars.get("AWS_ACCESS_KEY_ID") or s3.access_key_id,
-        aws_secret_access_key=env.vars.get("AWS_SECRET_ACCESS_KEY") or s3.secret_access_key,
-        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}),
-    )
-    return (lambda key, data: client.put_object(Bucket=bucket, Key=prefix + key, Body=data),
-            lambda key: client.delete_object(Bucket=bucket, Key=prefix + key))
-
-
 @pytest.mark.parametrize("change", ["byte", "removed", "added"])
 def test_tampered_bucket_fails_download_and_verify(backend_env, tmp_path, change):
     env = backend_env
@@ -530,7 +501,8 @@ def test_tampered_bucket_fails_download_and_verify(backend_env, tmp_path, change
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "t1", check=True)
     ok = env.wabucket("verify", "dataset", "ds", "t1", check=True)
     assert re.search(r"ok: 6 files, \d+ bytes match the manifest", ok.stderr)
-    write, delete = _bucket_ops(env)
+    raw = RawBucket(env)
+    write, delete = raw.write, raw.delete
     victim = "nested/small.bin"
     if change == "byte":
         data = bytearray((src / victim).read_bytes())

@@ -5,7 +5,11 @@ buckets (get/list/create/delete/find-by-path/make_tmp_credentials/
 sign_blob_url) and ``GET /jobs/{id}``.  Bucket bytes live in a
 :class:`~tests.servers.s3.SeaweedS3` server; ``make_tmp_credentials`` hands out that
 server's S3 key pair with provider ``"aws"`` (or whatever was passed to
-:meth:`FakePlatform.add_bucket`).
+:meth:`FakePlatform.add_bucket`).  A bucket added with ``provider="azure"`` lives in the
+:class:`~tests.servers.azurite.Azurite` server set as :attr:`FakePlatform.azure`, and its
+credentials are what the platform gives for Azure: ``storage_endpoint`` plus a container
+``sas_token`` and its ``expiry`` (or, with ``azure_account_key = True``, the account key as
+``credential``).
 
 Runs as an aiohttp app on its own event loop in a background thread, bound to
 127.0.0.1 on a free port.
@@ -66,7 +70,7 @@ class PlatformBucket:
     org_name: str
     project_name: str
     provider: str
-    backing_name: str  # bucket name inside the S3 server
+    backing_name: str  # bucket (container, for azure) name inside the storage server
     created_at: str = field(default_factory=_now_iso)
     imported: bool = False
     public: bool = False
@@ -106,6 +110,8 @@ class FakePlatform:
         credentials_ttl: float | None = None,
     ) -> None:
         self.s3 = s3
+        self.azure: Any = None  # an Azurite server, for provider="azure" buckets
+        self.azure_account_key = False
         self.cluster = cluster
         self.org = org
         self.project = project
@@ -222,7 +228,10 @@ class FakePlatform:
     ) -> str:
         """Create a backing S3 bucket and register a platform bucket; return its id."""
         bucket = self._new_bucket(name, provider, org, project, owner)
-        self.s3.create_bucket(bucket.backing_name)
+        if provider == "azure":
+            self.azure.create_container(bucket.backing_name)
+        else:
+            self.s3.create_bucket(bucket.backing_name)
         with self._lock:
             self.buckets[bucket.id] = bucket
         return bucket.id
@@ -558,6 +567,32 @@ class FakePlatform:
         bucket = self._lookup(request)
         if bucket is None:
             return _error(404, f"bucket {request.match_info['bucket']} not found")
+        if bucket.provider == "azure":
+            creds = self._azure_creds(bucket)
+        else:
+            creds = self._s3_creds(bucket)
+        return web.json_response(
+            {
+                "bucket_id": bucket.id,
+                "provider": bucket.provider,
+                "read_only": False,
+                "credentials": creds,
+            }
+        )
+
+    def _azure_creds(self, bucket: PlatformBucket) -> dict[str, str]:
+        from .azurite import ACCOUNT_KEY
+
+        creds = {"bucket_name": bucket.backing_name, "storage_endpoint": self.azure.endpoint}
+        if self.azure_account_key:
+            creds["credential"] = ACCOUNT_KEY
+        else:
+            creds["sas_token"], creds["expiry"] = self.azure.container_sas(
+                bucket.backing_name, self.credentials_ttl or 3600
+            )
+        return creds
+
+    def _s3_creds(self, bucket: PlatformBucket) -> dict[str, str]:
         creds: dict[str, str] = {
             "bucket_name": bucket.backing_name,
             "access_key_id": self.s3.access_key_id,
@@ -569,14 +604,7 @@ class FakePlatform:
             expires = datetime.now(timezone.utc) + timedelta(seconds=self.credentials_ttl)
             creds["expiration"] = expires.isoformat()
             creds["session_token"] = ""
-        return web.json_response(
-            {
-                "bucket_id": bucket.id,
-                "provider": bucket.provider,
-                "read_only": False,
-                "credentials": creds,
-            }
-        )
+        return creds
 
     async def _h_sign_url(self, request: web.Request) -> web.Response:
         bucket = self._lookup(request)

@@ -11,6 +11,7 @@ import base64
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import obstore as obs
 
@@ -167,6 +168,34 @@ class _Refreshing:
         return converted
 
 
+def _azure_store(creds: dict, fetch, retry_config: dict) -> Any:
+    """A container SAS token (refreshed like S3 keys), or the account key as `credential`."""
+    from obstore.store import AzureStore
+
+    endpoint = creds["storage_endpoint"].rstrip("/")
+    common = {
+        "account_name": _azure_account(endpoint), "endpoint": endpoint, "retry_config": retry_config,
+        "client_options": {**CLIENT_OPTIONS, "allow_http": endpoint.startswith("http:")},
+    }
+    if "sas_token" in creds:
+
+        def convert(c: dict) -> dict:
+            return {"sas_token": parse_qsl(c["sas_token"].lstrip("?")), "expires_at": _expiry(c.get("expiry"))}
+
+        return AzureStore(creds["bucket_name"], credential_provider=_Refreshing(creds, fetch, convert), **common)
+    if "credential" in creds:
+        return AzureStore(creds["bucket_name"], account_key=creds["credential"], **common)
+    raise WaBucketError("the platform gave no usable azure credentials (neither sas_token nor credential)")
+
+
+def _azure_account(endpoint: str) -> str:
+    """The storage account an endpoint is for, read as the Azure SDK reads it: the host's first
+    label (ACCOUNT.blob.core.windows.net) or, on an emulator (http://127.0.0.1:10000/ACCOUNT), the path."""
+    url = urlsplit(endpoint)
+    path = url.path.strip("/")
+    return path.split("/")[0] if path else (url.hostname or "").split(".")[0]
+
+
 def _make_store(provider: str, creds: dict, fetch, retry_config: dict = RETRY_CONFIG) -> Any:
     if provider in S3_PROVIDERS:
 
@@ -186,23 +215,7 @@ def _make_store(provider: str, creds: dict, fetch, retry_config: dict = RETRY_CO
             retry_config=retry_config,
         )
     if provider == "azure":
-        from obstore.store import AzureStore
-
-        if "sas_token" not in creds:
-            raise WaBucketError("azure platform bucket without a SAS token is not supported yet")
-
-        def convert(c: dict) -> dict:
-            from urllib.parse import parse_qsl
-
-            return {"sas_token": parse_qsl(c["sas_token"].lstrip("?")), "expires_at": _expiry(c.get("expiry"))}
-
-        return AzureStore(
-            creds["bucket_name"],
-            endpoint=creds["storage_endpoint"],
-            credential_provider=_Refreshing(creds, fetch, convert),
-            client_options=CLIENT_OPTIONS,
-            retry_config=retry_config,
-        )
+        return _azure_store(creds, fetch, retry_config)
     if provider == "gcp":
         from obstore.store import GCSStore
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import online
+from tests.conftest import online, use_backend
 
 FAST_WANDB_INIT = {"WANDB_INIT_TIMEOUT": "8"}
 # Root reads any file whatever its mode: run the CLI as a root that has dropped CAP_DAC_OVERRIDE and
@@ -93,6 +93,20 @@ def _s3(bucket: str | None = None, offline: bool = False, **env: Callable[[Simpl
         c.env.vars.update({k: v(c) if callable(v) else v for k, v in env.items()})
         if offline:
             c.env.vars["WANDB_MODE"] = "offline"
+    return setup
+
+
+def _azure(container_gone: bool = False, credentials_ttl: float | None = None) -> Callable:
+    """A platform bucket on Azurite whose container was deleted behind the platform's back, or whose
+    SAS tokens the platform hands out already expired (a negative ttl)."""
+    def setup(c) -> None:
+        use_backend(c.env, "platform-azure", c.request, c.tmp)
+        plat = c.env.extra["platform"]
+        if container_gone:
+            plat.azure.service().delete_container(plat.backing_bucket(c.env.bucket))
+        if credentials_ttl is not None:
+            plat.credentials_ttl = credentials_ttl
+            c.cleanup.append(lambda: setattr(plat, "credentials_ttl", None))
     return setup
 
 
@@ -201,6 +215,10 @@ CASES = [
     Case("s3-endpoint-closed", up(*OK), 1, "cannot connect to http://127.0.0.1:",
          setup=_s3(AWS_ENDPOINT_URL=_closed_endpoint, AWS_ENDPOINT_URL_S3=_closed_endpoint, AWS_S3_ENDPOINT_URL=_closed_endpoint),
          max_seconds=20),
+    # ---- Azure platform buckets the server refuses
+    Case("azure-container-gone", up(*OK), 1, "no such bucket at http://127.0.0.1:", setup=_azure(container_gone=True)),
+    Case("azure-sas-expired", up(*OK), 1, "refused the request: AuthorizationFailure: Server failed to authenticate the request.",
+         setup=_azure(credentials_ttl=-60)),
     # ---- download / link / verify arguments
     Case("dest-is-a-file", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.file)], 2,
          "destination is not a folder", setup=_a_file),

@@ -19,10 +19,11 @@ R = TypeVar("R")
 ATTEMPTS = 4
 _PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
 # S3 error codes that another try cannot fix (whatever exception type the client wrapped them in)
-PERMANENT_CODES = frozenset({
-    "NoSuchBucket", "InvalidBucketName", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
-    "AllAccessDisabled", "AccountProblem",
-})
+MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "ContainerNotFound"})  # S3, Azure
+PERMANENT_CODES = MISSING_BUCKET_CODES | {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AllAccessDisabled", "AccountProblem",  # S3
+    "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",  # Azure
+}
 
 
 async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int) -> R:
@@ -51,7 +52,8 @@ def s3_error(e: BaseException) -> tuple[str | None, str]:
     """The code and message of the S3 error body carried in an exception's text, if any."""
     raw = str(e)
     code, message = re.search(r"<Code>([^<]*)</Code>", raw), re.search(r"<Message>([^<]*)</Message>", raw)
-    return (code.group(1) if code else None), (message.group(1) if message else "")
+    # Azure appends RequestId and Time lines to the message
+    return (code.group(1) if code else None), (message.group(1).strip().split("\n")[0] if message else "")
 
 
 def failed_request(e: BaseException) -> tuple[str, str] | None:

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import obstore as obs
 
 from ..errors import NotFoundError, WaBucketError
-from ..retry import ATTEMPTS, PERMANENT_CODES, s3_error, server_of, with_retries
+from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, s3_error, server_of, with_retries
 
 # Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
 # retries for streamed transfers live in transfer.py.
@@ -66,18 +66,20 @@ class Storage:
 
     def __init__(
         self, store: Any, uri: str, *, on_close: Callable[[], Awaitable[None]] | None = None, credentials_hint: str = "",
+        endpoint: str = "",
     ):
         self.store = store
         self.uri = uri.rstrip("/")
         self._on_close = on_close
         self.credentials_hint = credentials_hint  # where the credentials came from, for a refusal
+        self.endpoint = endpoint  # for messages: obstore hides URLs that carry a SAS token
 
     def explain(self, e: BaseException) -> WaBucketError | None:
         """A failure of the whole bucket (missing, refused credentials, no connection) as one line
         naming it; None for anything else."""
         code, message = s3_error(e)
-        server = server_of(e) or "the server"
-        if code in ("NoSuchBucket", "InvalidBucketName"):
+        server = server_of(e) or self.endpoint or "the server"
+        if code in MISSING_BUCKET_CODES:
             return NotFoundError(f"{self.uri}: no such bucket at {server} ({code})")
         if code in PERMANENT_CODES:
             hint = f" ({self.credentials_hint})" if self.credentials_hint else ""

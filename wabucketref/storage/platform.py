@@ -76,7 +76,8 @@ class _Session:
     def storage(self) -> Storage:
         e = self.entry
         store = _make_store(e["provider"], e["credentials"], self.fetch_credentials)
-        return Storage(store, e["uri"], on_close=self.close)
+        endpoint = e["credentials"].get("endpoint_url") or e["credentials"].get("storage_endpoint") or ""
+        return Storage(store, e["uri"], on_close=self.close, endpoint=endpoint)
 
     async def answers(self) -> bool:
         """Do the cached credentials still open the bucket? One listing of an empty prefix (a HEAD

@@ -207,3 +207,14 @@ def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
     assert tree_hashes(dest) == tree_hashes(src)
     assert uploads > 1
     assert len(plat.calls_matching("make_tmp_credentials")) > uploads
+
+
+@pytest.mark.parametrize("endpoint, account", [
+    ("https://mlteam.blob.core.windows.net", "mlteam"),
+    ("https://mlteam.blob.core.windows.net/", "mlteam"),
+    ("http://127.0.0.1:10000/devstoreaccount1", "devstoreaccount1"),
+])
+def test_azure_account_from_endpoint(endpoint, account):
+    from wabucketref.storage.platform import _azure_account
+
+    assert _azure_account(endpoint) == account

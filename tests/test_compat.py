@@ -199,3 +199,45 @@ def test_bucket_defaults_to_project_and_accepts_blob_uri(env, request, tmp_path,
             check=True)
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
     assert "r1" in {r["name"] for r in wandb_server.runs()}
+
+
+def test_reads_first_version_s3_references(env, request, tmp_path, wandb_server):
+    """The original tool's first version let W&B reference every object under s3://…/TYPE/NAME/ALIAS
+    (W&B's own S3 handler, one entry per object). wabucketref fetches those bytes itself, checking
+    sizes, without boto3 (which W&B would need and the image does not have)."""
+    env = online(use_backend(env, "s3", request, tmp_path), wandb_server)
+    src = make_tree(tmp_path / "src", seed=6, big=False)
+    raw = RawBucket(env)
+    for path in tree_hashes(src):
+        raw.write(f"dataset/first/s1/{path}", (src / path).read_bytes())
+    env.python(LOG_LIKE_ORIGINAL.replace("sys.argv[1:]", repr([f"s3://{env.extra['s3_bucket']}/some/prefix/dataset/first/s1", "first", "s1"]))
+               .replace(', name="platform_blob", checksum=False', ""))  # W&B lists the folder through boto3
+    no_boto3 = tmp_path / "no-boto3" / "boto3"
+    no_boto3.mkdir(parents=True)
+    (no_boto3 / "__init__.py").write_text("raise ImportError('boto3 is not installed')\n")
+    without_boto3 = {"PYTHONPATH": str(no_boto3.parent)}
+
+    proc = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl"), env=without_boto3, check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    assert "sizes are checked" in proc.stderr
+    verify = env.wabucket("verify", "dataset", "first", "s1", env=without_boto3)
+    assert verify.returncode == 1 and "no content manifest" in verify.stderr
+
+    raw.write("dataset/first/s1/a.txt", b"a different size")
+    bad = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl2"), env=without_boto3)
+    assert bad.returncode == 1 and "a.txt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_first_version_references_are_read_only_when_they_are_one_folder():
+    from types import SimpleNamespace as Entry
+
+    from wabucketref.errors import IntegrityError
+    from wabucketref.tracking import _s3_references
+
+    root, manifest = _s3_references({"a/b.txt": Entry(ref="s3://bk/p/a/b.txt", size=3), "c": Entry(ref="s3://bk/p/c", size=1)})
+    assert root == "s3://bk/p" and [(f.path, f.size) for f in manifest.files] == [("a/b.txt", 3), ("c", 1)]
+    assert _s3_references({"a": Entry(ref="s3://bk/p/a", size=1), "b": Entry(ref="s3://bk/q/b", size=1)}) is None
+    assert _s3_references({"a": Entry(ref="s3://bk/p/x", size=1)}) is None  # a name that is not its key's tail
+    assert _s3_references({"a": Entry(ref="blob://c/o/p/b/a", size=1)}) is None
+    with pytest.raises(IntegrityError, match="unsafe path"):
+        _s3_references({"..": Entry(ref="s3://bk/p/..", size=1)})

@@ -491,6 +491,10 @@ class WaBucketRefAPI:
             check_unique(o.key for o in listing)
             manifest = Manifest([FileEntry(o.key, o.size, "0" * 64) for o in listing], info={"verified": False})
         else:
+            if manifest.info.get("empty_files_unlisted"):
+                known = manifest.by_path()
+                empty = [FileEntry(o.key, 0, "0" * 64) for o in listing if o.size == 0 and o.key not in known]
+                manifest = Manifest(manifest.files + empty, info=manifest.info)
             transfer.check_listing(manifest, listing, where)
         await transfer.download(storage, key, manifest, dest, self.options, trusted=trusted)
 
@@ -537,7 +541,7 @@ class WaBucketRefAPI:
         else:
             resolved = tracking.fetch_artifact(self.project_name, self.entity, name=art_name, type=art_type, alias=art_alias)
             storage, key = self._locate(resolved, art_alias)
-        if resolved.manifest is None:
+        if resolved.manifest is None or not resolved.manifest.info.get("verified", True):
             raise IntegrityError(f"{art_name}:{art_alias} has no content manifest: nothing to verify against")
         manifest = resolved.manifest
         if local is not None:

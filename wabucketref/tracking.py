@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
-from .manifest import Manifest
+from .manifest import FileEntry, Manifest, check_unique, safe_relpath
 
 log = logging.getLogger("wabucketref")
 
@@ -189,12 +189,35 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
         with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
             path = art.get_entry(MANIFEST_NAME).download(root=tmp)
             manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {name}:{alias}")
+    ref = ref_entry.ref if ref_entry is not None else None
+    has_files = any(p not in (REFERENCE_NAME, MANIFEST_NAME) for p in entries)
+    if ref is None and manifest is None and (s3 := _s3_references(entries)) is not None:
+        ref, manifest = s3
+        has_files = False
+        log.warning("%s:%s refers to its files one by one in %s (an early wabucketref): their sizes are checked, "
+                    "their content cannot be", name, alias, ref)
     return Resolved(
-        name=name, type=type, version=art.version, aliases=list(art.aliases),
-        ref=ref_entry.ref if ref_entry is not None else None, manifest=manifest,
-        metadata=dict(art.metadata or {}),
-        has_files=any(p not in (REFERENCE_NAME, MANIFEST_NAME) for p in entries), artifact=art,
+        name=name, type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
+        metadata=dict(art.metadata or {}), has_files=has_files, artifact=art,
     )
+
+
+def _s3_references(entries: dict) -> tuple[str, Manifest] | None:
+    """The folder and files of an artifact made of W&B's own s3:// references (one entry per object,
+    named by its path under the referenced folder), as the original tool's first version logged them:
+    wabucketref moves those bytes itself instead of leaving them to W&B (which needs boto3)."""
+    roots = set()
+    for path, entry in entries.items():
+        ref = entry.ref or ""
+        if not ref.startswith("s3://") or not ref.endswith("/" + path):
+            return None
+        roots.add(ref[: -len(path) - 1])
+    if len(roots) != 1:
+        return None
+    check_unique(entries)
+    files = [FileEntry(safe_relpath(path), entry.size or 0, "0" * 64) for path, entry in entries.items()]
+    # W&B's S3 handler leaves out empty objects: the download adds those it finds in the folder
+    return roots.pop(), Manifest(files, info={"verified": False, "empty_files_unlisted": True})
 
 
 def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:

@@ -179,7 +179,7 @@ def use_backend(env: Env, kind: str, request, tmp_path: Path) -> Env:
         s3.create_bucket(name)
         env.vars.update(s3.env())
         env.bucket = f"s3://{name}/some/prefix"
-        env.extra["s3_bucket"] = name
+        env.extra.update(s3_bucket=name, s3=s3)
     elif kind in ("platform", "platform-azure"):
         plat = request.getfixturevalue("platform")
         if kind == "platform-azure":
@@ -201,10 +201,10 @@ class RawBucket:
             self.root = Path(env.bucket)
         elif env.kind == "s3":
             self.bucket, self.prefix = env.extra["s3_bucket"], "some/prefix/"
-            self.s3 = s3_client(env.vars["AWS_ENDPOINT_URL"], env.vars["AWS_ACCESS_KEY_ID"], env.vars["AWS_SECRET_ACCESS_KEY"])
+            self.s3 = env.extra["s3"].client()
         elif env.kind == "platform":
             self.bucket, self.prefix = plat.backing_bucket(env.bucket), ""
-            self.s3 = s3_client(plat.s3.endpoint_url, plat.s3.access_key_id, plat.s3.secret_access_key)
+            self.s3 = plat.s3.client()
         else:
             self.container = plat.azure.container(plat.backing_bucket(env.bucket))
 
@@ -239,14 +239,6 @@ class RawBucket:
             self.container.delete_blob(key)
         else:
             self.s3.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-
-
-def s3_client(endpoint: str, key_id: str, secret: str):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret,
-                        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
 
 
 @pytest.fixture(params=BACKENDS)

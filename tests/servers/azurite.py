@@ -114,6 +114,3 @@ class Azurite:
         perms = ContainerSasPermissions(read=True, add=True, create=True, write=True, delete=True, list=True)
         token = generate_container_sas(ACCOUNT, name, account_key=ACCOUNT_KEY, permission=perms, expiry=expiry)
         return token, expiry.isoformat().replace("+00:00", "Z")
-
-    def list_keys(self, container: str, prefix: str = "") -> list[str]:
-        return sorted(b.name for b in self.container(container).list_blobs(name_starts_with=prefix))

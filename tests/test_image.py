@@ -332,28 +332,33 @@ def run_wabucket(
     volumes: dict[str, dict[str, str]] | None = None,
     user: str | None = None,
     entrypoint: list[str] | None = None,
+    timeout: float = 300,
 ) -> str:
     """Run the image (host network, removed afterwards); return its stdout.
 
-    Raises docker.errors.ContainerError (with stderr) on a non-zero exit.
+    Raises docker.errors.ContainerError (with stderr) on a non-zero exit. Detached, then waited
+    for: podman's Docker API can leave the attached output stream of a container that exits at
+    once open forever (seen in CI on `sh -c "id -u"`).
     """
+    import docker
+
     kwargs = {}
     if user is not None:
         kwargs["user"] = user
     if entrypoint is not None:
         kwargs["entrypoint"] = entrypoint
-    out = client.containers.run(
-        image.id,
-        args,
-        environment=env or {},
-        volumes=volumes or {},
-        network_mode="host",
-        remove=True,
-        stdout=True,
-        stderr=False,
-        **kwargs,
+    container = client.containers.run(
+        image.id, args, environment=env or {}, volumes=volumes or {}, network_mode="host", detach=True, **kwargs
     )
-    return out.decode() if isinstance(out, bytes) else str(out)
+    try:
+        status = container.wait(timeout=timeout)["StatusCode"]
+        out = container.logs(stdout=True, stderr=False)
+        if status != 0:
+            err = container.logs(stdout=False, stderr=True)
+            raise docker.errors.ContainerError(container, status, args, image.id, err.decode(errors="replace"))
+    finally:
+        container.remove(force=True)
+    return out.decode()
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Coroutine, TypeVar
 
 from . import jobs, tracking, transfer
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
-from .manifest import FileEntry, Manifest, check_unique, scan_folder, sha256_file
+from .manifest import NO_HASH, FileEntry, Manifest, check_unique, scan_folder, sha256_file
 from .storage import Storage, open_bucket
 
 log = logging.getLogger("wabucketref")
@@ -489,11 +489,11 @@ class WaBucketRefAPI:
         if manifest is None:
             log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
             check_unique(o.key for o in listing)
-            manifest = Manifest([FileEntry(o.key, o.size, "0" * 64) for o in listing], info={"verified": False})
+            manifest = Manifest([FileEntry(o.key, o.size, NO_HASH) for o in listing], info={"verified": False})
         else:
             if manifest.info.get("empty_files_unlisted"):
                 known = manifest.by_path()
-                empty = [FileEntry(o.key, 0, "0" * 64) for o in listing if o.size == 0 and o.key not in known]
+                empty = [FileEntry(o.key, 0, NO_HASH) for o in listing if o.size == 0 and o.key not in known]
                 manifest = Manifest(manifest.files + empty, info=manifest.info)
             transfer.check_listing(manifest, listing, where)
         await transfer.download(storage, key, manifest, dest, self.options, trusted=trusted)
@@ -541,7 +541,7 @@ class WaBucketRefAPI:
         else:
             resolved = tracking.fetch_artifact(self.project_name, self.entity, name=art_name, type=art_type, alias=art_alias)
             storage, key = self._locate(resolved, art_alias)
-        if resolved.manifest is None or not resolved.manifest.info.get("verified", True):
+        if resolved.manifest is None or not resolved.manifest.verified:
             raise IntegrityError(f"{art_name}:{art_alias} has no content manifest: nothing to verify against")
         manifest = resolved.manifest
         if local is not None:

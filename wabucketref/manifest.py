@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 from .errors import IntegrityError, UsageError
 
 FORMAT = "wabucketref-manifest/1"
+NO_HASH = "0" * 64  # the sha256 of a file listed without one (artifacts of older tools: not verified)
 HASH_CHUNK = 1 << 20
 
 
@@ -42,6 +43,11 @@ class Manifest:
 
     def __post_init__(self) -> None:
         self.files.sort(key=lambda f: f.path)
+
+    @property
+    def verified(self) -> bool:
+        """False for a manifest made from a listing or from W&B's references, whose hashes are unknown."""
+        return self.info.get("verified", True)
 
     @property
     def total_size(self) -> int:

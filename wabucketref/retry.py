@@ -18,7 +18,7 @@ R = TypeVar("R")
 
 ATTEMPTS = 4
 _PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
-# S3 error codes that another try cannot fix (whatever exception type the client wrapped them in)
+# S3 and Azure error codes that another try cannot fix (whatever exception type the client wrapped them in)
 MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "ContainerNotFound"})  # S3, Azure
 PERMANENT_CODES = MISSING_BUCKET_CODES | {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AllAccessDisabled", "AccountProblem",  # S3
@@ -49,7 +49,7 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int)
 
 
 def s3_error(e: BaseException) -> tuple[str | None, str]:
-    """The code and message of the S3 error body carried in an exception's text, if any."""
+    """The code and message of the S3 (or Azure) XML error body carried in an exception's text, if any."""
     raw = str(e)
     code, message = re.search(r"<Code>([^<]*)</Code>", raw), re.search(r"<Message>([^<]*)</Message>", raw)
     # Azure appends RequestId and Time lines to the message

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
-from .manifest import FileEntry, Manifest, check_unique, safe_relpath
+from .manifest import NO_HASH, FileEntry, Manifest, check_unique, safe_relpath
 
 log = logging.getLogger("wabucketref")
 
@@ -215,7 +215,7 @@ def _s3_references(entries: dict) -> tuple[str, Manifest] | None:
     if len(roots) != 1:
         return None
     check_unique(entries)
-    files = [FileEntry(safe_relpath(path), entry.size or 0, "0" * 64) for path, entry in entries.items()]
+    files = [FileEntry(safe_relpath(path), entry.size or 0, NO_HASH) for path, entry in entries.items()]
     # W&B's S3 handler leaves out empty objects: the download adds those it finds in the folder
     return roots.pop(), Manifest(files, info={"verified": False, "empty_files_unlisted": True})
 

@@ -301,7 +301,7 @@ async def download(
     stats = Stats("downloaded")
     progress = Progress(stats, len(manifest.files), manifest.total_size, opts)
     ranges = asyncio.Semaphore(RANGES_IN_FLIGHT)
-    verify = manifest.info.get("verified", True)
+    verify = manifest.verified
     present = await asyncio.to_thread(_prepare_dest, dest, [f.path for f in manifest.files])
 
     async def one(f: FileEntry) -> None:

@@ -143,7 +143,7 @@ class Storage:
             try:
                 result = await obs.get_async(self.store, key)
             except FileNotFoundError as e:
-                if s3_error(e)[0] == "NoSuchBucket":  # the bucket, not the key, is missing
+                if s3_error(e)[0] in MISSING_BUCKET_CODES:  # the bucket, not the key, is missing
                     raise
                 return None
             return bytes(await result.bytes_async())

@@ -49,6 +49,34 @@ def test_roundtrip_offline(backend_env, tmp_path):
     assert list((env.cwd / "wandb").glob("offline-run-*"))
 
 
+def test_wandb_disabled_moves_bytes_without_wandb(env, tmp_path):
+    """WANDB_MODE=disabled: the bucket round trip works, wandb is never imported and no run is recorded;
+    --no-reff, which would store the files in W&B, is refused instead of silently storing nothing."""
+    env.vars["WANDB_MODE"] = "disabled"
+    src = make_tree(tmp_path / "src")
+    dest = tmp_path / "dl"
+    code = f"""
+import sys
+from wabucketref.cli import main
+for argv in (["upload", {str(src)!r}, "-n", "ds", "-t", "dataset", "-a", "d1"],
+             ["download", "dataset", "ds", "d1", "-d", {str(dest)!r}]):
+    sys.argv = ["wabucket", "--bucket", {env.bucket!r}, "--project-name", "proj", *argv]
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+print("wandb imported:", "wandb" in sys.modules)
+"""
+    proc = env.python(code)
+    assert proc.stdout.strip().endswith("wandb imported: False"), proc.stdout + proc.stderr
+    assert tree_hashes(dest) == tree_hashes(src)
+    assert not (env.cwd / "wandb").exists()
+
+    refused = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "d2", "--no-reff")
+    assert refused.returncode == 2, refused.stderr
+    assert "WANDB_MODE=disabled" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_downloaded_files_follow_the_umask(env, tmp_path):
     """Files land with the mode any new file gets (0666 minus the umask), whatever their size."""
     import os

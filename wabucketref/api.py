@@ -83,13 +83,23 @@ class _LoopThread:
         try:
             return fut.result()
         except KeyboardInterrupt:
-            # Cancel the transfer and let it remove its temporary files before we go.
-            fut.cancel()
-            try:
-                fut.result(timeout=10)
-            except BaseException:  # noqa: BLE001
-                pass
+            self.cancel_all()
             raise
+
+    def cancel_all(self) -> None:
+        """Cancel what runs on the loop and give it 10 s to remove its temporary files."""
+
+        async def cancel() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=10)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(timeout=15)
+        except BaseException:  # noqa: BLE001 - already failing; the original error is the one to report
+            pass
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.wait(self.submit(coro))
@@ -180,11 +190,11 @@ class WaBucketRefAPI:
     def wandb_start_run(
         self, run_name: str | None = None, job_type: str | None = None, config: dict | None = None, tags: list[str] | None = None
     ) -> Any:
-        """Start (or join) the W&B run that this API's commands are recorded in."""
+        """Start (or join) the W&B run that this API's commands are recorded in (None if W&B is disabled)."""
+        if self.run is not None or tracking.is_disabled():
+            return self.run
         import wandb
 
-        if self.run is not None:
-            return self.run
         if wandb.run is not None:  # the user's script already runs one: record lineage there
             self.run = wandb.run
             return self.run
@@ -239,6 +249,8 @@ class WaBucketRefAPI:
         check_unique(f.path for f in files)
         alias = self._alias(art_alias, metadata)
         if not as_reference:
+            if tracking.is_disabled():
+                raise UsageError("--no-reff stores the files in W&B, and WANDB_MODE=disabled: unset it or drop --no-reff")
             run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
             manifest = Manifest([FileEntry(f.path, f.size, sha256_file(f.abspath)) for f in files])
             tracking.log_files_artifact(run, name=art_name, type=art_type, alias=alias, src=Path(src_folder), manifest=manifest, metadata=metadata)
@@ -255,7 +267,7 @@ class WaBucketRefAPI:
         try:
             run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
         except BaseException:
-            moving.cancel()
+            self._loop.cancel_all()
             raise
         manifest = self._loop.wait(moving)
         ref = storage.uri_for(prefix)
@@ -377,9 +389,15 @@ class WaBucketRefAPI:
             raise UsageError(f"destination is not a folder: {dest}")
         dest.mkdir(parents=True, exist_ok=True)
         if tracking.is_offline():
-            self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
             resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
-            self._run_io(self._download(storage, key, resolved, dest))
+            # The offline run starts (wandb's import alone is ~0.5 s) while the bytes move.
+            moving = self._loop.submit(self._download(storage, key, resolved, dest))
+            try:
+                self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
+            except BaseException:
+                self._loop.cancel_all()
+                raise
+            self._loop.wait(moving)
             return dest
 
         tracking.preflight()  # W&B must answer before anything lands in dest

@@ -54,7 +54,7 @@ DESCRIPTIONS = {
                    "the first platform command of a data set logs in and asks for credentials, later ones reuse "
                    "the cached platform session",
     "wabucketref-s3": "`python -m wabucketref` CLI, direct `s3://` bucket, W&B online",
-    "wabucketref-nowandb": "as `wabucketref` with `WANDB_MODE=disabled` (download resolves the alias from the bucket's manifest)",
+    "wabucketref-nowandb": "as `wabucketref` with `WANDB_MODE=disabled`: no W&B run, wandb never imported (download resolves the alias from the bucket's manifest)",
     "sdk": "apolo_sdk `Buckets.upload_dir` / `download_dir` (what the original tool did)",
     "s5cmd": "`s5cmd cp 'dir/*' s3://b/p/` and back (default 256 workers)",
     "rclone": "`rclone copy --transfers 32 --checkers 32` (S3 remote from RCLONE_CONFIG_* env)",

@@ -57,14 +57,10 @@ def test_wandb_disabled_moves_bytes_without_wandb(env, tmp_path):
     dest = tmp_path / "dl"
     code = f"""
 import sys
-from wabucketref.cli import main
+from wabucketref.cli import run
 for argv in (["upload", {str(src)!r}, "-n", "ds", "-t", "dataset", "-a", "d1"],
              ["download", "dataset", "ds", "d1", "-d", {str(dest)!r}]):
-    sys.argv = ["wabucket", "--bucket", {env.bucket!r}, "--project-name", "proj", *argv]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, e.code
+    assert run(["--bucket", {env.bucket!r}, "--project-name", "proj", *argv]) == 0
 print("wandb imported:", "wandb" in sys.modules)
 """
     proc = env.python(code)
@@ -75,6 +71,26 @@ print("wandb imported:", "wandb" in sys.modules)
     refused = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "d2", "--no-reff")
     assert refused.returncode == 2, refused.stderr
     assert "WANDB_MODE=disabled" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_sdk_records_in_the_scripts_own_run_whatever_wandb_mode_says(env, wandb_server, tmp_path):
+    """A script that starts its own online run records the artifact there, even with WANDB_MODE=disabled
+    in its environment (wandb.init(mode=...) wins over the variable)."""
+    env = online(env, wandb_server)
+    env.vars["WANDB_MODE"] = "disabled"
+    src = make_tree(tmp_path / "src", big=False)
+    code = f"""
+import wandb
+from wabucketref import WaBucketRefAPI
+run = wandb.init(mode="online", name="trainer", settings=wandb.Settings(console="off", silent=True))
+with WaBucketRefAPI(bucket={env.bucket!r}, project_name={env.vars['WANDB_PROJECT']!r}) as api:
+    api.upload_artifact({str(src)!r}, "ds", "dataset", "u1")
+run.finish()
+"""
+    env.python(code)
+    del env.vars["WANDB_MODE"]  # wandb_api copies WANDB_* into this process
+    art = wandb_api(env).artifact(f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}/ds:u1", type="dataset")
+    assert art.logged_by().name == "trainer"
 
 
 def test_downloaded_files_follow_the_umask(env, tmp_path):

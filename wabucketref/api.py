@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import hashlib
 import json
@@ -12,6 +13,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -71,10 +73,19 @@ class _LoopThread:
     from code that already runs a loop (notebooks).
     """
 
+    _exit_pause = False
+
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="wabucketref-io", daemon=True)
         self.thread.start()
+        if not _LoopThread._exit_pause:
+            # obstore hands each result back from a tokio thread that may still be returning into
+            # Python when a script ends right after a transfer; if Python's teardown catches it
+            # there, the process aborts (SIGABRT). A pause at exit lets it finish (the CLI, which
+            # leaves with os._exit, never gets here).
+            atexit.register(time.sleep, 0.02)
+            _LoopThread._exit_pause = True
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -191,13 +202,13 @@ class WaBucketRefAPI:
         self, run_name: str | None = None, job_type: str | None = None, config: dict | None = None, tags: list[str] | None = None
     ) -> Any:
         """Start (or join) the W&B run that this API's commands are recorded in (None if W&B is disabled)."""
-        if self.run is not None or tracking.is_disabled():
+        if self.run is not None:
             return self.run
-        import wandb
-
-        if wandb.run is not None:  # the user's script already runs one: record lineage there
-            self.run = wandb.run
+        if (user_run := _user_run()) is not None:  # the user's script runs one: record lineage there
+            self.run = user_run
             return self.run
+        if tracking.is_disabled():
+            return None
         all_tags = list(tags or []) + jobs.env_tags()
         job_id = jobs.current_job_id()
         if job_id:
@@ -309,8 +320,7 @@ class WaBucketRefAPI:
         if art_alias is None:
             return str(uuid.uuid4())
         if art_alias == RUN_CONFIG_HASH:
-            wandb = sys.modules.get("wandb")  # no run can exist if wandb was never imported
-            run = self.run or (wandb.run if wandb is not None else None)
+            run = self.run or _user_run()
             return config_hash(dict(run.config) if run is not None else config)
         return art_alias
 
@@ -589,6 +599,12 @@ class WaBucketRefAPI:
 
         self._run_io(check())
         return manifest
+
+
+def _user_run() -> Any:
+    """The W&B run the calling script started, if any (none can exist if wandb was never imported)."""
+    wandb = sys.modules.get("wandb")
+    return wandb.run if wandb is not None else None
 
 
 def _record(name: str, type_: str, alias: str, ref: str, root: str, manifest: Manifest, version: str | None) -> dict:

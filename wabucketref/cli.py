@@ -124,10 +124,26 @@ def verify(ctx, type_, name, alias, local, quiet) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The process entry point: run the CLI, then end the process (in-process callers use run())."""
     code = run(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+    # Leave without the interpreter's final teardown. obstore hands each result back from a
+    # tokio thread that may still be returning into Python as the last command ends; Python 3.11
+    # kills such a thread with pthread_exit during teardown, and the unwind through Rust frames
+    # aborts the process (SIGABRT, exit 134) after a successful command: seen in ~7% of quick
+    # uploads once nothing else (wandb) delayed the exit. What exit handlers do is done here.
+    teardown = getattr(sys.modules.get("wandb"), "teardown", None)
+    if teardown is not None:
+        try:
+            teardown()  # wandb's own exit handler: stops its service process
+        except Exception as e:  # noqa: BLE001 - the command's outcome is already decided
+            logging.getLogger("wabucketref").debug("wandb teardown: %s", e)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:

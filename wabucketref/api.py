@@ -260,9 +260,9 @@ class WaBucketRefAPI:
         check_unique(f.path for f in files)
         alias = self._alias(art_alias, metadata)
         if not as_reference:
-            if tracking.is_disabled():
-                raise UsageError("--no-reff stores the files in W&B, and WANDB_MODE=disabled: unset it or drop --no-reff")
             run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
+            if run is None:
+                raise UsageError("--no-reff stores the files in W&B, and WANDB_MODE=disabled: unset it or drop --no-reff")
             manifest = Manifest([FileEntry(f.path, f.size, sha256_file(f.abspath)) for f in files])
             tracking.log_files_artifact(run, name=art_name, type=art_type, alias=alias, src=Path(src_folder), manifest=manifest, metadata=metadata)
             self._print_outputs(art_name, art_type, alias, out_suffix)

@@ -751,9 +751,13 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     a_up, a_down = book.get("A/upload/wabucketref", {}), book.get("A/download/wabucketref", {})
     if a_up.get("wandb_cost") is not None and a_down.get("wandb_cost") is not None:
         cost = a_up["wandb_cost"] + a_down["wandb_cost"]
+        wdiff = a_up["wall_diff_to_disabled"] + a_down["wall_diff_to_disabled"]
         total = a_up["wall"] + a_down["wall"]
-        target("W&B bookkeeping <= 10% of A's total (upload + download)", cost, 0.10 * total,
-               f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% (outside-transfer difference, online vs disabled)")
+        # Judged by the larger: W&B work beside the transfer slows the transfer itself, which only
+        # the plain wall difference sees (it also carries the transfer's run-to-run noise).
+        target("W&B bookkeeping <= 10% of A's total (upload + download)", max(cost, wdiff), 0.10 * total,
+               f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% outside the transfer; "
+               f"{wdiff:.2f} s = {100 * wdiff / total:.1f}% by plain wall difference (online vs `WANDB_MODE=disabled`)")
     if help_med is not None:
         target("`wabucket --help` < 0.3 s", help_med, 0.3, f"{help_med:.3f} s", is_max=False)
     if rss_runs:

@@ -66,6 +66,12 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
+# obstore hands each result back from a tokio thread that may still be returning into Python when a
+# script ends right after a transfer; if Python's teardown catches it there, the process aborts
+# (SIGABRT). A pause at exit lets it finish (the CLI, which leaves with os._exit, never gets here).
+atexit.register(time.sleep, 0.02)
+
+
 class _LoopThread:
     """One event loop, in a background thread, for the API's whole life.
 
@@ -73,19 +79,10 @@ class _LoopThread:
     from code that already runs a loop (notebooks).
     """
 
-    _exit_pause = False
-
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="wabucketref-io", daemon=True)
         self.thread.start()
-        if not _LoopThread._exit_pause:
-            # obstore hands each result back from a tokio thread that may still be returning into
-            # Python when a script ends right after a transfer; if Python's teardown catches it
-            # there, the process aborts (SIGABRT). A pause at exit lets it finish (the CLI, which
-            # leaves with os._exit, never gets here).
-            atexit.register(time.sleep, 0.02)
-            _LoopThread._exit_pause = True
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -220,6 +217,17 @@ class WaBucketRefAPI:
         self._own_run = True
         return self.run
 
+    def _while_run_starts(self, moving: Coroutine[Any, Any, T], job_type: str, config: dict | None) -> tuple[T, Any]:
+        """Move bytes in the I/O thread while this one starts the W&B run (wandb's import alone is
+        ~0.5 s): bookkeeping overlaps the transfer. Returns (the transfer's result, the run)."""
+        fut = self._loop.submit(moving)
+        try:
+            run = self.wandb_start_run(job_type=self.job_type or job_type, config=config)
+        except BaseException:
+            self._loop.cancel_all()
+            raise
+        return self._loop.wait(fut), run
+
     async def _astorage(self, spec: str) -> tuple[Storage, str]:
         """(bucket root, key inside it) for a bucket spec or a data URI; each bucket is opened once."""
         if spec not in self._opened:
@@ -273,14 +281,9 @@ class WaBucketRefAPI:
         prefix = _join(base, art_type, art_name, alias)
         meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
         partial_key = _join(base, art_type, art_name, META_DIR, alias + ".partial")
-        # Bytes move in the I/O thread while this one starts the W&B run: bookkeeping overlaps the transfer.
-        moving = self._loop.submit(self._upload_bytes(storage, prefix, meta_key, partial_key, files, overwrite))
-        try:
-            run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
-        except BaseException:
-            self._loop.cancel_all()
-            raise
-        manifest = self._loop.wait(moving)
+        manifest, run = self._while_run_starts(
+            self._upload_bytes(storage, prefix, meta_key, partial_key, files, overwrite), "upload", metadata
+        )
         ref = storage.uri_for(prefix)
         version = tracking.log_artifact(
             run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
@@ -400,14 +403,7 @@ class WaBucketRefAPI:
         dest.mkdir(parents=True, exist_ok=True)
         if tracking.is_offline():
             resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
-            # The offline run starts (wandb's import alone is ~0.5 s) while the bytes move.
-            moving = self._loop.submit(self._download(storage, key, resolved, dest))
-            try:
-                self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
-            except BaseException:
-                self._loop.cancel_all()
-                raise
-            self._loop.wait(moving)
+            self._while_run_starts(self._download(storage, key, resolved, dest), "download", run_config)
             return dest
 
         tracking.preflight()  # W&B must answer before anything lands in dest

@@ -530,6 +530,25 @@ def test_tampered_bucket_fails_download_and_verify(backend_env, tmp_path, change
         final_files_are_whole(dest, src)
 
 
+@pytest.mark.parametrize("offset", [100, MULTIPART_FILE_SIZE - 100], ids=["first-range", "last-range"])
+def test_tampered_large_file_fails_download(backend_env, tmp_path, offset):
+    """A large file lands in parallel ranges, hashed as they stream or read back: a changed byte in
+    either is caught, and nothing lands under the file's name."""
+    env = backend_env
+    src = make_tree(tmp_path / "src")
+    victim = "models/weights.bin"
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "t2", check=True)
+    data = bytearray((src / victim).read_bytes())
+    data[offset] ^= 1
+    RawBucket(env).write(f"dataset/ds/t2/{victim}", bytes(data))
+    dest = tmp_path / "dl"
+    d = env.wabucket("download", "dataset", "ds", "t2", "-d", str(dest))
+    assert d.returncode == 1 and d.stdout == ""
+    assert_one_clear_line(d.stderr, victim, "sha256 differs")
+    assert not (dest / victim).exists()
+    no_part_files(dest)
+
+
 def test_verify_local_folder(env, tmp_path):
     src = make_tree(tmp_path / "src", big=False)
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "ok1", check=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import termios
 
-from tests.conftest import make_tree
+from tests.conftest import make_tree, tree_hashes
 
 
 def run_with_tty_stderr(env, *args: str) -> tuple[int, str, str]:
@@ -44,6 +44,12 @@ def test_progress_bar_on_terminal_and_quiet(env, tmp_path):
     assert "files" in tty and "%|" in tty  # tqdm's bar, with the files counter
     assert "uploaded 7 files" in tty and "MB/s" in tty
     assert stdout.splitlines()[0] == "::set-output name=artifact_name::ds"  # stdout stays parseable
+
+    # the large file's ranges stream in threads, which hand their progress to the loop
+    code, stdout, tty = run_with_tty_stderr(env, "download", "dataset", "ds", "p1", "-d", str(tmp_path / "dl0"))
+    assert code == 0, tty
+    assert "%|" in tty and "downloaded 7 files" in tty
+    assert tree_hashes(tmp_path / "dl0") == tree_hashes(src)
 
     code, stdout, tty = run_with_tty_stderr(env, "-q", "download", "dataset", "ds", "p1", "-d", str(tmp_path / "dl"))
     assert code == 0, tty

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import MULTIPART_FILE_SIZE, Env, RawBucket, make_tree, online, tree_hashes, use_backend
 from tests.servers.faultproxy import CredentialGate, FaultProxy, Reject, issuing_platform
+from wabucketref.transfer import RANGE_SIZE
 
 PART = ".wabucket-part"
 FAST_WANDB = {"WANDB_X_GRAPHQL_RETRY_MAX": "2", "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": "1"}
@@ -141,6 +142,24 @@ def test_injected_errors_and_resets(s3_env, seaweed, tmp_path, seed):
     # and the bucket holds exactly the files, byte for byte
     stored = s3_keys(env, seaweed, "dataset/ds/a1/")
     assert {k: hashlib.sha256(v).hexdigest() for k, v in stored.items()} == tree_hashes(src)
+
+
+def test_a_reset_range_of_a_large_file_is_retried_alone(s3_env, seaweed, tmp_path):
+    """A connection reset in the middle of one ranged GET repeats that range, not the whole file."""
+    env = s3_env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(4 * RANGE_SIZE + 1000))  # 5 ranges
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1", check=True)
+    big_get = lambda req: req.method == "GET" and "big.bin" in req.target  # noqa: E731
+    with FaultProxy(seaweed.endpoint_url, reset_rate=1.0, reset_kinds=("reset_mid",), max_faults=1, only=big_get) as proxy:
+        via(env, proxy)
+        dl = env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)
+    assert [kind for kind, _, _ in proxy.faults] == ["reset_mid"]
+    gets = [target for method, target, _ in proxy.log if method == "GET" and "big.bin" in target]
+    assert len(gets) == 5 + 1, gets  # obstore resumes the broken response; then our own retries do
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    no_part_files(tmp_path / "dl")
 
 
 def test_injected_faults_platform_bucket(env, seaweed, tmp_path):

@@ -103,3 +103,34 @@ def test_a_free_lane_goes_to_the_range_nearest_its_files_start():
         return got
 
     assert asyncio.run(main()) == ["b0", "c0", "a1", "a2"]
+
+
+def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
+    """Against a real obstore LocalStore: the second try of a range asks only for what is missing."""
+    import threading
+
+    from obstore.store import LocalStore
+
+    from wabucketref.manifest import FileEntry
+    from wabucketref.transfer import _stream_range
+
+    data = random.Random(2).randbytes(3 * PART)
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket" / "obj").write_bytes(data)
+    store = LocalStore(str(tmp_path / "bucket"))
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, len(data))
+        hashing = _InOrderHash(fd, [0, PART, 2 * PART])
+        for start in (0, 2 * PART):  # ranges 0 and 2 done; range 1 broke off after 300 bytes
+            os.pwrite(fd, data[start:start + PART], start)
+            hashing.wrote(start, start, data[start:start + PART])
+        os.pwrite(fd, data[PART:PART + 300], PART)
+        hashing.wrote(PART, PART, data[PART:PART + 300])
+        fetched = []
+        f = FileEntry("obj", len(data), hashlib.sha256(data).hexdigest())
+        _stream_range(store, "obj", f, PART, 2 * PART, hashing, fetched.append, threading.Event())
+        assert sum(fetched) == PART - 300
+        assert hashing.hashed_to == len(data) and hashing.sha.hexdigest() == f.sha256
+    finally:
+        os.close(fd)

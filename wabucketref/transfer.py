@@ -307,7 +307,7 @@ async def download(
     """
     stats = Stats("downloaded")
     progress = Progress(stats, len(manifest.files), manifest.total_size, opts)
-    lanes = _Lanes(RANGES_IN_FLIGHT)
+    lanes = _Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
     verify = manifest.verified
     present = await asyncio.to_thread(_prepare_dest, dest, [f.path for f in manifest.files])
 
@@ -326,7 +326,7 @@ async def download(
 
         async def get() -> None:
             if f.size > SMALL_FILE:
-                await _get_ranges(storage, key, final, f, progress, verify, lanes)
+                await _get_ranges(storage, key, final, f, progress, verify, lanes, opts.attempts)
             else:
                 data = await _fetch(storage, key, f)
                 if f.size <= INLINE_WRITE:  # a thread hop costs more than writing a small file
@@ -525,18 +525,19 @@ class _InOrderHash:
                     self.hashed_to += len(chunk)
 
 
-class _Stopped(Exception):
-    """Another range of the file failed, or the download was cancelled."""
+class _Stopped(WaBucketError):
+    """Another range of the file failed, or the download was cancelled (not retried)."""
 
 
 def _stream_range(
     store: Any, key: str, f: FileEntry, start: int, end: int, hashing: _InOrderHash, advance: Callable[[int], None],
     stop: threading.Event,
 ) -> None:
-    """One ranged GET, written in place chunk by chunk (runs in a lane's thread)."""
-    offset = start
+    """One ranged GET, written in place chunk by chunk (runs in a lane's thread); a retry resumes
+    where the previous try stopped writing."""
+    offset = start + hashing.written[start]
     try:
-        result = obs.get(store, key, options={"range": (start, end)})
+        result = obs.get(store, key, options={"range": (offset, end)})
     except ObjNotFound as e:
         raise IntegrityError(f"{f.path}: missing from the bucket") from e
     for chunk in result.stream(min_chunk_size=RANGE_CHUNK):
@@ -554,9 +555,11 @@ def _stream_range(
 
 
 async def _get_ranges(
-    storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, lanes: _Lanes
+    storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, lanes: _Lanes, attempts: int
 ) -> None:
-    """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands."""
+    """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands.
+
+    Each range is retried on its own, from where it stopped."""
     part = max(storage.part_size(f.size), RANGE_SIZE)
     starts = list(range(0, f.size, part))
     tmp, fd = _open_part(final)
@@ -570,9 +573,13 @@ async def _get_ranges(
         await lanes.acquire(index)
         try:
             end = min(start + part, f.size)
-            thread = loop.run_in_executor(lanes.threads, _stream_range, storage.store, key, f, start, end, hashing, advance, stop)
-            running.append(thread)
-            await asyncio.shield(thread)
+
+            async def stream() -> None:
+                thread = loop.run_in_executor(lanes.threads, _stream_range, storage.store, key, f, start, end, hashing, advance, stop)
+                running.append(thread)
+                await asyncio.shield(thread)
+
+            await with_retries(stream, f"download of {f.path} (bytes {start}-{end})", attempts)
         finally:
             lanes.release()
 

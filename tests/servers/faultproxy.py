@@ -20,6 +20,8 @@ Faults are decided by ``random.Random(seed)`` in the order requests arrive, boun
 client that retries always gets through. ``bandwidth`` (bytes/s, shared by all connections)
 slows bodies down, to make a transfer last long enough to interrupt it.
 
+``only`` limits the faults to the requests it accepts (the others are relayed untouched).
+
 ``gate`` (a :class:`CredentialGate`) turns the proxy into the enforcement point of temporary
 credentials: each issued credential has its own key id, secret, session token and expiry; a
 request signed with an expired, unknown or wrong credential gets ``403`` (ExpiredToken,
@@ -41,7 +43,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote, unquote, urlsplit
 
 __all__ = ["FaultProxy", "CredentialGate", "IssuedCredential"]
@@ -206,6 +208,7 @@ class FaultProxy:
         max_consecutive: int = 2,
         bandwidth: float | None = None,
         gate: CredentialGate | None = None,
+        only: Callable[[Request], bool] | None = None,
     ) -> None:
         u = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
         self.upstream_host = u.hostname or "127.0.0.1"
@@ -219,6 +222,7 @@ class FaultProxy:
         self.max_consecutive = max_consecutive
         self.bandwidth = bandwidth
         self.gate = gate
+        self.only = only  # faults only for the requests this accepts
         self.faults: list[tuple[str, str, str]] = []  # (kind, method, target)
         self.log: list[tuple[str, str, int | None]] = []  # (method, target, status relayed)
         self._consecutive: dict[str, int] = {}
@@ -286,6 +290,8 @@ class FaultProxy:
 
     # ------------------------------------------------------------ decisions
     def _decide(self, req: Request) -> str | None:
+        if self.only is not None and not self.only(req):
+            return None
         with self._lock:
             key = f"{req.method} {req.target}"
             r = self.rng.random()

@@ -154,7 +154,7 @@ def test_a_reset_range_of_a_large_file_is_retried_alone(s3_env, seaweed, tmp_pat
     big_get = lambda req: req.method == "GET" and "big.bin" in req.target  # noqa: E731
     with FaultProxy(seaweed.endpoint_url, reset_rate=1.0, reset_kinds=("reset_mid",), max_faults=1, only=big_get) as proxy:
         via(env, proxy)
-        dl = env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)
+        env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)
     assert [kind for kind, _, _ in proxy.faults] == ["reset_mid"]
     gets = [target for method, target, _ in proxy.log if method == "GET" and "big.bin" in target]
     assert len(gets) == 5 + 1, gets  # obstore resumes the broken response; then our own retries do

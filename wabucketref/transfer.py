@@ -536,19 +536,20 @@ def _stream_range(
     """One ranged GET, written in place chunk by chunk (runs in a lane's thread); a retry resumes
     where the previous try stopped writing."""
     offset = start + hashing.written[start]
-    try:
-        result = obs.get(store, key, options={"range": (offset, end)})
-    except ObjNotFound as e:
-        raise IntegrityError(f"{f.path}: missing from the bucket") from e
-    for chunk in result.stream(min_chunk_size=RANGE_CHUNK):
-        if stop.is_set():
-            raise _Stopped
-        if offset + len(chunk) > end:
-            break
-        _pwrite_all(hashing.fd, chunk, offset)
-        hashing.wrote(start, offset, chunk)
-        offset += len(chunk)
-        advance(len(chunk))
+    if offset < end:  # else the last try wrote it all and failed after
+        try:
+            result = obs.get(store, key, options={"range": (offset, end)})
+        except ObjNotFound as e:
+            raise IntegrityError(f"{f.path}: missing from the bucket") from e
+        for chunk in result.stream(min_chunk_size=RANGE_CHUNK):
+            if stop.is_set():
+                raise _Stopped
+            if offset + len(chunk) > end:
+                break
+            _pwrite_all(hashing.fd, chunk, offset)
+            hashing.wrote(start, offset, chunk)
+            offset += len(chunk)
+            advance(len(chunk))
     if offset != end:
         raise IntegrityError(f"{f.path}: the bucket returned a wrong length for bytes {start}-{end}")
     hashing.catch_up()

@@ -550,7 +550,7 @@ def test_tampered_bucket_fails_download_and_verify(backend_env, tmp_path, change
 
 
 @pytest.mark.parametrize("offset", [100, MULTIPART_FILE_SIZE - 100], ids=["first-range", "last-range"])
-def test_tampered_large_file_fails_download(backend_env, tmp_path, offset):
+def test_tampered_large_file_fails_download_and_verify(backend_env, tmp_path, offset):
     """A large file lands in parallel ranges, hashed as they stream or read back: a changed byte in
     either is caught, and nothing lands under the file's name."""
     env = backend_env
@@ -560,6 +560,9 @@ def test_tampered_large_file_fails_download(backend_env, tmp_path, offset):
     data = bytearray((src / victim).read_bytes())
     data[offset] ^= 1
     RawBucket(env).write(f"dataset/ds/t2/{victim}", bytes(data))
+    v = env.wabucket("verify", "dataset", "ds", "t2")  # large objects are hashed in a thread as they stream
+    assert v.returncode == 1
+    assert_one_clear_line(v.stderr, victim)
     dest = tmp_path / "dl"
     d = env.wabucket("download", "dataset", "ds", "t2", "-d", str(dest))
     assert d.returncode == 1 and d.stdout == ""

@@ -188,16 +188,42 @@ def _hash_local(path: Path, part_size: int) -> tuple[str, list[bytes]]:
     return sha.hexdigest(), md5s
 
 
-async def _remote_sha256(storage: Storage, key: str, progress: Progress | None = None) -> tuple[str, int]:
-    result = await obs.get_async(storage.store, key)
+async def _remote_sha256(storage: Storage, key: str, size: int, progress: Progress | None = None) -> tuple[str, int]:
+    """sha256 and size of an object in the bucket: a small one read whole, a large one streamed in a
+    thread and hashed chunk by chunk while in cache (as large downloads are, see _Lanes)."""
+    advance = _advancer(progress)
+    if size <= SMALL_FILE:
+        data = await (await obs.get_async(storage.store, key)).bytes_async()
+        advance(len(data))
+        return hashlib.sha256(data).hexdigest(), len(data)
+    stop = threading.Event()
+    thread = asyncio.get_running_loop().run_in_executor(None, _hash_stream, storage.store, key, advance, stop)
+    try:
+        return await asyncio.shield(thread)
+    except BaseException:
+        stop.set()  # a thread cannot be cancelled: it stops at its next chunk
+        await asyncio.gather(thread, return_exceptions=True)
+        raise
+
+
+def _hash_stream(store: Any, key: str, advance: Callable[[int], None], stop: threading.Event) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
-    async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+    for chunk in obs.get(store, key).stream(min_chunk_size=RANGE_CHUNK):
+        if stop.is_set():
+            raise _Stopped
         sha.update(chunk)
         size += len(chunk)
-        if progress:
-            progress.advance(len(chunk))
+        advance(len(chunk))
     return sha.hexdigest(), size
+
+
+def _advancer(progress: Progress | None) -> Callable[[int], None]:
+    """progress.advance, callable from any thread (the bar belongs to the event loop's thread)."""
+    if progress is None or progress.bar is None:
+        return lambda n: None
+    loop = asyncio.get_running_loop()
+    return lambda n: loop.call_soon_threadsafe(progress.advance, n)
 
 
 # ---------------------------------------------------------------- upload
@@ -219,7 +245,7 @@ async def upload(
             sha, md5s = await asyncio.to_thread(_hash_local, f.abspath, part)
             same = storage.etag_matches(info, md5s)
             if same is None:
-                same = (await _remote_sha256(storage, key))[0] == sha
+                same = (await _remote_sha256(storage, key, info.size))[0] == sha
             if same:
                 progress.file_done(f.size, skipped=True)
                 return FileEntry(f.path, f.size, sha)
@@ -567,7 +593,7 @@ async def _get_ranges(
     hashing = _InOrderHash(fd, starts)
     stop = threading.Event()
     loop = asyncio.get_running_loop()
-    advance = progress.advance if progress.bar is None else lambda n: loop.call_soon_threadsafe(progress.advance, n)
+    advance = _advancer(progress)
     running: list[asyncio.Future] = []
 
     async def fetch(index: int, start: int) -> None:
@@ -619,7 +645,7 @@ async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], 
         safe_relpath(o.key)
 
         async def read() -> tuple[str, int]:
-            return await _remote_sha256(storage, _key(prefix, o.key), progress)
+            return await _remote_sha256(storage, _key(prefix, o.key), o.size, progress)
 
         try:
             sha, size = await with_retries(read, f"reading {o.key}", opts.attempts)

@@ -197,13 +197,33 @@ async def _remote_sha256(storage: Storage, key: str, size: int, progress: Progre
         advance(len(data))
         return hashlib.sha256(data).hexdigest(), len(data)
     stop = threading.Event()
-    thread = asyncio.get_running_loop().run_in_executor(None, _hash_stream, storage.store, key, advance, stop)
+    return await _in_thread(None, stop, _hash_stream, storage.store, key, advance, stop)
+
+
+async def _in_thread(executor: Any, stop: threading.Event, fn: Callable[..., R], *args: Any) -> R:
+    """fn(*args) in a thread of `executor`. A thread cannot be cancelled: if the caller is, `stop`
+    is set (fn checks it between chunks) and the thread is waited for, since it may still be
+    writing a file the caller is about to remove."""
+    thread = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     try:
         return await asyncio.shield(thread)
-    except BaseException:
-        stop.set()  # a thread cannot be cancelled: it stops at its next chunk
-        await asyncio.gather(thread, return_exceptions=True)
+    except asyncio.CancelledError:
+        stop.set()
+        await _wait_out([thread])
         raise
+
+
+async def _wait_out(aws: list[Any]) -> None:
+    """Wait until every future or task is done, even if this task is cancelled again meanwhile
+    (a second cancel must not let the caller close a file that a thread still writes)."""
+    while pending := [a for a in aws if not a.done()]:
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            continue
+    for a in aws:  # retrieved, so that asyncio does not log them as never retrieved
+        if not a.cancelled():
+            a.exception()
 
 
 def _hash_stream(store: Any, key: str, advance: Callable[[int], None], stop: threading.Event) -> tuple[str, int]:
@@ -592,21 +612,16 @@ async def _get_ranges(
     tmp, fd = _open_part(final)
     hashing = _InOrderHash(fd, starts)
     stop = threading.Event()
-    loop = asyncio.get_running_loop()
     advance = _advancer(progress)
-    running: list[asyncio.Future] = []
 
     async def fetch(index: int, start: int) -> None:
         await lanes.acquire(index)
         try:
             end = min(start + part, f.size)
-
-            async def stream() -> None:
-                thread = loop.run_in_executor(lanes.threads, _stream_range, storage.store, key, f, start, end, hashing, advance, stop)
-                running.append(thread)
-                await asyncio.shield(thread)
-
-            await with_retries(stream, f"download of {f.path} (bytes {start}-{end})", attempts)
+            await with_retries(
+                lambda: _in_thread(lanes.threads, stop, _stream_range, storage.store, key, f, start, end, hashing, advance, stop),
+                f"download of {f.path} (bytes {start}-{end})", attempts,
+            )
         finally:
             lanes.release()
 
@@ -619,8 +634,7 @@ async def _get_ranges(
             stop.set()
             for t in tasks:
                 t.cancel()
-            # a thread cannot be cancelled: it stops at its next chunk, before the file is closed
-            await asyncio.gather(*tasks, *running, return_exceptions=True)
+            await _wait_out(tasks)  # each waits for its thread (_in_thread)
             raise
         _check(f, hashing.hashed_to, hashing.sha.hexdigest(), verify)
         os.close(fd)

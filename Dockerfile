@@ -1,7 +1,7 @@
 # wabucketref image: the `wabucket` CLI as the entrypoint.
 #
-#   docker build -t ghcr.io/neuro-inc/wabucketref:v0.2.0 --build-arg VERSION=0.2.0 .
-#   docker run --rm -e WANDB_API_KEY ghcr.io/neuro-inc/wabucketref:v0.2.0 --help
+#   docker build -t ghcr.io/neuro-inc/wabucketref:v26.11.0 --build-arg VERSION=26.11.0 .
+#   docker run --rm -e WANDB_API_KEY ghcr.io/neuro-inc/wabucketref:v26.11.0 --help
 #
 # The package is installed from the build context (not from a git URL). No secrets are
 # baked in: WANDB_API_KEY and APOLO_PASSED_CONFIG come from the job's environment.
@@ -24,7 +24,7 @@ RUN /opt/wabucketref/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels 
 
 FROM ${PYTHON_IMAGE}
 # Keep VERSION's default equal to [project].version in pyproject.toml (tests/test_image.py checks).
-ARG VERSION=0.2.0
+ARG VERSION=26.11.0
 LABEL org.opencontainers.image.source="https://github.com/neuro-inc/wabucketref" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.title="wabucketref" \

@@ -233,7 +233,8 @@ CASES = [
          "does not exist"),
     Case("verify-name-bad", lambda c: ["verify", "dataset", "a:b", "latest"], 2, "invalid artifact name"),
     # ---- W&B project and credentials
-    Case("project-missing", lambda c: ["--bucket", c.env.bucket, *UP, str(c.src), *OK], 2, "no W&B project",
+    # (with --bucket and no project, W&B's default project is used, as with the original tool)
+    Case("project-missing", lambda c: [*UP, str(c.src), *OK], 2, "no W&B project",
          setup=_no_project, global_opts=False),
     Case("wandb-no-credentials", up(*OK), 1, "no W&B credentials", setup=_no_credentials, max_seconds=15),
     Case("wandb-no-credentials-download", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.tmp / "dl")], 1,

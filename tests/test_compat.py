@@ -241,3 +241,24 @@ def test_first_version_references_are_read_only_when_they_are_one_folder():
     assert _s3_references({"a": Entry(ref="blob://c/o/p/b/a", size=1)}) is None
     with pytest.raises(IntegrityError, match="unsafe path"):
         _s3_references({"..": Entry(ref="s3://bk/p/..", size=1)})
+
+
+@pytest.mark.parametrize("uri, key", [
+    ("blob://cl/org/mnist/mnist/dataset/mnist/a1", "dataset/mnist/a1"),  # project and folder named like the bucket
+    ("blob://cl/org/mnist/bucket-1/mnist/x", "mnist/x"),  # by id
+    ("blob://cl/org/mnist/mnist", ""),
+    ("blob://cl/someone/mnist/k", "k"),  # another spelling (an owner instead of org/project): after the name
+])
+def test_key_after_bucket_when_names_repeat(uri, key):
+    """A bucket named like its project (the default: the bucket is the W&B project's name) and
+    folders named like it: the key is what follows the bucket's own URI, as apolo_sdk computes it."""
+    from datetime import datetime, timezone
+
+    from apolo_sdk import Bucket
+    from yarl import URL
+
+    from wabucketref.storage.platform import _key_after_bucket
+
+    bucket = Bucket(id="bucket-1", owner="me", cluster_name="cl", org_name="org", project_name="mnist",
+                    provider=Bucket.Provider.AWS, created_at=datetime.now(timezone.utc), imported=False, name="mnist")
+    assert _key_after_bucket(URL(uri), bucket) == key

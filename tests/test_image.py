@@ -409,6 +409,8 @@ def test_image_help(docker_client, image) -> None:
     # No arguments: the image's CMD shows the help too.
     out_default = run_wabucket(docker_client, image, [])
     assert "upload" in out_default
+    # Flows written for the original image pass the whole command, program name first.
+    assert run_wabucket(docker_client, image, ["wabucket", "--version"]).strip().endswith(project_version())
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -191,7 +191,7 @@ def test_default_alias_is_uuid4_and_run_config_hash(env, tmp_path):
     alias = upload(env, src, "-n", "ds", "-t", "dataset", "-a", "!run-config-hash", "-m", "lr=0.1", "-m", "epochs=3")[
         "artifact_alias"
     ]
-    assert alias == hashlib.sha256(b"epochs=3\nlr=0.1").hexdigest()
+    assert alias == hashlib.sha256(b"epochs=3 lr=0.1").hexdigest()  # the original tool's formula
 
 
 def test_link_registers_existing_folder(backend_env, tmp_path):

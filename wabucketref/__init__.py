@@ -1,6 +1,11 @@
 """wabucketref: artifact bytes in your bucket, versions and lineage in Weights & Biases."""
 
-__all__ = ["WaBucketRefAPI", "__version__"]
+from .errors import IntegrityError, NotFoundError, TransferError, UsageError, WaBucketError
+
+__all__ = [
+    "WaBucketRefAPI", "parse_meta", "__version__",
+    "WaBucketError", "UsageError", "NotFoundError", "IntegrityError", "TransferError",
+]
 
 
 def __getattr__(name: str):
@@ -9,6 +14,10 @@ def __getattr__(name: str):
         from .api import WaBucketRefAPI
 
         return WaBucketRefAPI
+    if name == "parse_meta":  # the original tool's name for KEY=VALUE parsing
+        from .api import parse_pairs
+
+        return parse_pairs
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,11 +41,24 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def check_qualified_name(value: str) -> str:
+    """An artifact name, optionally qualified as project/name or entity/project/name: its last part."""
+    parts = value.split("/") if isinstance(value, str) else [value]
+    if len(parts) > 3:
+        raise UsageError(f"invalid artifact name {value!r}: at most entity/project/name")
+    for part in parts:
+        check_name(part, "name" if part is parts[-1] else "name qualifier")
+    return parts[-1]
+
+
 def check_alias(alias: str, *, for_upload: bool) -> str:
-    if not alias or len(alias) > 128 or any(c in alias for c in "/:\\\0") or alias in (".", "..", META_DIR):
+    if not isinstance(alias, str) or not alias or len(alias) > 128 or any(c in alias for c in "/:\\\0") or alias in (".", "..", META_DIR):
         raise UsageError(f"invalid alias {alias!r}: 1-128 characters, without / : or \\")
     if for_upload and (alias == "latest" or re.fullmatch(r"v\d+", alias)):
         raise UsageError(f"alias {alias!r} is managed by W&B; choose another")
+    if for_upload and (bad := sorted({c for c in alias if c in "#?%" or ord(c) < 32})):
+        # the alias is the last segment of the reference URI: these would change what it names
+        raise UsageError(f"invalid alias {alias!r}: {' '.join(map(repr, bad))} cannot be part of a bucket URI")
     return alias
 
 
@@ -57,9 +71,19 @@ def check_suffix(suffix: str | None) -> str:
 
 
 def config_hash(config: dict) -> str:
-    """sha256 over the run config's sorted key=value pairs (the original tool's !run-config-hash)."""
-    text = "\n".join(f"{k}={config[k]}" for k in sorted(config))
+    """sha256 over the run config's sorted key=value pairs, space-separated: the original tool's
+    !run-config-hash, so that the same config finds the same folder with either tool."""
+    text = " ".join(f"{k}={config[k]}" for k in sorted(config))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_metadata(metadata: dict | None) -> dict:
+    """W&B stores metadata as JSON: refuse what it cannot hold before any byte moves."""
+    try:
+        json.dumps(metadata or {})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"artifact metadata must be JSON-serializable: {e}") from e
+    return dict(metadata or {})
 
 
 def _join(*parts: str) -> str:
@@ -147,16 +171,19 @@ class WaBucketRefAPI:
         quiet: bool = False,
         concurrency: int = transfer.DEFAULT_CONCURRENCY,
     ) -> None:
-        self.project_name = project_name or os.environ.get("WANDB_PROJECT")
-        if not self.project_name:
-            raise UsageError("no W&B project: pass --project-name (project_name=) or set WANDB_PROJECT")
+        user_run = tracking.live_run()
+        self.project_name = project_name or os.environ.get("WANDB_PROJECT") or getattr(user_run, "project", None) or None
+        if not self.project_name and not bucket:
+            raise UsageError("no W&B project and no bucket: pass --project-name (project_name=), set WANDB_PROJECT, or pass --bucket")
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
         self.bucket = bucket or self.project_name
         self.run_name = run_name
         self.job_type = job_type
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 256:
+            raise UsageError(f"concurrency must be an integer from 1 to 256, not {concurrency!r}")
         self.options = transfer.Options(concurrency=concurrency, quiet=quiet)
-        self.run: Any = None
-        self._own_run = False
+        self.run: Any = None  # the W&B run commands are recorded in: the caller's, or the one started here
+        self._own_run: Any = None  # the run this API started, finished by close()
         self._io: _LoopThread | None = None
         self._storages: dict[str, Storage] = {}  # by root URI
         self._opened: dict[str, tuple[Storage, str]] = {}  # by the spec the user gave
@@ -181,10 +208,10 @@ class WaBucketRefAPI:
             self._opened.clear()
             self._io.close()
             self._io = None
-        if self.run is not None and self._own_run:
-            self.run.finish(exit_code=exit_code)
+        if self._own_run is not None and not tracking.is_finished(self._own_run):
+            self._own_run.finish(exit_code=exit_code)
         self.run = None
-        self._own_run = False
+        self._own_run = None
 
     @property
     def _loop(self) -> _LoopThread:
@@ -196,25 +223,31 @@ class WaBucketRefAPI:
         return self._loop.run(coro)
 
     def wandb_start_run(
-        self, run_name: str | None = None, job_type: str | None = None, config: dict | None = None, tags: list[str] | None = None
+        self, run_name: str | None = None, job_type: str | None = None, config: dict | None = None,
+        tags: list[str] | None = None, *, w_run_name: str | None = None, w_job_type: str | None = None,
+        run_args: dict | str | None = None,
     ) -> Any:
-        """Start (or join) the W&B run that this API's commands are recorded in (None if W&B is disabled)."""
-        if self.run is not None:
-            return self.run
-        if (user_run := _user_run()) is not None:  # the user's script runs one: record lineage there
-            self.run = user_run
-            return self.run
+        """Start (or join) the W&B run that this API's commands are recorded in (None if W&B is disabled).
+
+        A live `wandb.run` (the caller's, or one this API started) is joined: lineage goes where the
+        script logs. `w_run_name`, `w_job_type` and `run_args` are the original tool's names.
+        A `str` config is a YAML file that wandb reads, as in the original tool.
+        """
         if tracking.is_disabled():
             return None
+        if (live := tracking.live_run()) is not None:
+            self.run = live
+            return live
+        run_name, job_type = run_name or w_run_name, job_type or w_job_type
+        config = config if config is not None else run_args
         all_tags = list(tags or []) + jobs.env_tags()
         job_id = jobs.current_job_id()
         if job_id:
             all_tags += self._run_io(jobs.platform_tags(job_id))
-        self.run = tracking.start_run(
+        self.run = self._own_run = tracking.start_run(
             project=self.project_name, entity=self.entity, name=run_name or self.run_name,
             job_type=job_type or self.job_type, tags=list(dict.fromkeys(all_tags)), config=config,
         )
-        self._own_run = True
         return self.run
 
     def _while_run_starts(self, moving: Coroutine[Any, Any, T], job_type: str, config: dict | None) -> tuple[T, Any]:
@@ -254,12 +287,20 @@ class WaBucketRefAPI:
         as_reference: bool = True,
         overwrite: bool = False,
         suffix: str | None = None,
+        *,
+        as_refference: bool | None = None,
     ) -> str:
-        """Upload a folder to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it."""
+        """Upload a folder to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
+
+        Returns the alias. Prints the ::set-output lines for neuro-flow on stdout, as the original
+        tool did; `as_refference` is its spelling of `as_reference`.
+        """
+        if as_refference is not None:
+            as_reference = as_refference
         check_name(art_name, "name")
         check_name(art_type, "type")
         out_suffix = check_suffix(suffix)
-        metadata = dict(art_metadata or {})
+        metadata = check_metadata(art_metadata)
         if art_alias not in (None, RUN_CONFIG_HASH):
             check_alias(art_alias, for_upload=True)
         files = scan_folder(Path(src_folder))
@@ -323,7 +364,7 @@ class WaBucketRefAPI:
         if art_alias is None:
             return str(uuid.uuid4())
         if art_alias == RUN_CONFIG_HASH:
-            run = self.run or _user_run()
+            run = tracking.live_run()
             return config_hash(dict(run.config) if run is not None else config)
         return art_alias
 
@@ -347,13 +388,16 @@ class WaBucketRefAPI:
         art_metadata: dict | None = None,
         suffix: str | None = None,
     ) -> str:
-        """Register data already in the bucket (a folder) as an artifact; its files are hashed once."""
+        """Register data already in the bucket (a folder) as an artifact; its files are hashed once.
+        Returns the alias."""
         check_name(art_name, "name")
         check_name(art_type, "type")
         out_suffix = check_suffix(suffix)
         if art_alias not in (None, RUN_CONFIG_HASH):
             check_alias(art_alias, for_upload=True)
-        metadata = dict(art_metadata or {})
+        metadata = check_metadata(art_metadata)
+        if not isinstance(bucket_path, str) or ".." in bucket_path.split("://")[-1].split("/"):
+            raise UsageError(f"invalid bucket path {bucket_path!r}: '..' is not allowed")
         storage, base = self._storage(self.bucket)
         if "://" in bucket_path:
             data_storage, key = self._storage(bucket_path)
@@ -391,47 +435,71 @@ class WaBucketRefAPI:
 
     def download_artifact(
         self, art_name: str, art_type: str, art_alias: str, dst_folder: str | os.PathLike | None = None,
-        run_config: dict | None = None,
+        retries: int | None = None, *, run_config: dict | str | None = None,
     ) -> Path:
-        """Resolve NAME:ALIAS, bring its files into dst_folder (a fresh temporary folder if None), verified."""
-        check_name(art_name, "name")
+        """Resolve NAME:ALIAS, bring its files into dst_folder (a fresh temporary folder if None), verified.
+
+        art_name may name another project's artifact (`project/name`, `entity/project/name`); its
+        bucket folder uses the last part. retries: tries per request (default 4). run_config: the
+        config of a run this API starts (a dict, or the path of a YAML file, as wandb reads it).
+        On failure, folders this call created and left empty are removed.
+        """
+        name = check_qualified_name(art_name)
         check_name(art_type, "type")
         check_alias(art_alias, for_upload=False)
-        dest = Path(dst_folder) if dst_folder is not None else Path(tempfile.mkdtemp(prefix=f"wabucket-{art_name}-"))
+        options = self.options
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
+                raise UsageError(f"retries must be a positive integer, not {retries!r}")
+            self.options = dataclasses.replace(options, attempts=retries)
+        dest = Path(dst_folder) if dst_folder is not None else Path(tempfile.mkdtemp(prefix=f"wabucket-{name}-"))
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"destination is not a folder: {dest}")
+        created = dest if dst_folder is None else _first_missing(dest)
         dest.mkdir(parents=True, exist_ok=True)
+        try:
+            self._download_artifact(art_name, name, art_type, art_alias, dest, run_config)
+        except BaseException:
+            _remove_empty_folders(dest, created)
+            raise
+        finally:
+            self.options = options
+        return dest
+
+    def _download_artifact(self, art_name: str, name: str, art_type: str, art_alias: str, dest: Path, run_config: Any) -> None:
         if tracking.is_offline():
-            resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
+            resolved, storage, key = self._resolve_offline(name, art_type, art_alias)
             self._while_run_starts(self._download(storage, key, resolved, dest), "download", run_config)
-            return dest
+            return
 
         tracking.preflight()  # W&B must answer before anything lands in dest
         # While W&B resolves the alias, start on the copy the bucket's own manifest names; the
         # result is kept only if W&B's manifest has the same digest (same content).
         pre = _Prefetch()
-        prefetch = self._loop.submit(self._prefetch(art_name, art_type, art_alias, dest, pre))
+        prefetch = self._loop.submit(self._prefetch(name, art_type, art_alias, dest, pre))
         try:
             run = self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
-            resolved = tracking.use_artifact(run, name=art_name, type=art_type, alias=art_alias)
+            resolved = tracking.use_artifact(
+                run, name=art_name, type=art_type, alias=art_alias, project=self.project_name, entity=self.entity
+            )
         except BaseException:
             self._stop_prefetch(prefetch, pre)
+            _remove_files(dest, pre.done)  # W&B did not confirm what the prefetch brought
             raise
         manifest = resolved.manifest
         if manifest is not None and pre.digest == manifest.digest():
             self._loop.wait(prefetch)
             if pre.done == {f.path for f in manifest.files}:
-                return dest
+                return
             trusted = set(pre.done)
         else:
             self._stop_prefetch(prefetch, pre)
             trusted = self._keep_matching(dest, pre.done, manifest)
         if resolved.ref is None and resolved.has_files:
             tracking.download_files(resolved, dest)
-            return dest
+            return
         storage, key = self._locate(resolved, art_alias)
         self._run_io(self._download(storage, key, resolved, dest, trusted))
-        return dest
 
     async def _prefetch(self, name: str, type_: str, alias: str, dest: Path, pre: "_Prefetch") -> None:
         pre.task = asyncio.current_task()
@@ -486,7 +554,7 @@ class WaBucketRefAPI:
 
     def _locate(self, resolved: tracking.Resolved, alias: str) -> tuple[Storage, str]:
         if resolved.ref is not None:
-            return self._storage(resolved.ref)
+            return self._run_io(self._copy_of(resolved, alias)) or self._storage(resolved.ref)
         # The oldest artifacts of the original tool have no reference: the data sits at
         # <bucket>/<TYPE>/<NAME>/<ALIAS>, under one of the version's aliases.
         storage, base = self._storage(self.bucket)
@@ -496,6 +564,29 @@ class WaBucketRefAPI:
             if self._run_io(storage.has_prefix(key)):
                 return storage, key
         raise NotFoundError(f"artifact {resolved.name}:{alias} has no bucket reference and no data at {storage.uri_for(_join(base, resolved.type, resolved.name, alias))}")
+
+    async def _copy_of(self, resolved: tracking.Resolved, alias: str) -> tuple[Storage, str] | None:
+        """The folder of one of the version's aliases whose bucket manifest has exactly its content.
+
+        Logging the same content under a new alias adds the alias to the existing version, whose
+        reference keeps naming the first alias's folder; that folder may since have been
+        overwritten with other content. Each alias's own copy stays findable by its manifest.
+        """
+        if resolved.manifest is None or not resolved.manifest.verified:
+            return None
+        digest = resolved.manifest.digest()
+        try:
+            storage, base = await self._astorage(self.bucket)
+            for candidate in dict.fromkeys([alias, *resolved.aliases]):
+                if candidate == "latest" or re.fullmatch(r"v\d+", candidate):
+                    continue
+                kept = await self._bucket_manifest(storage, base, resolved.type, resolved.name, candidate)
+                root = kept.info.get("root") if kept is not None else None
+                if isinstance(root, str) and kept.digest() == digest:
+                    return storage, root
+        except Exception as e:  # noqa: BLE001 - the reference is still there to try
+            log.debug("no copy found by the bucket's manifests: %s", e)
+        return None
 
     async def _download(
         self, storage: Storage, key: str, resolved: tracking.Resolved, dest: Path, trusted: set[str] = frozenset()
@@ -557,11 +648,11 @@ class WaBucketRefAPI:
 
     def verify(self, art_name: str, art_type: str, art_alias: str, local: str | os.PathLike | None = None) -> Manifest:
         """Check the bucket's copy (or a downloaded folder) against the manifest; raise IntegrityError naming the first bad file."""
-        check_name(art_name, "name")
+        name = check_qualified_name(art_name)
         check_name(art_type, "type")
         check_alias(art_alias, for_upload=False)
         if tracking.is_offline():
-            resolved, storage, key = self._resolve_offline(art_name, art_type, art_alias)
+            resolved, storage, key = self._resolve_offline(name, art_type, art_alias)
         else:
             resolved = tracking.fetch_artifact(self.project_name, self.entity, name=art_name, type=art_type, alias=art_alias)
             storage, key = self._locate(resolved, art_alias)
@@ -597,12 +688,6 @@ class WaBucketRefAPI:
         return manifest
 
 
-def _user_run() -> Any:
-    """The W&B run the calling script started, if any (none can exist if wandb was never imported)."""
-    wandb = sys.modules.get("wandb")
-    return wandb.run if wandb is not None else None
-
-
 def _record(name: str, type_: str, alias: str, ref: str, root: str, manifest: Manifest, version: str | None) -> dict:
     """Header of the manifest kept in the bucket: what offline downloads resolve aliases with."""
     return {
@@ -610,6 +695,45 @@ def _record(name: str, type_: str, alias: str, ref: str, root: str, manifest: Ma
         "created_at": datetime.now(timezone.utc).isoformat(), "digest": manifest.digest(),
         "wandb_version": version,
     }
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) creates)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_files(root: Path, paths: set[str]) -> None:
+    """Remove these files under root, and the folders they leave empty (up to root)."""
+    for rel in paths:
+        (root / rel).unlink(missing_ok=True)
+        for parent in (root / rel).parents:
+            if parent == root or not _remove_empty(parent):
+                break
+
+
+def _remove_empty_folders(dest: Path, created: Path | None) -> None:
+    """dest was made by this call (`created`: the outermost folder made for it): remove the folders
+    in it left empty, then dest and its new parents while empty. Verified files stay, for a resume."""
+    if created is None:
+        return
+    for folder, _, _ in os.walk(dest, topdown=False):
+        _remove_empty(Path(folder))
+    for p in [dest, *dest.parents]:
+        if p.exists() and not _remove_empty(p) or p == created:
+            break
+
+
+def _remove_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+        return True
+    except OSError:  # not empty, or already gone
+        return False
 
 
 def _sdk_encoded(key: str) -> str:
@@ -630,10 +754,13 @@ def parse_pairs(pairs: list[str] | tuple[str, ...], what: str = "metadata") -> d
     return out
 
 
-def parse_run_args(text: str | None) -> dict[str, Any]:
-    """Run config for download's -a: a JSON object, or KEY=VALUE pairs separated by spaces or commas."""
+def parse_run_args(text: str | None) -> dict[str, Any] | str:
+    """Run config for download's -a: a YAML file's path (wandb reads it, as with the original tool),
+    a JSON object, or KEY=VALUE pairs separated by spaces or commas."""
     if not text:
         return {}
+    if "=" not in text and os.path.isfile(text):
+        return text
     if text.lstrip().startswith("{"):
         try:
             value = json.loads(text)

@@ -32,7 +32,7 @@ def _api(ctx: click.Context, quiet: bool = False):
 @click.group(context_settings=CONTEXT)
 @click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
 @click.option("--bucket", envvar="WABUCKET_BUCKET", help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
-@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", help="W&B project (default: $WANDB_PROJECT). Required.")
+@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
 @click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
 @click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
@@ -77,12 +77,14 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
 @click.argument("type_", metavar="TYPE")
 @click.argument("name")
 @click.argument("alias")
-@click.option("-d", "--dest", type=click.Path(path_type=Path), help="Destination folder. Default: ./TYPE/NAME/ALIAS")
-@click.option("-a", "--run-args", "run_args", help="Run config for the W&B run: KEY=VALUE pairs (space or comma separated) or a JSON object.")
+@click.option("-d", "--dest", "--destination-folder", "dest", type=click.Path(path_type=Path), help="Destination folder. Default: ./TYPE/NAME/ALIAS")
+@click.option("-a", "--run-args", "--run_args", "run_args", help="Run config for the W&B run: a YAML file, KEY=VALUE pairs (space or comma separated) or a JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
-    """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path."""
+    """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path.
+
+    NAME may be qualified as PROJECT/NAME or ENTITY/PROJECT/NAME to read another project's artifact."""
     from .api import parse_run_args
 
     config = parse_run_args(run_args)
@@ -148,8 +150,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status: 2 for usage errors, 1 for failures, never a traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["wabucket"]:  # flows written for the original image pass `wabucket ...` to the entrypoint
+        args = args[1:]
     try:
-        cli.main(args=argv, prog_name="wabucket", standalone_mode=False)
+        cli.main(args=args, prog_name="wabucket", standalone_mode=False)
         return 0
     except click.exceptions.Exit as e:
         return e.exit_code

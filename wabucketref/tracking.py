@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +39,37 @@ class Resolved:
     artifact: Any = None
 
 
+def live_run() -> Any:
+    """The process's current W&B run (the caller's, or one wabucketref started), unless finished.
+    Never imports wandb: without it no run can exist."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None)
+    return None if run is None or is_finished(run) else run
+
+
+def is_finished(run: Any) -> bool:
+    return bool(getattr(run, "_is_finished", False))
+
+
+def mode() -> str:
+    """'online', 'offline' or 'disabled': the live run's mode if there is one, else WANDB_MODE."""
+    run = live_run()
+    if run is not None:
+        if getattr(run, "disabled", False):
+            return "disabled"
+        return "offline" if getattr(run, "offline", False) else "online"
+    env = os.environ.get("WANDB_MODE", "").lower()
+    return "disabled" if env == "disabled" else "offline" if env in ("offline", "dryrun") else "online"
+
+
 def is_offline() -> bool:
-    return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+    """No W&B server to ask (offline or disabled)."""
+    return mode() != "online"
 
 
 def is_disabled() -> bool:
-    """WANDB_MODE=disabled: no run, and wandb is not even imported (it costs ~0.5 s of CPU)."""
-    return os.environ.get("WANDB_MODE", "").lower() == "disabled"
+    """No run at all; without a caller's run, wandb is not even imported (it costs ~0.5 s of CPU)."""
+    return mode() == "disabled"
 
 
 def _base_url() -> str:
@@ -175,12 +200,23 @@ def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest) -> st
     return art.version
 
 
-def use_artifact(run: Any, *, name: str, type: str, alias: str) -> Resolved:
-    """Resolve name:alias through W&B and record it as the run's input."""
+def artifact_path(name: str, alias: str, project: str | None, entity: str | None, run: Any = None) -> str:
+    """[entity/][project/]name:alias. A name with a slash is already qualified; the run's own
+    project and entity are left for W&B to fill in."""
+    path = f"{name}:{alias}"
+    if "/" in name or not project:
+        return path
+    if run is not None and project == getattr(run, "project", None) and entity in (None, getattr(run, "entity", None)):
+        return path
+    return f"{entity}/{project}/{path}" if entity else f"{project}/{path}"
+
+
+def use_artifact(run: Any, *, name: str, type: str, alias: str, project: str | None = None, entity: str | None = None) -> Resolved:
+    """Resolve name:alias (in `project`, if not the run's) through W&B and record it as the run's input."""
     import wandb
 
     try:
-        art = run.use_artifact(f"{name}:{alias}", type=type)
+        art = run.use_artifact(artifact_path(name, alias, project, entity, run), type=type)
     except (wandb.errors.CommError, ValueError) as e:
         raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
     return _resolved(art, name, type, alias)
@@ -204,7 +240,7 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
         log.warning("%s:%s refers to its files one by one in %s (an early wabucketref): their sizes are checked, "
                     "their content cannot be", name, alias, ref)
     return Resolved(
-        name=name, type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
+        name=name.rsplit("/", 1)[-1], type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
         metadata=dict(art.metadata or {}), has_files=has_files, artifact=art,
     )
 
@@ -232,9 +268,8 @@ def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, al
     check_credentials()
     import wandb
 
-    path = f"{entity}/{project}/{name}:{alias}" if entity else f"{project}/{name}:{alias}"
     try:
-        art = wandb.Api().artifact(path, type=type)
+        art = wandb.Api().artifact(artifact_path(name, alias, project, entity), type=type)
     except (wandb.errors.CommError, ValueError) as e:
         raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
     return _resolved(art, name, type, alias)

@@ -84,6 +84,8 @@ class Storage:
         if code in PERMANENT_CODES:
             hint = f" ({self.credentials_hint})" if self.credentials_hint else ""
             return WaBucketError(f"{self.uri}: {server} refused the request: {code}: {message}{hint}")
+        if code is None and re.search(r"/latest/(api/token|meta-data/)", str(e)):  # no keys: EC2 instance metadata was asked
+            return WaBucketError(f"{self.uri}: no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if code is None and re.search(r"\bkind: Connect\b", str(e)):  # obstore's debug text of a failed connect
             reasons = re.findall(r'message: "([^"]+)"', str(e))
             return WaBucketError(f"{self.uri}: cannot connect to {server}" + (f" ({reasons[-1]})" if reasons else ""))

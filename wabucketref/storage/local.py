@@ -6,6 +6,7 @@ from pathlib import Path
 
 from obstore.store import LocalStore
 
+from ..errors import WaBucketError
 from .base import ObjectInfo, Storage
 
 
@@ -16,6 +17,9 @@ class LocalStorage(Storage):
 
 def open_local(path: str | Path) -> LocalStorage:
     root = Path(path).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only or missing mount
+        raise WaBucketError(f"cannot use {root} as a bucket folder: {e.strerror or e}") from e
     # LocalStore writes through a staging file and renames, so a reader never sees half a file.
     return LocalStorage(LocalStore(root), root.as_uri())

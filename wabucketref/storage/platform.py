@@ -134,7 +134,15 @@ async def _lookup(client: Any, spec: str) -> dict:
 
 
 def _key_after_bucket(url: Any, bucket: Any) -> str:
+    """The key a blob:// URI names inside `bucket` (the one the platform resolved it to)."""
     parts = [p for p in url.path.split("/") if p]
+    own = bucket.uri
+    for root in (own, own.parent / bucket.id):  # by name or by id
+        head = [p for p in root.path.split("/") if p]
+        if url.host == root.host and parts[: len(head)] == head:
+            return "/".join(parts[len(head) :])
+    # Another spelling of the bucket's place (an older URI form): the key follows its name or id.
+    # Only here can a folder named like the bucket be mistaken for it.
     for i, part in enumerate(parts):
         if part in (bucket.name, bucket.id):
             return "/".join(parts[i + 1 :])

@@ -157,6 +157,14 @@ def _a_file(c) -> None:
     c.file.write_text("not a folder")
 
 
+def _odd_name(name: bytes) -> Callable:
+    """A file in the source folder whose name is these bytes."""
+    def setup(c) -> None:
+        with open(os.path.join(os.fsencode(c.src), name), "wb") as f:
+            f.write(b"x")
+    return setup
+
+
 UP = ["upload"]
 OK = ["-n", "ds", "-t", "dataset", "-a", "al1"]
 
@@ -173,6 +181,10 @@ CASES = [
     Case("src-only-a-fifo", lambda c: [*UP, str(c.fifo_dir), *OK], 2, "has no files", setup=_fifo_only),
     Case("src-unreadable-file", up(*OK), 2, "nested/secret.bin", setup=_unreadable),
     Case("src-unreadable-folder", up(*OK), 2, "locked", setup=_unreadable_dir),
+    Case("src-name-tab", up(*OK), 2, "control character not supported: 'tab\\tname'", setup=_odd_name(b"tab\tname")),
+    Case("src-name-newline", up(*OK), 2, "control character not supported: 'two\\nlines'", setup=_odd_name(b"two\nlines")),
+    Case("src-name-not-utf8", up(*OK), 2, "file name not supported: 'bad\\udcff'", setup=_odd_name(b"bad\xff")),
+    Case("src-names-differ-in-case", up(*OK), 2, "collide when case is ignored", setup=_odd_name(b"A.txt")),
     # ---- names, aliases, metadata, suffix (W&B rules: names [A-Za-z0-9_.-] up to 128; aliases without / or :)
     Case("name-slash", up("-n", "a/b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
     Case("name-space", up("-n", "a b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
@@ -180,7 +192,10 @@ CASES = [
     Case("name-129", up("-n", "x" * 129, "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
     Case("name-unicode", up("-n", "dätä", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
     Case("name-empty", up("-n", "", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
+    Case("name-dotdot", up("-n", "..", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
     Case("type-bad", up("-n", "ds", "-t", "data/set", "-a", "al1"), 2, "invalid artifact type"),
+    Case("type-dot", up("-n", "ds", "-t", ".", "-a", "al1"), 2, "invalid artifact type"),
+    Case("alias-hash", up("-n", "ds", "-t", "dataset", "-a", "a#b"), 2, "cannot be part of a bucket URI"),
     Case("alias-slash", up("-n", "ds", "-t", "dataset", "-a", "a/b"), 2, "invalid alias"),
     Case("alias-colon", up("-n", "ds", "-t", "dataset", "-a", "a:b"), 2, "invalid alias"),
     Case("alias-dotdot", up("-n", "ds", "-t", "dataset", "-a", ".."), 2, "invalid alias"),
@@ -196,6 +211,12 @@ CASES = [
     Case("bucket-unknown-platform", up(*OK), 1, "platform bucket not found", setup=_platform),
     Case("bucket-bad-scheme", lambda c: ["--bucket", "ftp://host/x", "--project-name", "p", *UP, str(c.src), *OK], 2,
          "unsupported bucket URI scheme", global_opts=False),
+    Case("bucket-file-relative", lambda c: ["--bucket", "file://relbucket", "--project-name", "p", *UP, str(c.src), *OK],
+         2, "needs an absolute path", global_opts=False),
+    Case("bucket-s3-dotdot", lambda c: ["--bucket", "s3://b/../x", "--project-name", "p", *UP, str(c.src), *OK], 2,
+         "'..' is not allowed", global_opts=False),
+    Case("bucket-empty", lambda c: ["--bucket", "", "--project-name", "p", *UP, str(c.src), *OK], 2,
+         "must not be empty", global_opts=False, usage=True),
     Case("bucket-s3-without-name", lambda c: ["--bucket", "s3:///x", "--project-name", "p", *UP, str(c.src), *OK], 2,
          "needs a bucket name", global_opts=False),
     Case("platform-endpoint-closed", up(*OK), 1, "127.0.0.1",
@@ -222,6 +243,10 @@ CASES = [
     # ---- download / link / verify arguments
     Case("dest-is-a-file", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.file)], 2,
          "destination is not a folder", setup=_a_file),
+    Case("dest-under-a-file", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.file / "sub")], 2,
+         "cannot create the destination folder", setup=_a_file),
+    Case("dest-empty", lambda c: ["download", "dataset", "ds", "al1", "-d", ""], 2, "must not be empty", usage=True),
+    Case("download-name-too-qualified", lambda c: ["download", "dataset", "a/b/c/ds", "al1"], 2, "at most entity/project/name"),
     Case("download-alias-slash", lambda c: ["download", "dataset", "ds", "a/b"], 2, "invalid alias"),
     Case("download-name-bad", lambda c: ["download", "dataset", "d s", "latest"], 2, "invalid artifact name"),
     Case("download-run-args-bad-json", lambda c: ["download", "dataset", "ds", "latest", "-a", "{nope"], 2,
@@ -229,6 +254,8 @@ CASES = [
     Case("download-run-args-list", lambda c: ["download", "dataset", "ds", "latest", "-a", "[1]"], 2,
          "KEY=VALUE"),
     Case("link-name-bad", lambda c: ["link", "dataset/x/y", "-n", "a/b", "-t", "dataset"], 2, "invalid artifact name"),
+    Case("link-empty-path", lambda c: ["link", "", "-n", "ds", "-t", "dataset"], 2, "no folder to link"),
+    Case("link-dotdot", lambda c: ["link", "../elsewhere", "-n", "ds", "-t", "dataset"], 2, "'..' is not allowed"),
     Case("link-missing-folder", lambda c: ["link", "no/such/folder", "-n", "ds", "-t", "dataset", "-a", "al1"], 1,
          "does not exist"),
     Case("verify-name-bad", lambda c: ["verify", "dataset", "a:b", "latest"], 2, "invalid artifact name"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,9 @@ def test_link_registers_existing_folder(backend_env, tmp_path):
     assert missing.returncode == 1 and "does not exist" in missing.stderr and missing.stdout == ""
     a_file = env.wabucket("link", "dataset/raw/orig/a.txt", "-n", "linked", "-t", "dataset")
     assert a_file.returncode == 2 and "not a folder" in a_file.stderr
+    # a folder holding artifacts (their .wabucketref records) is not data: it could never verify
+    own = env.wabucket("link", "dataset/raw", "-n", "linked", "-t", "dataset")
+    assert own.returncode == 2 and "holds wabucketref's own records" in own.stderr, own.stderr
 
 
 def test_download_detects_tampering(backend_env, tmp_path):
@@ -245,3 +249,22 @@ def test_download_prefetch_of_another_version_is_discarded(env, wandb_server, tm
     dest = tmp_path / "dl"
     env.wabucket("download", "dataset", "ds", "latest", "-d", str(dest), check=True)
     assert tree_hashes(dest) == tree_hashes(one)
+
+
+def test_longest_file_names_round_trip(env, tmp_path):
+    """A 250-byte name (near the file system's 255) downloads: its part file is named by a digest,
+    and a part file such a name left behind by a killed run is cleaned up."""
+    from wabucketref.transfer import PART_SUFFIX, _part_stem
+
+    src = tmp_path / "src"
+    (src / "deep").mkdir(parents=True)
+    long_name = "n" * 246 + ".bin"
+    (src / "deep" / long_name).write_bytes(os.urandom(5 << 20))  # a ranged download, through a part file
+    (src / ("é" * 125)).write_bytes(b"250 bytes of name")
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "long")
+    dest = tmp_path / "dl"
+    left = dest / "deep" / f".{_part_stem(long_name)}.0123abcd{PART_SUFFIX}"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"from a killed run")
+    env.wabucket("download", "dataset", "ds", "long", "-d", str(dest), check=True)
+    assert tree_hashes(dest) == tree_hashes(src)

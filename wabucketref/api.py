@@ -36,7 +36,7 @@ SUFFIX_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.match(value) or value in (".", ".."):
         raise UsageError(f"invalid artifact {what} {value!r}: use 1-128 of A-Z a-z 0-9 _ . -")
     return value
 
@@ -173,6 +173,7 @@ class WaBucketRefAPI:
     ) -> None:
         user_run = tracking.live_run()
         self.project_name = project_name or os.environ.get("WANDB_PROJECT") or getattr(user_run, "project", None) or None
+        self._project_given = bool(project_name)  # else a joined run's own project is where artifacts are found
         if not self.project_name and not bucket:
             raise UsageError("no W&B project and no bucket: pass --project-name (project_name=), set WANDB_PROJECT, or pass --bucket")
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
@@ -306,7 +307,10 @@ class WaBucketRefAPI:
         files = scan_folder(Path(src_folder))
         if not files:
             raise UsageError(f"source folder has no files: {src_folder}")
-        check_unique(f.path for f in files)
+        try:
+            check_unique(f.path for f in files)
+        except IntegrityError as e:  # the user's own folder: bad input
+            raise UsageError(str(e)) from e
         alias = self._alias(art_alias, metadata)
         if not as_reference:
             run = self.wandb_start_run(job_type=self.job_type or "upload", config=metadata)
@@ -398,6 +402,8 @@ class WaBucketRefAPI:
         metadata = check_metadata(art_metadata)
         if not isinstance(bucket_path, str) or ".." in bucket_path.split("://")[-1].split("/"):
             raise UsageError(f"invalid bucket path {bucket_path!r}: '..' is not allowed")
+        if not bucket_path.strip("/"):
+            raise UsageError("no folder to link: give a path inside the bucket, or a full URI")
         storage, base = self._storage(self.bucket)
         if "://" in bucket_path:
             data_storage, key = self._storage(bucket_path)
@@ -427,6 +433,8 @@ class WaBucketRefAPI:
             if key and await storage.exists(key):
                 raise UsageError(f"{storage.uri_for(key)} is a file, not a folder")
             raise NotFoundError(f"{storage.uri_for(key)} does not exist or is empty")
+        if own := next((o.key for o in listing if META_DIR in o.key.split("/")), None):
+            raise UsageError(f"{storage.uri_for(key)} holds wabucketref's own records ({own}): link a folder of data, not one that holds artifacts")
         check_unique(o.key for o in listing)
         manifest, _ = await transfer.hash_remote(storage, key, listing, self.options, "hashed")
         return manifest
@@ -456,7 +464,10 @@ class WaBucketRefAPI:
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"destination is not a folder: {dest}")
         created = dest if dst_folder is None else _first_missing(dest)
-        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission
+            raise UsageError(f"cannot create the destination folder {dest}: {e.strerror or e}") from e
         try:
             self._download_artifact(art_name, name, art_type, art_alias, dest, run_config)
         except BaseException:
@@ -480,7 +491,8 @@ class WaBucketRefAPI:
         try:
             run = self.wandb_start_run(job_type=self.job_type or "download", config=run_config)
             resolved = tracking.use_artifact(
-                run, name=art_name, type=art_type, alias=art_alias, project=self.project_name, entity=self.entity
+                run, name=art_name, type=art_type, alias=art_alias,
+                project=self.project_name if self._project_given else None, entity=self.entity,
             )
         except BaseException:
             self._stop_prefetch(prefetch, pre)

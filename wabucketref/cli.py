@@ -18,6 +18,12 @@ from .errors import WaBucketError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def _not_empty(param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty", param=param)
+    return value
+
+
 def _api(ctx: click.Context, quiet: bool = False):
     from .api import WaBucketRefAPI
 
@@ -31,8 +37,8 @@ def _api(ctx: click.Context, quiet: bool = False):
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
-@click.option("--bucket", envvar="WABUCKET_BUCKET", help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
-@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
+@click.option("--bucket", envvar="WABUCKET_BUCKET", callback=lambda c, p, v: _not_empty(p, v), help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
+@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=lambda c, p, v: _not_empty(p, v), help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
 @click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
 @click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
@@ -77,7 +83,7 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
 @click.argument("type_", metavar="TYPE")
 @click.argument("name")
 @click.argument("alias")
-@click.option("-d", "--dest", "--destination-folder", "dest", type=click.Path(path_type=Path), help="Destination folder. Default: ./TYPE/NAME/ALIAS")
+@click.option("-d", "--dest", "--destination-folder", "dest", callback=lambda c, p, v: _not_empty(p, v), help="Destination folder. Default: ./TYPE/NAME/ALIAS")
 @click.option("-a", "--run-args", "--run_args", "run_args", help="Run config for the W&B run: a YAML file, KEY=VALUE pairs (space or comma separated) or a JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
@@ -89,7 +95,7 @@ def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
 
     config = parse_run_args(run_args)
     with _api(ctx, quiet) as api:
-        path = api.download_artifact(name, type_, alias, dest or Path(type_, name, alias), run_config=config)
+        path = api.download_artifact(name, type_, alias, Path(dest) if dest else Path(type_, name, alias), run_config=config)
     click.echo(str(path))
 
 
@@ -122,7 +128,9 @@ def verify(ctx, type_, name, alias, local, quiet) -> None:
     """Check the bucket's copy of NAME:ALIAS (or --local DIR) against its manifest; writes nothing."""
     with _api(ctx, quiet) as api:
         manifest = api.verify(name, type_, alias, local=local)
-    click.echo(f"ok: {len(manifest.files)} files, {manifest.total_size} bytes match the manifest", err=True)
+    if not (quiet or ctx.obj["quiet"]):
+        n = len(manifest.files)
+        click.echo(f"ok: {n} file{'s' * (n != 1)}, {manifest.total_size} bytes match the manifest", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +169,10 @@ def run(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except click.Abort:
+    except click.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            click.echo("wabucket: interrupted", err=True)
+            return 130
         click.echo("wabucket: aborted", err=True)
         return 1
     except WaBucketError as e:

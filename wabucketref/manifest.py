@@ -189,6 +189,9 @@ def scan_folder(root: Path) -> list[LocalFile]:
     for f in files:
         try:
             safe_relpath(f.path)
-        except IntegrityError as e:
+            f.path.encode("utf-8")  # names that are not UTF-8 cannot be object keys
+        except (IntegrityError, UnicodeEncodeError) as e:
             raise UsageError(f"file name not supported: {f.path!r}") from e
+        if any(ord(c) < 32 or ord(c) == 127 for c in f.path):  # object stores refuse them; terminals garble them
+            raise UsageError(f"file name with a control character not supported: {f.path!r}")
     return files

@@ -428,7 +428,10 @@ def _scan_dest(dest: Path, paths: list[str]) -> set[str]:
         for entry in entries:
             if entry.name in wanted:
                 present.add(f"{folder}/{entry.name}" if folder else entry.name)
-            elif (m := _PART_NAME.fullmatch(entry.name)) and m.group(1) in wanted and entry.is_file(follow_symlinks=False):
+            elif (
+                (m := _PART_NAME.fullmatch(entry.name)) and m.group(1) in {_part_stem(n) for n in wanted}
+                and entry.is_file(follow_symlinks=False)
+            ):
                 os.unlink(entry.path)
     return present
 
@@ -442,9 +445,16 @@ def _local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
     return not verify or _hash_local(path, 1 << 62)[0] == f.sha256
 
 
+def _part_stem(name: str) -> str:
+    """A part file's name before its random tag: the file's name, or a digest of a name too long to
+    extend (a file name has at most 255 bytes)."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= 200 else "~" + hashlib.sha256(raw).hexdigest()[:40]
+
+
 def _open_part(final: Path) -> tuple[Path, int]:
     """A new part file beside `final` (`.NAME.XXXXXXXX.wabucket-part`), open for writing."""
-    tmp = final.with_name(f".{final.name}.{os.urandom(4).hex()}{PART_SUFFIX}")
+    tmp = final.with_name(f".{_part_stem(final.name)}.{os.urandom(4).hex()}{PART_SUFFIX}")
     return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 

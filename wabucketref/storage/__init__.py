@@ -36,6 +36,8 @@ async def open_bucket(spec: str) -> tuple[Storage, str]:
     if kind == "local":
         from .local import open_local
 
+        if spec.startswith("file://") and urlsplit(spec).netloc not in ("", "localhost"):
+            raise UsageError(f"a file:// bucket needs an absolute path, as in file:///dir: {spec}")
         path = unquote(urlsplit(spec).path) if spec.startswith("file://") else spec
         return open_local(Path(path)), ""
     if kind == "s3":

@@ -39,6 +39,8 @@ def open_s3(url: str) -> tuple[Storage, str]:
     if not parts.netloc:
         raise UsageError(f"s3 bucket URI needs a bucket name: {url}")
     prefix = parts.path.strip("/")
+    if ".." in prefix.split("/"):
+        raise UsageError(f"invalid s3 prefix in {url}: '..' is not allowed")
     endpoint = s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
     store = make_s3_store(parts.netloc, endpoint=endpoint, region=region)

@@ -4,10 +4,12 @@ bytes are in, temporary credentials expiring, Ctrl-C; and integrity (tampering, 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -636,3 +638,89 @@ def test_processes_that_end_right_after_a_transfer_exit_cleanly(env, request, tm
         assert proc.returncode == 0, f"run {n} exited {proc.returncode}\n{proc.stderr}"
         for key in raw.keys(f"dataset/quick/q{n}/"):  # keep the server's disk small
             raw.delete(key)
+
+
+# ------------------------------------------------------------------ two uploads to one alias
+
+
+def test_a_second_upload_to_an_alias_being_uploaded_is_refused(s3_env, seaweed, tmp_path):
+    """Two uploads to one alias at once (a batch flow run twice, !run-config-hash): the second is
+    refused while the first runs, and the first completes with exactly its own files."""
+    env = s3_env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("another folder")
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        first = spawn(env, "--concurrency", "2", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "same")
+        wait_until(lambda: proxy.count("PUT", OK) >= 4, 60, "4 PUTs", first)
+        direct(env, seaweed)
+        second = env.wabucket("upload", str(other), "-n", "ds", "-t", "dataset", "-a", "same", "--overwrite")
+        out, err = first.communicate(timeout=120)
+    assert second.returncode == 1 and "is running (host" in second.stderr, second.stderr
+    assert first.returncode == 0, err
+    env.wabucket("download", "dataset", "ds", "same", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+def _gone_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("holder, refused", [
+    (lambda: {"host": "elsewhere", "pid": 1, "beat": time.time()}, True),
+    (lambda: {"host": "elsewhere", "pid": 1, "beat": time.time() - 120}, False),  # stopped without a word
+    (lambda: {"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()}, True),  # a live process here
+    (lambda: {"host": socket.gethostname(), "pid": _gone_pid(), "beat": time.time()}, False),  # killed here
+    (lambda: None, False),  # an empty marker, as versions before 26.11 wrote
+], ids=["other-host-fresh", "other-host-stale", "this-host-running", "this-host-gone", "empty"])
+def test_an_unfinished_upload_is_resumed_only_when_its_writer_is_gone(backend_env, tmp_path, holder, refused):
+    env = backend_env
+    src = make_files(tmp_path / "src", 6, 1000)
+    info = holder()
+    marker = b"" if info is None else json.dumps({"token": "t", "started": time.time(), **info}).encode()
+    raw = RawBucket(env)
+    raw.write("dataset/ds/.wabucketref/al.partial", marker)
+    raw.write("dataset/ds/al/d0/f000.bin", (src / "d0" / "f000.bin").read_bytes())  # what it had uploaded
+    proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "al")
+    if refused:
+        assert proc.returncode == 1 and "another upload to" in proc.stderr and "is running" in proc.stderr, proc.stderr
+        assert raw.read("dataset/ds/.wabucketref/al.partial") == marker
+        assert raw.keys("dataset/ds/al/") == ["dataset/ds/al/d0/f000.bin"]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert summary(proc.stderr, "uploaded") == (5, 1)
+        assert raw.keys("dataset/ds/.wabucketref/") == ["dataset/ds/.wabucketref/al.jsonl"]
+
+
+CLAIMS = """
+import asyncio, json, sys
+from wabucketref.storage import open_bucket
+
+async def main(spec):
+    storage, base = await open_bucket(spec)
+    key = (base + "/m.partial").lstrip("/")
+    try:
+        got = [await storage.put_if_unchanged(key, b"1", None), await storage.put_if_unchanged(key, b"2", None)]
+        data, etag = await storage.read(key)
+        got += [await storage.put_if_unchanged(key, b"3", etag), await storage.put_if_unchanged(key, b"4", etag)]
+        print(json.dumps(got + [(await storage.read(key))[0].decode()]))
+    finally:
+        await storage.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "platform-azure"])
+def test_a_marker_is_claimed_only_if_unchanged(env, request, tmp_path, kind):
+    """Two uploads that find the same marker (or none) at the same moment: one claims it, the other
+    is told so. The stores' conditional writes decide (a local folder cannot check an update)."""
+    use_backend(env, kind, request, tmp_path)
+    proc = env.python(CLAIMS.replace("sys.argv[1]", repr(env.bucket)))
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    checks_updates = kind != "local"
+    assert got == [True, False, True, not checks_updates, "3" if checks_updates else "4"]

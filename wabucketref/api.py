@@ -23,6 +23,7 @@ from typing import Any, Coroutine, TypeVar
 
 from . import jobs, tracking, transfer
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
+from .marker import claim
 from .manifest import NO_HASH, FileEntry, Manifest, check_unique, scan_folder, sha256_file
 from .storage import Storage, open_bucket
 
@@ -342,20 +343,28 @@ class WaBucketRefAPI:
     async def _upload_bytes(
         self, storage: Storage, prefix: str, meta_key: str, partial_key: str, files: list, overwrite: bool
     ) -> Manifest:
+        where = storage.uri_for(prefix)
         listing = await storage.list(prefix)
         complete = await storage.exists(meta_key)
-        resuming = await storage.exists(partial_key)
-        if (complete or (listing and not resuming)) and not overwrite:
-            raise WaBucketError(f"{storage.uri_for(prefix)} already exists; pass --overwrite to replace it")
-        if resuming and listing:
-            log.info("resuming an interrupted upload to %s", storage.uri_for(prefix))
-        # A marker says "bytes here are an unfinished upload": a rerun may resume over them.
-        await storage.put_bytes(partial_key, b"")
+        found = await storage.read(partial_key)
+        if (complete or (listing and found is None)) and not overwrite:
+            raise WaBucketError(f"{where} already exists; pass --overwrite to replace it")
+        # The marker says "bytes here are an unfinished upload, by us": a rerun may resume over them
+        # once we are gone, and no other upload writes here meanwhile.
+        marker = await claim(storage, partial_key, found, where)
+        if found is not None and listing:
+            log.info("resuming an interrupted upload to %s", where)
         if complete:
             await storage.delete([meta_key])
-        manifest, _ = await transfer.upload(storage, prefix, files, {o.key: o for o in listing}, self.options)
-        stale = sorted({o.key for o in listing} - {f.path for f in manifest.files})
-        await storage.delete([_join(prefix, k) for k in stale])
+        beat = asyncio.ensure_future(marker.keep_alive())
+        try:
+            manifest, _ = await transfer.upload(storage, prefix, files, {o.key: o for o in listing}, self.options)
+            stale = sorted({o.key for o in listing} - {f.path for f in manifest.files})
+            await storage.delete([_join(prefix, k) for k in stale])
+            await marker.check_still_ours(where)
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
         return manifest
 
     async def _commit(self, storage: Storage, meta_key: str, partial_key: str, manifest: Manifest, info: dict) -> None:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Awaitable, Callable, Iterator
 
 import obstore as obs
+from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
 
 from ..errors import NotFoundError, WaBucketError
 from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, s3_error, server_of, with_retries
@@ -141,6 +142,11 @@ class Storage:
         return False
 
     async def get_bytes(self, key: str) -> bytes | None:
+        found = await self.read(key)
+        return None if found is None else found[0]
+
+    async def read(self, key: str) -> tuple[bytes, str | None] | None:
+        """(content, ETag) of a small object, or None if there is none."""
         with self.explained():
             try:
                 result = await obs.get_async(self.store, key)
@@ -148,7 +154,20 @@ class Storage:
                 if s3_error(e)[0] in MISSING_BUCKET_CODES:  # the bucket, not the key, is missing
                     raise
                 return None
-            return bytes(await result.bytes_async())
+            return bytes(await result.bytes_async()), result.meta.get("e_tag")
+
+    async def put_if_unchanged(self, key: str, data: bytes, etag: str | None) -> bool:
+        """Write key only if it is still absent (etag None) or still that version: False if another
+        writer came first. Where the store cannot check (a local folder's update), it just writes."""
+        mode: Any = "create" if etag is None else {"e_tag": etag}
+        with self.explained():
+            try:
+                await obs.put_async(self.store, key, data, mode=mode)
+            except (AlreadyExistsError, PreconditionError):
+                return False
+            except (NotSupportedError, NotImplementedError):
+                await self.put_bytes(key, data)
+        return True
 
     async def put_bytes(self, key: str, data: bytes) -> None:
         with self.explained():

@@ -1,0 +1,106 @@
+"""The `<ALIAS>.partial` marker beside an alias's data: an upload is unfinished there, and who runs it.
+
+A rerun resumes an upload whose writer is gone, and refuses one whose writer still runs, so two
+uploads never write one folder at once. Still runs means: on this host, its process exists and
+it refreshed the marker lately; on another host, it refreshed the marker within STALE seconds
+(a running upload does so every BEAT seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from .errors import WaBucketError
+from .storage import Storage
+
+log = logging.getLogger("wabucketref")
+
+BEAT = 15.0
+STALE = 60.0
+
+
+@dataclass
+class Marker:
+    storage: Storage
+    key: str
+    token: str
+    started: float
+
+    def body(self) -> bytes:
+        return json.dumps({
+            "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": self.started, "beat": time.time(),
+        }).encode()
+
+    async def keep_alive(self) -> None:
+        """Refresh the marker until cancelled (a failed refresh is tried again at the next beat)."""
+        while True:
+            await asyncio.sleep(BEAT)
+            try:
+                await self.storage.put_bytes(self.key, self.body())
+            except Exception as e:  # noqa: BLE001 - the final check still guards the result
+                log.debug("could not refresh %s: %s", self.key, e)
+
+    async def check_still_ours(self, where: str) -> None:
+        holder = _holder(await self.storage.get_bytes(self.key))
+        if holder is None or holder.get("token") != self.token:
+            raise WaBucketError(f"another upload to {where} took over while this one ran ({_describe(holder)}); nothing was registered")
+
+
+async def claim(storage: Storage, key: str, found: tuple[bytes, str | None] | None, where: str) -> Marker:
+    """Mark the upload to `where` as ours; refuse if another upload is running there now."""
+    etag = None
+    if found is not None:
+        data, etag = found
+        holder = _holder(data)
+        if holder is not None and _running(holder):
+            wait = max(0, int(STALE - (time.time() - holder["beat"])))
+            raise WaBucketError(
+                f"another upload to {where} is running ({_describe(holder)}); if it was stopped, rerun in {wait} s"
+            )
+    marker = Marker(storage, key, uuid.uuid4().hex, time.time())
+    if not await storage.put_if_unchanged(key, marker.body(), etag):
+        raise WaBucketError(f"another upload to {where} started at the same moment; rerun when it ends")
+    return marker
+
+
+def _holder(data: bytes | None) -> dict | None:
+    """What a marker says of its writer; None for an empty marker (written before markers said)."""
+    try:
+        info = json.loads(data or b"")
+    except ValueError:
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("beat"), (int, float)):
+        return None
+    return info
+
+
+def _running(holder: dict) -> bool:
+    if time.time() - holder["beat"] > STALE:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():  # an earlier, interrupted call in this process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _describe(holder: dict | None) -> str:
+    if holder is None:
+        return "by an unknown writer"
+    seen = int(time.time() - holder.get("beat", 0))
+    return f"host {holder.get('host')}, pid {holder.get('pid')}, last seen {seen} s ago"

@@ -114,6 +114,12 @@ def _closed_endpoint(c) -> str:
     return f"http://127.0.0.1:{_closed_port()}"
 
 
+def _silent_endpoint(c) -> str:
+    if not hasattr(c, "silent"):
+        c.silent = f"http://127.0.0.1:{_blackhole(c)}"
+    return c.silent
+
+
 def _wandb_at(url_of: Callable) -> Callable:
     def setup(c) -> None:
         c.env.vars.update(WANDB_BASE_URL=url_of(c), **FAST_WANDB_INIT)
@@ -236,6 +242,9 @@ CASES = [
     Case("s3-endpoint-closed", up(*OK), 1, "cannot connect to http://127.0.0.1:",
          setup=_s3(AWS_ENDPOINT_URL=_closed_endpoint, AWS_ENDPOINT_URL_S3=_closed_endpoint, AWS_S3_ENDPOINT_URL=_closed_endpoint),
          max_seconds=20),
+    Case("s3-endpoint-silent", up(*OK), 1, "no answer from http://127.0.0.1:",
+         setup=_s3(AWS_ENDPOINT_URL=_silent_endpoint, AWS_ENDPOINT_URL_S3=_silent_endpoint, AWS_S3_ENDPOINT_URL=_silent_endpoint,
+                   WABUCKET_REQUEST_TIMEOUT="1"), max_seconds=40),
     # ---- Azure platform buckets the server refuses
     Case("azure-container-gone", up(*OK), 1, "no such bucket at http://127.0.0.1:", setup=_azure(container_gone=True)),
     Case("azure-sas-expired", up(*OK), 1, "refused the request: AuthorizationFailure: Server failed to authenticate the request.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +31,13 @@ RETRY_CONFIG = {
         "base": 2,
     },
 }
-CLIENT_OPTIONS = {"connect_timeout": "10s", "timeout": "300s", "pool_idle_timeout": "30s"}
+def _request_timeout() -> str:
+    """Each request's time limit: room for a 16 MiB part on a slow link (WABUCKET_REQUEST_TIMEOUT, seconds)."""
+    value = os.environ.get("WABUCKET_REQUEST_TIMEOUT", "")
+    return f"{int(value)}s" if value.isdigit() and int(value) > 0 else "300s"
+
+
+CLIENT_OPTIONS = {"connect_timeout": "10s", "timeout": _request_timeout(), "pool_idle_timeout": "30s"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,9 @@ class Storage:
             return WaBucketError(f"{self.uri}: {server} refused the request: {code}: {message}{hint}")
         if code is None and re.search(r"/latest/(api/token|meta-data/)", str(e)):  # no keys: EC2 instance metadata was asked
             return WaBucketError(f"{self.uri}: no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if code is None and re.search(r"\bkind: Timeout\b", str(e)):  # connected, then no answer in time
+            took = re.search(r"elapsed: ([\d.]+)s", str(e))
+            return WaBucketError(f"{self.uri}: no answer from {server}" + (f" in {float(took.group(1)):.0f} s" if took else ""))
         if code is None and re.search(r"\bkind: Connect\b", str(e)):  # obstore's debug text of a failed connect
             reasons = re.findall(r'message: "([^"]+)"', str(e))
             return WaBucketError(f"{self.uri}: cannot connect to {server}" + (f" ({reasons[-1]})" if reasons else ""))

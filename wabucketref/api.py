@@ -336,7 +336,7 @@ class WaBucketRefAPI:
         )
         info = _record(art_name, art_type, alias, ref, prefix, manifest, version)
         self._run_io(self._commit(storage, meta_key, partial_key, manifest, info))
-        log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
+        log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or tracking.mode(), ref)
         self._print_outputs(art_name, art_type, alias, out_suffix)
         return alias
 
@@ -432,7 +432,7 @@ class WaBucketRefAPI:
                 self._run_io(storage.put_bytes(meta_key, manifest.dumps(info)))
             except Exception as e:  # noqa: BLE001 - a read-only bucket can still be linked
                 log.warning("could not write the manifest beside the data (%s); offline download will not find it", e)
-        log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or "offline", ref)
+        log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or tracking.mode(), ref)
         self._print_outputs(art_name, art_type, alias, out_suffix)
         return alias
 
@@ -641,14 +641,14 @@ class WaBucketRefAPI:
         folder = storage.uri_for(_join(base, type_, name, META_DIR))
         if manifest is None:
             if alias == "latest":
-                raise NotFoundError(f"offline: no versions of {type_}/{name} in {folder}")
-            hint = " (version aliases like v3 need W&B: go online)" if re.fullmatch(r"v\d+", alias) else ""
-            raise NotFoundError(f"offline: no manifest for {type_}/{name}:{alias} in {folder}{hint}")
+                raise NotFoundError(f"{tracking.mode()}: no versions of {type_}/{name} in {folder}")
+            hint = " (version aliases like v3, and artifacts stored in W&B with --no-reff, need W&B online)"
+            raise NotFoundError(f"{tracking.mode()}: no manifest for {type_}/{name}:{alias} in {folder}{hint}")
         root = manifest.info.get("root")
         if not isinstance(root, str):
             raise IntegrityError(f"bucket manifest of {name}:{alias} does not say where the data is")
         resolved = tracking.Resolved(name=name, type=type_, version=None, aliases=[manifest.info.get("alias", alias)], manifest=manifest)
-        log.info("offline: %s:%s resolved from the bucket to %s", name, alias, storage.uri_for(root))
+        log.info("W&B %s: %s:%s resolved from the bucket to %s", tracking.mode(), name, alias, storage.uri_for(root))
         return resolved, storage, root
 
     async def _bucket_manifest(self, storage: Storage, base: str, type_: str, name: str, alias: str) -> Manifest | None:

@@ -400,7 +400,7 @@ def test_secrets_never_leak(env, wandb_server, seaweed, tmp_path):
             for bucket, name in ((pbucket, "dsp"), (f"s3://{s3_bucket}/p", "dss")):
                 run("upload", str(src), "-n", name, "-t", "dataset", "-a", "s1", "-m", "lr=0.1", bucket=bucket, check=True)
                 run("download", "dataset", name, "s1", "-d", str(tmp_path / "dl" / bucket[-6:]), bucket=bucket, check=True)
-                run("verify", "dataset", name, "s1", bucket=bucket, check=True)
+                run("verify", "dataset", name, "s1", bucket=bucket, check=True, env={"WABUCKET_CACHE": "0"})  # fresh credentials
                 run("link", f"dataset/{name}/s1", "-n", name + "-linked", "-t", "dataset", "-a", "k1", bucket=bucket, check=True)
                 # failures
                 assert run("upload", str(src), "-n", name, "-t", "dataset", "-a", "s1", bucket=bucket).returncode == 1

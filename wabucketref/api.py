@@ -47,8 +47,8 @@ def check_qualified_name(value: str) -> str:
     parts = value.split("/") if isinstance(value, str) else [value]
     if len(parts) > 3:
         raise UsageError(f"invalid artifact name {value!r}: at most entity/project/name")
-    for part in parts:
-        check_name(part, "name" if part is parts[-1] else "name qualifier")
+    for i, part in enumerate(parts):
+        check_name(part, "name" if i == len(parts) - 1 else "name qualifier")
     return parts[-1]
 
 
@@ -389,6 +389,8 @@ class WaBucketRefAPI:
             f"::set-output name=artifact_alias{suffix}::{alias}\n"
         )
         sys.stdout.flush()
+        if jobs.current_job_id():  # the original tool waits too: a job's last log lines can be lost when it ends at once
+            time.sleep(1)
 
     # ------------------------------------------------------------ link
 

@@ -31,6 +31,8 @@ RETRY_CONFIG = {
         "base": 2,
     },
 }
+
+
 def _request_timeout() -> str:
     """Each request's time limit: room for a 16 MiB part on a slow link (WABUCKET_REQUEST_TIMEOUT, seconds)."""
     value = os.environ.get("WABUCKET_REQUEST_TIMEOUT", "")

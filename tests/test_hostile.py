@@ -3,6 +3,7 @@ symlinks in SRC_DIR; secrets never show up in output, logs, run dirs or W&B."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -413,6 +414,12 @@ def test_secrets_never_leak(env, wandb_server, seaweed, tmp_path):
             assert run("verify", "dataset", "dss", "s1", bucket=f"s3://{s3_bucket}/p").returncode == 1
             assert run("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "s4",
                        env={"WANDB_API_KEY": "local-" + "0" * 48}).returncode == 1  # a wrong W&B key
+            # a passed config without its url: the SDK's error quotes it whole, token included
+            malformed = base64.b64encode(json.dumps({"token": plat.token, "cluster": "c"}).encode()).decode()
+            fresh = str(tmp_path / "apolo-fresh")
+            assert run("verify", "dataset", "dsp", "s1", env={
+                "APOLO_PASSED_CONFIG": malformed, "NEURO_PASSED_CONFIG": malformed, "APOLO_CONFIG": fresh,
+                "NEUROMATION_CONFIG": fresh, "WABUCKET_CACHE": "0"}).returncode == 1
         finally:
             plat.stop()
 
@@ -420,6 +427,7 @@ def test_secrets_never_leak(env, wandb_server, seaweed, tmp_path):
         "WANDB_API_KEY": wandb_server.api_key,
         "platform token": plat.token,
         "platform passed config": plat.passed_config(),
+        "malformed passed config": malformed,
         "S3 access key secret": seaweed.secret_access_key,
         "static S3 secret": static.secret_access_key,
         "static S3 session token": static.session_token,

@@ -332,6 +332,7 @@ def run_wabucket(
     volumes: dict[str, dict[str, str]] | None = None,
     user: str | None = None,
     entrypoint: list[str] | None = None,
+    working_dir: str | None = None,
     timeout: float = 300,
 ) -> str:
     """Run the image (host network, removed afterwards); return its stdout.
@@ -347,6 +348,8 @@ def run_wabucket(
         kwargs["user"] = user
     if entrypoint is not None:
         kwargs["entrypoint"] = entrypoint
+    if working_dir is not None:
+        kwargs["working_dir"] = working_dir
     container = client.containers.run(
         image.id, args, environment=env or {}, volumes=volumes or {}, network_mode="host", detach=True, **kwargs
     )
@@ -496,14 +499,14 @@ def _in_container_wandb_dirs(env: dict[str, str]) -> dict[str, str]:
 
 
 def _roundtrip_in_container(
-    docker_client, image, data: Path, src: Path, env: dict[str, str], common: list[str]
+    docker_client, image, data: Path, src: Path, env: dict[str, str], common: list[str], working_dir: str | None = None,
 ) -> dict[str, str]:
     _make_world_writable(data)
     volumes = {str(data): {"bind": "/data", "mode": "rw"}}
     out = run_wabucket(
         docker_client, image,
         [*common, "upload", "/data/src", "-n", "img-model", "-t", "model", "-m", "k=v"],
-        env=env, volumes=volumes,
+        env=env, volumes=volumes, working_dir=working_dir,
     )
     outputs = parse_set_outputs(out)
     assert outputs.get("artifact_name") == "img-model", out
@@ -512,7 +515,7 @@ def _roundtrip_in_container(
     out = run_wabucket(
         docker_client, image,
         [*common, "download", "model", "img-model", outputs["artifact_alias"], "-d", "/data/back"],
-        env=env, volumes=volumes,
+        env=env, volumes=volumes, working_dir=working_dir,
     )
     assert out.strip().splitlines()[-1].startswith("/data/back"), out
     assert _tree(data / "back") == _tree(src)
@@ -549,18 +552,20 @@ def test_image_platform_bucket_with_wandb_online(
     docker_client, image, request, tmp_path: Path
 ) -> None:
     """What the action's job does: platform bucket through APOLO_PASSED_CONFIG (pass_config),
-    W&B online (the loopback W&B backend), all from inside the container."""
+    W&B online (the loopback W&B backend), all from inside the container, in a project folder
+    whose .apolo.toml has the [job] keys the apolo CLI defines (the image must accept them)."""
     platform = request.getfixturevalue("platform")  # tests/conftest.py (fake control plane)
     wandb_server = request.getfixturevalue("wandb_server")
     name = f"img-{uuid.uuid4().hex[:8]}"
     platform.add_bucket(name)
     data = tmp_path / "data"
     src = _small_tree(data / "src")
+    (data / ".apolo.toml").write_text(f'[job]\nlife-span = "1d"\norg-name = "{platform.org}"\n')
     env = {
         **_in_container_wandb_dirs(wandb_server.env()),
         **platform.env(config_dir=Path("/home/wabucket/.apolo-test")),
     }
     _roundtrip_in_container(
         docker_client, image, data, src, env,
-        ["--bucket", name, "--project-name", "image-test"],
+        ["--bucket", name, "--project-name", "image-test"], working_dir="/data",
     )

@@ -134,6 +134,17 @@ def test_cache_can_be_turned_off(plat_env, tmp_path):
     assert plat.calls_matching("make_tmp_credentials", "POST")
 
 
+def test_a_cache_folder_that_cannot_be_made_only_costs_speed(plat_env, tmp_path):
+    """XDG_CACHE_HOME names a file (or HOME is /dev/null): commands work, nothing is cached."""
+    env, plat = plat_env, plat_env.extra["platform"]
+    (tmp_path / "a-file").write_text("not a folder")
+    env.vars["XDG_CACHE_HOME"] = str(tmp_path / "a-file")
+    upload(env, tmp_path)
+    plat.clear_calls()
+    download(env, tmp_path)
+    assert plat.calls_matching("make_tmp_credentials", "POST")
+
+
 def test_credentials_about_to_expire_are_not_reused(plat_env, tmp_path):
     env, plat = plat_env, plat_env.extra["platform"]
     plat.credentials_ttl = 120.0  # under the 5 minutes a cached session must have left

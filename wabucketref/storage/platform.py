@@ -37,8 +37,10 @@ async def open_client() -> Any:
     try:
         return await apolo_sdk.Factory().get()
     except apolo_sdk.ConfigError as e:
+        # The SDK's message may quote the passed config, which holds the token: never show that part.
+        reason = "the passed config (APOLO_PASSED_CONFIG) is malformed" if "passed config" in str(e).lower() else str(e)
         raise WaBucketError(
-            f"no platform login ({e}): run `apolo login`, or start the job with pass_config: true"
+            f"no platform login ({reason}): run `apolo login`, or start the job with pass_config: true"
         ) from e
 
 

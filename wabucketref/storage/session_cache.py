@@ -9,6 +9,7 @@ another passed config starts afresh. WABUCKET_CACHE=0 turns it off.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -114,7 +115,9 @@ def save(spec: str, session: dict[str, Any], expires: float | None) -> None:
         os.replace(tmp, path)
     except OSError as e:
         log.debug("platform session not cached: %s", e)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. no folder to remove it from
+            tmp.unlink()
+        return
     _prune(path.parent)
 
 
@@ -132,4 +135,5 @@ def _prune(where: Path) -> None:
 def forget(spec: str) -> None:
     found = _where(spec)
     if found is not None:
-        found[0].unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            found[0].unlink()

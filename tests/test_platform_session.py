@@ -134,6 +134,34 @@ def test_cache_can_be_turned_off(plat_env, tmp_path):
     assert plat.calls_matching("make_tmp_credentials", "POST")
 
 
+def test_commands_started_together_in_a_job_log_in_one_at_a_time(plat_env, tmp_path):
+    """A job's first commands, started at once, all log in from the passed config: apolo_sdk
+    writing one config folder from several processes was seen to pick another project."""
+    import subprocess
+    import sys
+    import uuid
+
+    env, plat = plat_env, plat_env.extra["platform"]
+    plat.add_project(f"other-{uuid.uuid4().hex[:6]}")  # a project to pick by mistake
+    env.vars.update(WABUCKET_CACHE="0", WANDB_MODE="disabled")
+    src = make_tree(tmp_path / "src", big=False)
+    failures = []
+    for round_ in range(4):
+        config = tmp_path / f"apolo-{round_}"  # a fresh job: an empty config folder
+        config.mkdir()
+        env.vars.update(APOLO_CONFIG=str(config), NEUROMATION_CONFIG=str(config))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", "p", "-q", "upload",
+                 str(src), "-n", "ds", "-t", "dataset", "-a", f"r{round_}j{j}"],
+                env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for j in range(6)
+        ]
+        failures += [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120) != 0]
+    assert not failures, failures
+
+
 def test_a_cache_folder_that_cannot_be_made_only_costs_speed(plat_env, tmp_path):
     """XDG_CACHE_HOME names a file (or HOME is /dev/null): commands work, nothing is cached."""
     env, plat = plat_env, plat_env.extra["platform"]

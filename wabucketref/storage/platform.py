@@ -7,10 +7,14 @@ through obstore's client for that provider, which is far faster than the SDK's o
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
+import os
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
 import obstore as obs
@@ -20,6 +24,11 @@ from . import session_cache
 from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage
 from .s3 import make_s3_store
 
+try:
+    import fcntl
+except ImportError:  # Windows: commands do not take turns logging in
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("wabucketref")
 
 S3_PROVIDERS = {"aws", "minio", "seaweedfs", "open_stack"}
@@ -28,6 +37,7 @@ PROBE_PREFIX = ".wabucketref-probe/"
 EXPIRY_KEYS = ("expiration", "expiry", "expire_time")  # s3, azure, gcp
 NO_RETRIES = {**RETRY_CONFIG, "max_retries": 0}
 SESSION_KEYS = {"uri", "prefix", "provider", "bucket_id", "cluster", "credentials"}
+PASSED_CONFIG_VARS = {"APOLO_PASSED_CONFIG", "NEURO_PASSED_CONFIG"}
 
 
 async def open_client() -> Any:
@@ -35,6 +45,12 @@ async def open_client() -> Any:
     import apolo_sdk
 
     try:
+        if PASSED_CONFIG_VARS & os.environ.keys():
+            # The first command logs in from the passed config and writes the config folder;
+            # commands started together in one job would race there (one was seen to pick another
+            # project): they take turns.
+            async with _turn(apolo_sdk.Factory().path):
+                return await apolo_sdk.Factory().get()
         return await apolo_sdk.Factory().get()
     except apolo_sdk.ConfigError as e:
         # The SDK's message may quote the passed config, which holds the token: never show that part.
@@ -42,6 +58,27 @@ async def open_client() -> Any:
         raise WaBucketError(
             f"no platform login ({reason}): run `apolo login`, or start the job with pass_config: true"
         ) from e
+
+
+@contextlib.asynccontextmanager
+async def _turn(config: Path) -> AsyncIterator[None]:
+    """Hold an exclusive lock beside the platform config folder (none where locks cannot be had)."""
+    fd = None
+    try:
+        config.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(config.parent / f".{config.name}.wabucket-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+    except (OSError, AttributeError) as e:  # AttributeError: no fcntl (Windows)
+        log.debug("platform config not locked: %s", e)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 class _Session:

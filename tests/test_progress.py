@@ -55,6 +55,11 @@ def test_progress_bar_on_terminal_and_quiet(env, tmp_path):
     assert code == 0, tty
     assert tty.strip() == ""
     assert stdout.strip() == str(tmp_path / "dl")
+    # the command's own -q is as quiet as the global one (W&B offline logs how it resolved the alias)
+    code, stdout, tty = run_with_tty_stderr(env, "download", "dataset", "ds", "p1", "-d", str(tmp_path / "dl1"), "-q")
+    assert code == 0 and tty.strip() == "", tty
+    code, stdout, tty = run_with_tty_stderr(env, "verify", "dataset", "ds", "p1", "-q")
+    assert code == 0 and tty.strip() == "", tty
 
     # not a terminal: no bar, but the summary line
     proc = env.wabucket("download", "dataset", "ds", "p1", "-d", str(tmp_path / "dl2"), check=True)

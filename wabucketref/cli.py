@@ -28,6 +28,8 @@ def _api(ctx: click.Context, quiet: bool = False):
     from .api import WaBucketRefAPI
 
     o = ctx.obj
+    if quiet:  # a command's own -q: as quiet as the global one
+        logging.getLogger().setLevel(logging.WARNING)
     return WaBucketRefAPI(
         bucket=o["bucket"], project_name=o["project_name"], entity=o["entity"],
         run_name=o["run_name"], job_type=o["job_type"], quiet=quiet or o["quiet"],

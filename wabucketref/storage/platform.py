@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import obstore as obs
 
-from ..errors import NotFoundError, WaBucketError
+from ..errors import NotFoundError, UsageError, WaBucketError
 from . import session_cache
 from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage
 from .s3 import make_s3_store
@@ -42,6 +42,7 @@ PASSED_CONFIG_VARS = {"APOLO_PASSED_CONFIG", "NEURO_PASSED_CONFIG"}
 
 async def open_client() -> Any:
     """A platform client from ~/.apolo, or from APOLO_PASSED_CONFIG in a job started with pass_config."""
+    import aiohttp
     import apolo_sdk
 
     try:
@@ -58,6 +59,8 @@ async def open_client() -> Any:
         raise WaBucketError(
             f"no platform login ({reason}): run `apolo login`, or start the job with pass_config: true"
         ) from e
+    except aiohttp.ClientConnectionError as e:  # logging in from a passed config asks the platform
+        raise WaBucketError(f"cannot reach the platform ({e})") from e
 
 
 @contextlib.asynccontextmanager
@@ -132,8 +135,20 @@ class _Session:
         return True
 
 
+def check_blob_uri(spec: str) -> None:
+    """A blob URI names a cluster and at least a project and a bucket, and nothing else."""
+    parts = urlsplit(spec)
+    segments = [p for p in parts.path.split("/") if p]
+    if not spec.startswith("blob://") or not parts.netloc or len(segments) < 2 or parts.query or parts.fragment:
+        raise UsageError(f"invalid platform bucket URI {spec!r}: use blob://CLUSTER/[ORG/]PROJECT/BUCKET[/PREFIX]")
+    if ".." in segments:
+        raise UsageError(f"invalid platform bucket URI {spec!r}: '..' is not allowed")
+
+
 async def open_platform(spec: str) -> tuple[Storage, str]:
     """`spec` is a bucket name or id, or blob://cluster/org/project/bucket[/prefix]."""
+    if spec.startswith("blob:"):
+        check_blob_uri(spec)
     entry = session_cache.load(spec)
     if entry is not None and SESSION_KEYS <= entry.keys():
         cached = _Session(spec, entry)
@@ -151,6 +166,7 @@ async def open_platform(spec: str) -> tuple[Storage, str]:
 
 
 async def _lookup(client: Any, spec: str) -> dict:
+    import aiohttp
     import apolo_sdk
     from yarl import URL
 
@@ -166,6 +182,8 @@ async def _lookup(client: Any, spec: str) -> dict:
         raise NotFoundError(f"platform bucket not found: {spec}") from e
     except apolo_sdk.AuthError as e:
         raise WaBucketError(f"platform refused access to bucket {spec}: {e}") from e
+    except aiohttp.ClientConnectionError as e:
+        raise WaBucketError(f"cannot reach the platform at {client.config.api_url} ({e})") from e
     return {
         "uri": str(bucket.uri), "prefix": prefix, "provider": bucket.provider.value,
         "bucket_id": bucket.id, "cluster": bucket.cluster_name,

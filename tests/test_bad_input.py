@@ -289,6 +289,10 @@ CASES = [
          max_seconds=40),
     Case("wandb-silent", up(*OK), 1, "W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_blackhole(c)}"),
          max_seconds=40),
+    Case("wandb-unreachable-link", lambda c: ["link", "dataset/ds/al1", "-n", "ds", "-t", "dataset", "-a", "l1"], 1,
+         "cannot reach W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_closed_port()}"), max_seconds=15),
+    Case("wandb-unreachable-verify", lambda c: ["verify", "dataset", "ds", "al1"], 1,
+         "cannot reach W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_closed_port()}"), max_seconds=15),
     Case("wandb-unreachable-download", lambda c: ["download", "dataset", "ds", "al1", "-d", str(c.tmp / "dl")], 1,
          "W&B", setup=_wandb_at(lambda c: f"http://127.0.0.1:{_closed_port()}"), max_seconds=40),
 ]

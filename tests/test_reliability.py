@@ -307,6 +307,28 @@ def test_wandb_fails_after_upload(env, request, wandb_server, tmp_path, kind, op
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
 
 
+def test_a_wandb_that_keeps_failing_is_waited_for_a_bounded_time(env, wandb_server, tmp_path):
+    """W&B answers 500 to every commit: wandb retries for many minutes by default. The command
+    gives up after WABUCKET_WANDB_TIMEOUT with one line (finishing the run is bounded too), and a
+    rerun once W&B is back registers the artifact without moving the bytes again."""
+    env = online(env, wandb_server)
+    env.vars["WABUCKET_WANDB_TIMEOUT"] = "6"
+    src = make_tree(tmp_path / "src", big=False)
+    wandb_server.fail_operation("CommitArtifact", times=10_000, status=500)
+    try:
+        t0 = time.monotonic()
+        first = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        wandb_server.clear_faults()
+    assert first.returncode == 1 and took < 40, (took, first.stderr)
+    assert "W&B did not register artifact ds:k1: no answer in 6 s" in first.stderr, first.stderr
+    rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+    assert summary(rerun.stderr, "uploaded") == (0, len(tree_hashes(src)))
+    env.wabucket("download", "dataset", "ds", "k1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
 # ------------------------------------------------------------------ temporary credentials that expire
 
 

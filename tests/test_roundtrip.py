@@ -268,3 +268,19 @@ def test_longest_file_names_round_trip(env, tmp_path):
     left.write_bytes(b"from a killed run")
     env.wabucket("download", "dataset", "ds", "long", "-d", str(dest), check=True)
     assert tree_hashes(dest) == tree_hashes(src)
+
+
+def test_no_reff_stores_the_files_in_wandb(env, wandb_server, tmp_path):
+    """--no-reff (the original tool's option): the files go to W&B storage with the manifest; the
+    bucket is untouched; download brings them back verified, and verify --local checks a copy."""
+    env = online(env, wandb_server)
+    src = make_tree(tmp_path / "src", big=False)
+    out = upload(env, src, "-n", "ds", "-t", "dataset", "-a", "n1", "--no-reff")
+    assert out["artifact_alias"] == "n1"
+    assert not Path(env.bucket).exists() or not any(Path(env.bucket).rglob("*"))
+    env.wabucket("download", "dataset", "ds", "n1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    env.wabucket("verify", "dataset", "ds", "n1", "--local", str(tmp_path / "dl"), check=True)
+    (tmp_path / "dl" / "a.txt").write_text("changed")
+    bad = env.wabucket("verify", "dataset", "ds", "n1", "--local", str(tmp_path / "dl"))
+    assert bad.returncode == 1 and "a.txt: content in" in bad.stderr, bad.stderr

@@ -225,3 +225,21 @@ def test_download_names_another_projects_artifact(sdk_online, tmp_path, wandb_se
     assert len(consumer_runs & set(used_by)) == 2
     bad = env.wabucket("download", "dataset", "a/b/c/ds", "a")
     assert bad.returncode == 2 and "at most entity/project/name" in bad.stderr
+
+
+def test_an_api_of_another_project_finds_what_it_logged_in_the_callers_run(sdk_online, tmp_path, wandb_server):
+    """The caller's run is in project B, the API is told project A: W&B logs the upload in B (the
+    run's project); the same API's download finds it there after looking in A, and says so once."""
+    env = sdk_online
+    src = make_tree(tmp_path / "src", big=False)
+    other = env.vars["WANDB_PROJECT"] + "-b"
+    proc = run_script(env, f"""
+        run = wandb.init(project={other!r})
+        a = api()
+        a.upload_artifact({str(src)!r}, "mdl", "model", "r1")
+        a.download_artifact("mdl", "model", "r1", {str(tmp_path / "dl")!r})
+        run.finish()
+    """)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    assert wandb_server.artifact_versions(other, "mdl") and not wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "mdl")
+    assert proc.stderr.count(f"recording in the running W&B run of project {other}") == 1, proc.stderr

@@ -211,7 +211,7 @@ class WaBucketRefAPI:
             self._io.close()
             self._io = None
         if self._own_run is not None and not tracking.is_finished(self._own_run):
-            self._own_run.finish(exit_code=exit_code)
+            tracking.finish_run(self._own_run, exit_code)
         self.run = None
         self._own_run = None
 
@@ -238,6 +238,9 @@ class WaBucketRefAPI:
         if tracking.is_disabled():
             return None
         if (live := tracking.live_run()) is not None:
+            if live is not self.run and self._project_given and getattr(live, "project", None) != self.project_name:
+                log.warning("recording in the running W&B run of project %s: artifacts it logs go there, not to %s",
+                            live.project, self.project_name)
             self.run = live
             return live
         run_name, job_type = run_name or w_run_name, job_type or w_job_type
@@ -415,6 +418,7 @@ class WaBucketRefAPI:
             raise UsageError(f"invalid bucket path {bucket_path!r}: '..' is not allowed")
         if not bucket_path.strip("/"):
             raise UsageError("no folder to link: give a path inside the bucket, or a full URI")
+        tracking.preflight()  # W&B must answer before every byte is read
         storage, base = self._storage(self.bucket)
         if "://" in bucket_path:
             data_storage, key = self._storage(bucket_path)
@@ -677,8 +681,8 @@ class WaBucketRefAPI:
         if tracking.is_offline():
             resolved, storage, key = self._resolve_offline(name, art_type, art_alias)
         else:
+            tracking.preflight()
             resolved = tracking.fetch_artifact(self.project_name, self.entity, name=art_name, type=art_type, alias=art_alias)
-            storage, key = self._locate(resolved, art_alias)
         if resolved.manifest is None or not resolved.manifest.verified:
             raise IntegrityError(f"{art_name}:{art_alias} has no content manifest: nothing to verify against")
         manifest = resolved.manifest
@@ -697,6 +701,8 @@ class WaBucketRefAPI:
                 if f.size != expected[path].size or sha256_file(f.abspath) != expected[path].sha256:
                     raise IntegrityError(f"{path}: content in {root} does not match the manifest")
             return manifest
+        if not tracking.is_offline():
+            storage, key = self._locate(resolved, art_alias)
 
         async def check() -> None:
             listing = await storage.list(key)

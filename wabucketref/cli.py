@@ -178,6 +178,8 @@ def run(argv: list[str] | None = None) -> int:
         click.echo("wabucket: aborted", err=True)
         return 1
     except WaBucketError as e:
+        if os.environ.get("WABUCKET_DEBUG"):
+            raise
         click.echo(f"wabucket: error: {e}", err=True)
         return e.exit_code
     except KeyboardInterrupt:

@@ -135,6 +135,25 @@ def preflight(timeout: float = 10.0) -> None:
         ) from e
 
 
+def wait_limit() -> float:
+    """How long to wait for W&B to register an artifact or finish a run (WABUCKET_WANDB_TIMEOUT, seconds)."""
+    value = os.environ.get("WABUCKET_WANDB_TIMEOUT", "")
+    return float(value) if value.replace(".", "", 1).isdigit() and float(value) > 0 else 300.0
+
+
+def finish_run(run: Any, exit_code: int) -> None:
+    """run.finish(), for at most wait_limit() seconds: it waits until wandb has sent everything,
+    which a failing W&B server can make endless. What is left stays in the run's folder."""
+    import threading
+
+    done = threading.Thread(target=run.finish, kwargs={"exit_code": exit_code}, name="wandb-finish", daemon=True)
+    done.start()
+    done.join(wait_limit())
+    if done.is_alive():
+        log.warning("W&B did not finish run %s in %.0f s; what it did not send stays in %s (`wandb sync` sends it)",
+                    getattr(run, "id", "?"), wait_limit(), getattr(run, "dir", "its wandb folder"))
+
+
 def start_run(
     *, project: str, entity: str | None, name: str | None, job_type: str | None,
     tags: list[str] | None = None, config: dict | None = None,
@@ -194,9 +213,11 @@ def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest) -> st
             run.log_artifact(art, aliases=[alias])
             if is_offline():
                 return None
-            art.wait()
+            art.wait(timeout=wait_limit())  # wandb retries a failing server for many minutes
         except Exception as e:  # noqa: BLE001
-            raise WaBucketError(f"W&B did not register artifact {art.name}:{alias}: {_first_line(e)}") from e
+            timed_out = type(e).__name__ == "WaitTimeoutError"  # not a TimeoutError
+            reason = f"no answer in {wait_limit():.0f} s" if timed_out else _first_line(e)
+            raise WaBucketError(f"W&B did not register artifact {art.name}:{alias}: {reason}") from e
     return art.version
 
 
@@ -212,13 +233,19 @@ def artifact_path(name: str, alias: str, project: str | None, entity: str | None
 
 
 def use_artifact(run: Any, *, name: str, type: str, alias: str, project: str | None = None, entity: str | None = None) -> Resolved:
-    """Resolve name:alias (in `project`, if not the run's) through W&B and record it as the run's input."""
+    """Resolve name:alias (in `project`, if not the run's) through W&B and record it as the run's input.
+
+    An artifact the run's own project holds is found too: that is where the run logs its outputs."""
     import wandb
 
-    try:
-        art = run.use_artifact(artifact_path(name, alias, project, entity, run), type=type)
-    except (wandb.errors.CommError, ValueError) as e:
-        raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
+    paths = list(dict.fromkeys([artifact_path(name, alias, project, entity, run), artifact_path(name, alias, None, None)]))
+    for i, path in enumerate(paths):
+        try:
+            art = run.use_artifact(path, type=type)
+            break
+        except (wandb.errors.CommError, ValueError) as e:
+            if i == len(paths) - 1:
+                raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
     return _resolved(art, name, type, alias)
 
 

@@ -198,7 +198,12 @@ def _children(pid: int) -> list[int]:
 
 
 class RssSampler(threading.Thread):
-    """Samples the summed RSS of a process tree (10 Hz) and each process's VmHWM (peak)."""
+    """Samples the memory of a process tree (10 Hz) and each process's VmHWM (peak).
+
+    The tree's memory is the sum of each process's PSS (shared pages split among the processes
+    that map them), not of their RSS: a child caught between fork and exec (wandb starting its
+    service) maps all of its parent's pages, and summed RSS counted those twice (spikes of
+    +130 MB in some runs)."""
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -220,7 +225,7 @@ class RssSampler(threading.Thread):
         while stack:
             p, depth = stack.pop()
             try:
-                total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * self.PAGE
+                total += _pss(p)
                 status = Path(f"/proc/{p}/status").read_text()
                 hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
                 if hwm > self.hwm.get(p, (0, 0))[1]:
@@ -229,6 +234,15 @@ class RssSampler(threading.Thread):
                 continue
             stack += [(c, depth + 1) for c in _children(p)]
         self.peak_tree = max(self.peak_tree, total)
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes (RSS where smaps_rollup is missing)."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        return int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.M).group(1)) * 1024  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * RssSampler.PAGE
 
 
 @dataclass
@@ -643,7 +657,7 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     out("")
     out("## Wall time (median seconds; `x ref` = contender / wabucketref, above 1 is slower)")
     out("")
-    out("| dataset | op | contender | median s | min | max | MB/s | x ref | client CPU s | SeaweedFS CPU s | peak RSS MB (tree) |")
+    out("| dataset | op | contender | median s | min | max | MB/s | x ref | client CPU s | SeaweedFS CPU s | peak memory MB (tree PSS) |")
     out("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     table: dict[str, Any] = {}
     for ds in datasets:
@@ -726,7 +740,7 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
         out(f"- `wabucket --help`: median {help_med:.3f} s of {len(help_times)} runs (min {min(help_times):.3f}, max {max(help_times):.3f})")
     if rss_runs:
         out(f"- peak RSS of `wabucket upload` of dataset B (platform bucket, W&B online): whole process tree {_mb(rss_tree)} MB "
-            f"(sampled at 10 Hz: python + wandb-core service); the python process alone (VmHWM) {_mb(rss_main)} MB; "
+            f"(sum of PSS sampled at 10 Hz: python + wandb-core service); the python process alone (VmHWM) {_mb(rss_main)} MB; "
             f"largest single process (GNU time) {_mb(rss_single)} MB")
     out("")
 

@@ -739,7 +739,7 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     if help_times:
         out(f"- `wabucket --help`: median {help_med:.3f} s of {len(help_times)} runs (min {min(help_times):.3f}, max {max(help_times):.3f})")
     if rss_runs:
-        out(f"- peak RSS of `wabucket upload` of dataset B (platform bucket, W&B online): whole process tree {_mb(rss_tree)} MB "
+        out(f"- peak memory of `wabucket upload` of dataset B (platform bucket, W&B online): whole process tree {_mb(rss_tree)} MB "
             f"(sum of PSS sampled at 10 Hz: python + wandb-core service); the python process alone (VmHWM) {_mb(rss_main)} MB; "
             f"largest single process (GNU time) {_mb(rss_single)} MB")
     out("")
@@ -781,7 +781,7 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     if help_med is not None:
         target("`wabucket --help` < 0.3 s", help_med, 0.3, f"{help_med:.3f} s", is_max=False)
     if rss_runs:
-        target("peak RSS uploading B < 300 MB (whole process tree)", rss_tree / 1e6, 300, f"{_mb(rss_tree)} MB", is_max=False)
+        target("peak memory uploading B < 300 MB (whole process tree, PSS)", rss_tree / 1e6, 300, f"{_mb(rss_tree)} MB", is_max=False)
     out("## Targets")
     out("")
     out("| target | measured | verdict |")

@@ -275,6 +275,17 @@ def test_storage_killed_mid_download(s3_env, restart_guard, tmp_path, outage):
 # ------------------------------------------------------------------ W&B fails after the bytes are in
 
 
+def _upload_while_wandb_fails(env, wandb_server, src: Path, alias: str, op: str, times: int, status: int):
+    """(the upload's process, its seconds) while W&B answers `status` to `op`, `times` times."""
+    wandb_server.fail_operation(op, times=times, status=status)
+    try:
+        t0 = time.monotonic()
+        proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", alias, timeout=120)
+        return proc, time.monotonic() - t0
+    finally:
+        wandb_server.clear_faults()
+
+
 @pytest.mark.parametrize("kind,op,status,times", [
     ("local", "CommitArtifact", 400, 1), ("s3", "CommitArtifact", 400, 1), ("platform", "CommitArtifact", 400, 1),
     ("platform-azure", "CommitArtifact", 400, 1),  # Azure ETags say nothing of content: the rerun hashes the objects
@@ -286,13 +297,7 @@ def test_wandb_fails_after_upload(env, request, wandb_server, tmp_path, kind, op
     env = online(use_backend(env, kind, request, tmp_path), wandb_server)
     env.vars.update(FAST_WANDB)
     src = make_tree(tmp_path / "src", big=False)
-    wandb_server.fail_operation(op, times=times, status=status)
-    try:
-        t0 = time.monotonic()
-        first = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "w1", timeout=120)
-        took = time.monotonic() - t0
-    finally:
-        wandb_server.clear_faults()
+    first, took = _upload_while_wandb_fails(env, wandb_server, src, "w1", op, times, status)
     assert first.returncode == 1, first.stderr
     assert_one_clear_line(first.stderr, "W&B")
     assert first.stdout == "" and took < 60
@@ -314,13 +319,7 @@ def test_a_wandb_that_keeps_failing_is_waited_for_a_bounded_time(env, wandb_serv
     env = online(env, wandb_server)
     env.vars["WABUCKET_WANDB_TIMEOUT"] = "6"
     src = make_tree(tmp_path / "src", big=False)
-    wandb_server.fail_operation("CommitArtifact", times=10_000, status=500)
-    try:
-        t0 = time.monotonic()
-        first = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", timeout=120)
-        took = time.monotonic() - t0
-    finally:
-        wandb_server.clear_faults()
+    first, took = _upload_while_wandb_fails(env, wandb_server, src, "k1", "CommitArtifact", 10_000, 500)
     assert first.returncode == 1 and took < 40, (took, first.stderr)
     assert "W&B did not register artifact ds:k1: no answer in 6 s" in first.stderr, first.stderr
     rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)

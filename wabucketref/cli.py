@@ -18,7 +18,7 @@ from .errors import WaBucketError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _not_empty(param: click.Parameter, value: str | None) -> str | None:
+def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise click.BadParameter("must not be empty", param=param)
     return value
@@ -39,8 +39,8 @@ def _api(ctx: click.Context, quiet: bool = False):
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
-@click.option("--bucket", envvar="WABUCKET_BUCKET", callback=lambda c, p, v: _not_empty(p, v), help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
-@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=lambda c, p, v: _not_empty(p, v), help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
+@click.option("--bucket", envvar="WABUCKET_BUCKET", callback=_not_empty, help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
+@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=_not_empty, help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
 @click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
 @click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
@@ -85,7 +85,7 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
 @click.argument("type_", metavar="TYPE")
 @click.argument("name")
 @click.argument("alias")
-@click.option("-d", "--dest", "--destination-folder", "dest", callback=lambda c, p, v: _not_empty(p, v), help="Destination folder. Default: ./TYPE/NAME/ALIAS")
+@click.option("-d", "--dest", "--destination-folder", "dest", callback=_not_empty, help="Destination folder. Default: ./TYPE/NAME/ALIAS")
 @click.option("-a", "--run-args", "--run_args", "run_args", help="Run config for the W&B run: a YAML file, KEY=VALUE pairs (space or comma separated) or a JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 from typing import Awaitable, Callable, TypeVar
@@ -17,6 +18,15 @@ log = logging.getLogger("wabucketref")
 R = TypeVar("R")
 
 ATTEMPTS = 4
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A time limit a user may set in the environment (positive seconds), else `default`."""
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default
 _PERMANENT = (ObjNotFound, PermissionDeniedError, UnauthenticatedError, WaBucketError, FileNotFoundError, PermissionError)
 # S3 and Azure error codes that another try cannot fix (whatever exception type the client wrapped them in)
 MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "ContainerNotFound"})  # S3, Azure

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
 from .manifest import NO_HASH, FileEntry, Manifest, check_unique, safe_relpath
+from .retry import env_seconds
 
 log = logging.getLogger("wabucketref")
 
@@ -136,9 +137,8 @@ def preflight(timeout: float = 10.0) -> None:
 
 
 def wait_limit() -> float:
-    """How long to wait for W&B to register an artifact or finish a run (WABUCKET_WANDB_TIMEOUT, seconds)."""
-    value = os.environ.get("WABUCKET_WANDB_TIMEOUT", "")
-    return float(value) if value.replace(".", "", 1).isdigit() and float(value) > 0 else 300.0
+    """How long to wait for W&B to register an artifact or finish a run."""
+    return env_seconds("WABUCKET_WANDB_TIMEOUT", 300.0)
 
 
 def finish_run(run: Any, exit_code: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,7 +17,7 @@ import obstore as obs
 from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
 
 from ..errors import NotFoundError, WaBucketError
-from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, s3_error, server_of, with_retries
+from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, env_seconds, s3_error, server_of, with_retries
 
 # Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
 # retries for streamed transfers live in transfer.py.
@@ -33,13 +32,11 @@ RETRY_CONFIG = {
 }
 
 
-def _request_timeout() -> str:
-    """Each request's time limit: room for a 16 MiB part on a slow link (WABUCKET_REQUEST_TIMEOUT, seconds)."""
-    value = os.environ.get("WABUCKET_REQUEST_TIMEOUT", "")
-    return f"{int(value)}s" if value.isdigit() and int(value) > 0 else "300s"
-
-
-CLIENT_OPTIONS = {"connect_timeout": "10s", "timeout": _request_timeout(), "pool_idle_timeout": "30s"}
+# Each request's time limit leaves room for a 16 MiB part on a slow link.
+CLIENT_OPTIONS = {
+    "connect_timeout": "10s", "timeout": f"{max(1, int(env_seconds('WABUCKET_REQUEST_TIMEOUT', 300)))}s",
+    "pool_idle_timeout": "30s",
+}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["local", "s3", "platform", "platform-azure"]
+# S3 servers that behave unlike SeaweedFS (see tests/servers/other_s3.py), for the core scenarios
+OTHER_S3 = ["s3-moto", "s3-rclone"]
 MULTIPART_FILE_SIZE = 17 << 20  # above the 16 MiB part size: exercises multipart upload and streamed download
 
 
@@ -27,6 +29,22 @@ def seaweed(tmp_path_factory):
     from tests.servers.s3 import SeaweedS3
 
     with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as s3:
+        yield s3
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    from tests.servers.other_s3 import MotoS3
+
+    with MotoS3(tmp_path_factory.mktemp("moto")) as s3:
+        yield s3
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(tmp_path_factory):
+    from tests.servers.other_s3 import RcloneS3
+
+    with RcloneS3(tmp_path_factory.mktemp("rclone")) as s3:
         yield s3
 
 
@@ -174,8 +192,8 @@ def use_backend(env: Env, kind: str, request, tmp_path: Path) -> Env:
     name = f"b-{uuid.uuid4().hex[:10]}"
     if kind == "local":
         env.bucket = str(tmp_path / name)
-    elif kind == "s3":
-        s3 = request.getfixturevalue("seaweed")
+    elif kind.startswith("s3"):
+        s3 = request.getfixturevalue({"s3": "seaweed", "s3-moto": "moto_s3", "s3-rclone": "rclone_s3"}[kind])
         s3.create_bucket(name)
         env.vars.update(s3.env())
         env.bucket = f"s3://{name}/some/prefix"
@@ -199,7 +217,7 @@ class RawBucket:
         plat = env.extra.get("platform")
         if env.kind == "local":
             self.root = Path(env.bucket)
-        elif env.kind == "s3":
+        elif env.kind.startswith("s3"):
             self.bucket, self.prefix = env.extra["s3_bucket"], "some/prefix/"
             self.s3 = env.extra["s3"].client()
         elif env.kind == "platform":
@@ -244,4 +262,10 @@ class RawBucket:
 @pytest.fixture(params=BACKENDS)
 def backend_env(request, env, tmp_path) -> Env:
     """The same test body against every bucket kind (W&B offline unless the test goes online)."""
+    return use_backend(env, request.param, request, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS + OTHER_S3)
+def any_server_env(request, env, tmp_path) -> Env:
+    """backend_env, plus S3 servers other than SeaweedFS: for the scenarios every user meets."""
     return use_backend(env, request.param, request, tmp_path)

@@ -745,3 +745,29 @@ def test_a_marker_is_claimed_only_if_unchanged(env, request, tmp_path, kind):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     checks_updates = kind != "local"
     assert got == [True, False, True, not checks_updates, "3" if checks_updates else "4"]
+
+
+@pytest.mark.parametrize("status,code", [(501, "NotImplemented"), (400, "InvalidArgument")])
+def test_a_server_without_conditional_writes_still_takes_uploads(s3_env, seaweed, tmp_path, status, code):
+    """Some S3-compatible servers refuse If-None-Match/If-Match on PUT: the marker is then written
+    plainly, with a warning that simultaneous uploads cannot be told apart there."""
+    env = s3_env
+    src = make_files(tmp_path / "src", 4, 1000)
+
+    def refuse_conditions(req):
+        if req.method == "PUT" and (req.header("if-none-match") or req.header("if-match")):
+            raise Reject(status, code, "A header you provided implies functionality that is not implemented")
+
+    raw = RawBucket(env)
+    raw.write("dataset/ds/.wabucketref/resumed.partial", b"")  # an interrupted upload's marker: If-Match
+    with FaultProxy(seaweed.endpoint_url, gate=refuse_conditions) as proxy:
+        via(env, proxy)
+        for alias in ("fresh", "resumed"):  # If-None-Match, then If-Match
+            proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", alias)
+            assert proc.returncode == 0, proc.stderr
+            assert "refuses conditional writes" in proc.stderr and code in proc.stderr, proc.stderr
+            env.wabucket("download", "dataset", "ds", alias, "-d", str(tmp_path / alias), check=True)
+            assert tree_hashes(tmp_path / alias) == tree_hashes(src)
+        assert proxy.count("PUT", status) >= 2
+    assert raw.keys("dataset/ds/.wabucketref/") == ["dataset/ds/.wabucketref/fresh.jsonl", "dataset/ds/.wabucketref/resumed.jsonl"]
+

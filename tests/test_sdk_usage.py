@@ -81,6 +81,29 @@ def test_a_download_w_and_b_refuses_leaves_nothing_behind(sdk_online, tmp_path):
     assert tree_hashes(existing) == tree_hashes_of({"mine/notes.txt": b"keep me"}, tmp_path / "expected")
 
 
+def test_a_failed_download_into_a_temporary_folder_removes_it(env, tmp_path):
+    """Without dst_folder the caller never learns the folder's name, so nothing could resume into it:
+    a failure removes it whole, verified files included."""
+    src = make_tree(tmp_path / "src", big=False)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "a", check=True)
+    last = "ünïcødé/данные 数据.json"  # fetched last, one file at a time: the others have landed
+    stored = Path(env.bucket) / "dataset" / "ds" / "a" / last
+    stored.write_bytes(stored.read_bytes()[::-1])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = run_script(env, f"""
+        import tempfile
+        tempfile.tempdir = {str(scratch)!r}
+        with api(concurrency=1) as a:
+            try:
+                a.download_artifact("ds", "dataset", "a")
+            except wabucketref.IntegrityError as e:
+                print("failed:", e)
+    """)
+    assert "failed:" in proc.stdout and "sha256 differs" in proc.stdout, proc.stdout
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("wabucket-ds")] == []
+
+
 def tree_hashes_of(files: dict[str, bytes], root: Path) -> dict[str, str]:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

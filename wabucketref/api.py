@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from . import jobs, tracking, transfer
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
 from .marker import claim
 from .manifest import NO_HASH, FileEntry, Manifest, check_unique, scan_folder, sha256_file
-from .storage import Storage, open_bucket
+from .storage import Storage, check_prefix, open_bucket
 
 log = logging.getLogger("wabucketref")
 T = TypeVar("T")
@@ -361,9 +362,11 @@ class WaBucketRefAPI:
             await storage.delete([meta_key])
         beat = asyncio.ensure_future(marker.keep_alive())
         try:
-            manifest, _ = await transfer.upload(storage, prefix, files, {o.key: o for o in listing}, self.options)
-            stale = sorted({o.key for o in listing} - {f.path for f in manifest.files})
+            # Stale files go first: where keys are paths on a disk (rclone, a local folder), an old
+            # file `a` is in the way of a new `a/b`.
+            stale = sorted({o.key for o in listing} - {f.path for f in files})
             await storage.delete([_join(prefix, k) for k in stale])
+            manifest, _ = await transfer.upload(storage, prefix, files, {o.key: o for o in listing}, self.options)
             await marker.check_still_ours(where)
         finally:
             beat.cancel()
@@ -414,8 +417,9 @@ class WaBucketRefAPI:
         if art_alias not in (None, RUN_CONFIG_HASH):
             check_alias(art_alias, for_upload=True)
         metadata = check_metadata(art_metadata)
-        if not isinstance(bucket_path, str) or ".." in bucket_path.split("://")[-1].split("/"):
-            raise UsageError(f"invalid bucket path {bucket_path!r}: '..' is not allowed")
+        if not isinstance(bucket_path, str):
+            raise UsageError(f"invalid bucket path {bucket_path!r}")
+        check_prefix(bucket_path.split("://")[-1], bucket_path)
         if not bucket_path.strip("/"):
             raise UsageError("no folder to link: give a path inside the bucket, or a full URI")
         tracking.preflight()  # W&B must answer before every byte is read
@@ -451,6 +455,7 @@ class WaBucketRefAPI:
         if own := next((o.key for o in listing if META_DIR in o.key.split("/")), None):
             raise UsageError(f"{storage.uri_for(key)} holds wabucketref's own records ({own}): link a folder of data, not one that holds artifacts")
         check_unique(o.key for o in listing)
+        listing = await storage.without_empty_folders(key, listing)
         manifest, _ = await transfer.hash_remote(storage, key, listing, self.options, "hashed")
         return manifest
 
@@ -465,7 +470,8 @@ class WaBucketRefAPI:
         art_name may name another project's artifact (`project/name`, `entity/project/name`); its
         bucket folder uses the last part. retries: tries per request (default 4). run_config: the
         config of a run this API starts (a dict, or the path of a YAML file, as wandb reads it).
-        On failure, folders this call created and left empty are removed.
+        On failure, a temporary folder is removed; in dst_folder, the folders this call created and
+        left empty are removed, and verified files stay for a rerun to resume.
         """
         name = check_qualified_name(art_name)
         check_name(art_type, "type")
@@ -478,7 +484,7 @@ class WaBucketRefAPI:
         dest = Path(dst_folder) if dst_folder is not None else Path(tempfile.mkdtemp(prefix=f"wabucket-{name}-"))
         if dest.exists() and not dest.is_dir():
             raise UsageError(f"destination is not a folder: {dest}")
-        created = dest if dst_folder is None else _first_missing(dest)
+        created = _first_missing(dest)
         try:
             dest.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file in the way, no permission
@@ -486,7 +492,10 @@ class WaBucketRefAPI:
         try:
             self._download_artifact(art_name, name, art_type, art_alias, dest, run_config)
         except BaseException:
-            _remove_empty_folders(dest, created)
+            if dst_folder is None:  # its name was never given out: nothing could resume into it
+                shutil.rmtree(dest, ignore_errors=True)
+            else:
+                _remove_empty_folders(dest, created)
             raise
         finally:
             self.options = options
@@ -631,11 +640,13 @@ class WaBucketRefAPI:
         if manifest is None:
             log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
             check_unique(o.key for o in listing)
+            listing = await storage.without_empty_folders(key, listing)
             manifest = Manifest([FileEntry(o.key, o.size, NO_HASH) for o in listing], info={"verified": False})
         else:
             if manifest.info.get("empty_files_unlisted"):
                 known = manifest.by_path()
-                empty = [FileEntry(o.key, 0, NO_HASH) for o in listing if o.size == 0 and o.key not in known]
+                unlisted = [o for o in listing if o.size == 0 and o.key not in known]
+                empty = [FileEntry(o.key, 0, NO_HASH) for o in await storage.without_empty_folders(key, unlisted)]
                 manifest = Manifest(manifest.files + empty, info=manifest.info)
             transfer.check_listing(manifest, listing, where)
         await transfer.download(storage, key, manifest, dest, self.options, trusted=trusted)

@@ -129,10 +129,14 @@ class Progress:
             done = self.stats.files + self.stats.skipped_files
             self.bar.set_postfix_str(f"{done}/{self.total_files} files", refresh=False)
 
-    def close(self) -> None:
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, failure: type | None, *_: object) -> None:
+        """Close the bar; the summary is for a transfer that completed (a failure has its own line)."""
         if self.bar is not None:
             self.bar.close()
-        if not self.quiet:
+        if not self.quiet and failure is None:
             log.info(self.stats.summary())
 
 
@@ -285,11 +289,8 @@ async def upload(
         progress.file_done(f.size)
         return FileEntry(f.path, f.size, sha)
 
-    try:
-        with storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            entries = await bounded_map(one, files, opts.concurrency)
-    finally:
-        progress.close()
+    with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+        entries = await bounded_map(one, files, opts.concurrency)
     return Manifest(entries), stats
 
 
@@ -329,7 +330,8 @@ def _read_hashed(fh: Any, sha: Any, n: int) -> bytes:
 
 
 def check_listing(manifest: Manifest, listing: list[ObjectInfo], where: str) -> None:
-    """The bucket must hold exactly the manifest's files with the manifest's sizes."""
+    """The bucket must hold exactly the manifest's files with the manifest's sizes (and may hold
+    empty objects besides: obstore lists an empty folder's `dir/` object as `dir`)."""
     found = {o.key: o for o in listing}
     for f in manifest.files:
         o = found.pop(f.path, None)
@@ -337,7 +339,7 @@ def check_listing(manifest: Manifest, listing: list[ObjectInfo], where: str) -> 
             raise IntegrityError(f"{f.path}: missing from {where}")
         if o.size != f.size:
             raise IntegrityError(f"{f.path}: size in {where} is {o.size}, manifest says {f.size}")
-    if found:
+    if found := {k: o for k, o in found.items() if o.size}:
         extra = sorted(found)[0]
         raise IntegrityError(f"{extra}: in {where} but not in the artifact's manifest")
 
@@ -387,11 +389,10 @@ async def download(
         progress.file_done(f.size)
 
     try:
-        with storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+        with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
             await bounded_map(one, manifest.files, opts.concurrency)
     finally:
         lanes.close()
-        progress.close()
     return stats
 
 
@@ -461,12 +462,31 @@ def _open_part(final: Path) -> tuple[Path, int]:
 async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:
     """The whole object as a buffer (hashed and written without a copy)."""
     try:
-        if f.size == 0:
-            return await (await obs.get_async(storage.store, key)).bytes_async()
-        # One round trip into obstore instead of two; a longer object fails the size check.
-        return await obs.get_range_async(storage.store, key, start=0, end=f.size + 1)
+        if f.size and storage.ranged_gets:
+            # One round trip into obstore instead of two; a longer object fails the size check.
+            try:
+                return await obs.get_range_async(storage.store, key, start=0, end=f.size + 1)
+            except ObjNotFound:
+                raise
+            except Exception as e:
+                if not _ignores_ranges(e):
+                    raise
+                _no_more_ranges(storage)
+        return await (await obs.get_async(storage.store, key)).bytes_async()
     except ObjNotFound as e:
         raise IntegrityError(f"{f.path}: missing from the bucket") from e
+
+
+def _ignores_ranges(e: BaseException) -> bool:
+    """obstore's refusal of a 200 answer to a ranged GET (some servers, e.g. rclone's, send the
+    whole object instead of a 206; HTTP allows a server to ignore Range)."""
+    return "non-partial response" in str(e)
+
+
+def _no_more_ranges(storage: Storage) -> None:
+    if storage.ranged_gets:
+        storage.ranged_gets = False
+        log.warning("%s answers ranged requests with whole objects: files are fetched whole, one request each", storage.uri)
 
 
 def _check(f: FileEntry, size: int, sha: str, verify: bool) -> None:
@@ -552,11 +572,15 @@ class _InOrderHash:
 
     def __init__(self, fd: int, starts: list[int]):
         self.fd = fd
-        self.sha = hashlib.sha256()
-        self.hashed_to = 0
         self.starts = starts
-        self.written = dict.fromkeys(starts, 0)  # bytes written from the start of each range
         self.lock = threading.Lock()
+        self.restart()
+
+    def restart(self) -> None:
+        with self.lock:
+            self.sha = hashlib.sha256()
+            self.hashed_to = 0
+            self.written = dict.fromkeys(self.starts, 0)  # bytes written from the start of each range
 
     def wrote(self, start: int, offset: int, chunk: Any) -> None:
         with self.lock:
@@ -585,18 +609,28 @@ class _Stopped(WaBucketError):
     """Another range of the file failed, or the download was cancelled (not retried)."""
 
 
+class _RangesIgnored(WaBucketError):
+    """The server sent a whole object for a ranged GET (not retried: the file is fetched whole)."""
+
+
 def _stream_range(
     store: Any, key: str, f: FileEntry, start: int, end: int, hashing: _InOrderHash, advance: Callable[[int], None],
-    stop: threading.Event,
+    stop: threading.Event, whole: bool = False,
 ) -> None:
     """One ranged GET, written in place chunk by chunk (runs in a lane's thread); a retry resumes
-    where the previous try stopped writing."""
+    where the previous try stopped writing. whole: one plain GET of the file, every try from byte 0."""
+    if whole:
+        hashing.restart()
     offset = start + hashing.written[start]
     if offset < end:  # else the last try wrote it all and failed after
         try:
-            result = obs.get(store, key, options={"range": (offset, end)})
+            result = obs.get(store, key) if whole else obs.get(store, key, options={"range": (offset, end)})
         except ObjNotFound as e:
             raise IntegrityError(f"{f.path}: missing from the bucket") from e
+        except Exception as e:
+            if _ignores_ranges(e):
+                raise _RangesIgnored(str(e)) from e
+            raise
         for chunk in result.stream(min_chunk_size=RANGE_CHUNK):
             if stop.is_set():
                 raise _Stopped
@@ -616,8 +650,21 @@ async def _get_ranges(
 ) -> None:
     """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands.
 
-    Each range is retried on its own, from where it stopped."""
-    part = max(storage.part_size(f.size), RANGE_SIZE)
+    Each range is retried on its own, from where it stopped. From a server that ignores ranges,
+    the file comes whole, in one GET."""
+    if storage.ranged_gets:
+        try:
+            return await _get_parts(storage, key, final, f, progress, verify, lanes, attempts, whole=False)
+        except _RangesIgnored:
+            _no_more_ranges(storage)
+    await _get_parts(storage, key, final, f, progress, verify, lanes, attempts, whole=True)
+
+
+async def _get_parts(
+    storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, lanes: _Lanes, attempts: int,
+    *, whole: bool,
+) -> None:
+    part = f.size if whole else max(storage.part_size(f.size), RANGE_SIZE)
     starts = list(range(0, f.size, part))
     tmp, fd = _open_part(final)
     hashing = _InOrderHash(fd, starts)
@@ -629,7 +676,7 @@ async def _get_ranges(
         try:
             end = min(start + part, f.size)
             await with_retries(
-                lambda: _in_thread(lanes.threads, stop, _stream_range, storage.store, key, f, start, end, hashing, advance, stop),
+                lambda: _in_thread(lanes.threads, stop, _stream_range, storage.store, key, f, start, end, hashing, advance, stop, whole),
                 f"download of {f.path} (bytes {start}-{end})", attempts,
             )
         finally:
@@ -678,9 +725,6 @@ async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], 
         progress.file_done(size)
         return FileEntry(o.key, size, sha)
 
-    try:
-        with storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            entries = await bounded_map(one, listing, opts.concurrency)
-    finally:
-        progress.close()
+    with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+        entries = await bounded_map(one, listing, opts.concurrency)
     return Manifest(entries), stats

@@ -413,7 +413,8 @@ class FaultProxy:
 
     async def _answer(self, writer: asyncio.StreamWriter, status: int, code: str, message: str) -> None:
         body = _xml_error(code, message)
-        reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Service Unavailable"}[status]
+        reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 501: "Not Implemented",
+                  503: "Service Unavailable"}[status]
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n".encode() + body

@@ -6,9 +6,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
-from .base import ObjectInfo, Storage
+from .base import ObjectInfo, Storage, check_prefix
 
-__all__ = ["ObjectInfo", "Storage", "open_bucket", "bucket_kind"]
+__all__ = ["ObjectInfo", "Storage", "check_prefix", "open_bucket", "bucket_kind"]
 
 
 def bucket_kind(spec: str) -> str:

@@ -6,8 +6,10 @@ to name its keys as URIs; listing, reading and writing are the same code for all
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,8 +18,10 @@ from typing import Any, Awaitable, Callable, Iterator
 import obstore as obs
 from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
 
-from ..errors import NotFoundError, WaBucketError
+from ..errors import NotFoundError, UsageError, WaBucketError
 from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, env_seconds, s3_error, server_of, with_retries
+
+log = logging.getLogger("wabucketref")
 
 # Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
 # retries for streamed transfers live in transfer.py.
@@ -37,6 +41,19 @@ CLIENT_OPTIONS = {
     "connect_timeout": "10s", "timeout": f"{max(1, int(env_seconds('WABUCKET_REQUEST_TIMEOUT', 300)))}s",
     "pool_idle_timeout": "30s",
 }
+
+
+# What S3-compatible servers without If-None-Match/If-Match support answer a PUT carrying them.
+CONDITIONAL_WRITE_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "NotSupported"})
+
+
+def check_prefix(prefix: str, where: str) -> str:
+    """A key prefix, without its outer slashes; no empty, `.` or `..` segment (S3 would take
+    `a/../b` literally, and a folder-backed store refuses such keys)."""
+    prefix = prefix.strip("/")
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise UsageError(f"invalid path in {where!r}: empty, '.' and '..' segments are not allowed")
+    return prefix
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class Storage:
         self._on_close = on_close
         self.credentials_hint = credentials_hint  # where the credentials came from, for a refusal
         self.endpoint = endpoint  # for messages: obstore hides URLs that carry a SAS token
+        self.ranged_gets = True  # False once the server answered a ranged GET with the whole object
 
     def explain(self, e: BaseException) -> WaBucketError | None:
         """A failure of the whole bucket (missing, refused credentials, no connection) as one line
@@ -134,6 +152,23 @@ class Storage:
                         out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
         return _without_folder_markers(out)
 
+    async def without_empty_folders(self, prefix: str, listing: list[ObjectInfo]) -> list[ObjectInfo]:
+        """Drop the `dir/` objects of empty folders (S3 consoles' "Create folder", apolo_sdk's
+        upload_dir): obstore lists them as `dir`, a key that cannot be read. A real empty object
+        `dir` can be: every empty entry is looked up (one HEAD each, a few at a time)."""
+        empty = [o for o in listing if o.size == 0]
+        if not empty:
+            return listing
+        turns = asyncio.Semaphore(16)
+
+        async def readable(o: ObjectInfo) -> bool:
+            async with turns:
+                return await self.exists(f"{prefix.strip('/')}/{o.key}" if prefix.strip("/") else o.key)
+
+        found = await asyncio.gather(*(readable(o) for o in empty))
+        markers = {o.key for o, ok in zip(empty, found) if not ok}
+        return [o for o in listing if o.key not in markers]
+
     async def exists(self, key: str) -> bool:
         with self.explained():
             try:
@@ -167,7 +202,8 @@ class Storage:
 
     async def put_if_unchanged(self, key: str, data: bytes, etag: str | None) -> bool:
         """Write key only if it is still absent (etag None) or still that version: False if another
-        writer came first. Where the store cannot check (a local folder's update), it just writes."""
+        writer came first. Where the store cannot check (a local folder's update, a server that
+        refuses conditional writes), it just writes."""
         mode: Any = "create" if etag is None else {"e_tag": etag}
         with self.explained():
             try:
@@ -175,6 +211,13 @@ class Storage:
             except (AlreadyExistsError, PreconditionError):
                 return False
             except (NotSupportedError, NotImplementedError):
+                await self.put_bytes(key, data)
+            except Exception as e:
+                code = s3_error(e)[0]
+                if code not in CONDITIONAL_WRITE_REFUSALS:
+                    raise
+                log.warning("%s refuses conditional writes (%s): two uploads to one alias that start at the same "
+                            "moment cannot be told apart there", self.endpoint or self.uri, code)
                 await self.put_bytes(key, data)
         return True
 

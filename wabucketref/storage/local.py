@@ -11,8 +11,22 @@ from .base import ObjectInfo, Storage
 
 
 class LocalStorage(Storage):
+    def __init__(self, root: Path):
+        # LocalStore writes through a staging file and renames, so a reader never sees half a file.
+        super().__init__(LocalStore(root), root.as_uri())
+        self.root = root
+
     def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
         return None  # local ETags describe inode and mtime, not content: hash the file instead
+
+    async def delete(self, keys: list[str]) -> None:
+        """Delete, then remove the folders left empty: a folder is in the way of a file of its name."""
+        await super().delete(keys)
+        for folder in sorted({p for k in keys for p in (self.root / k).parents if self.root in p.parents}, reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or gone
+                pass
 
 
 def open_local(path: str | Path) -> LocalStorage:
@@ -21,5 +35,4 @@ def open_local(path: str | Path) -> LocalStorage:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, a read-only or missing mount
         raise WaBucketError(f"cannot use {root} as a bucket folder: {e.strerror or e}") from e
-    # LocalStore writes through a staging file and renames, so a reader never sees half a file.
-    return LocalStorage(LocalStore(root), root.as_uri())
+    return LocalStorage(root)

@@ -21,7 +21,7 @@ import obstore as obs
 
 from ..errors import NotFoundError, UsageError, WaBucketError
 from . import session_cache
-from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage
+from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage, check_prefix
 from .s3 import make_s3_store
 
 try:
@@ -141,8 +141,7 @@ def check_blob_uri(spec: str) -> None:
     segments = [p for p in parts.path.split("/") if p]
     if not spec.startswith("blob://") or not parts.netloc or len(segments) < 2 or parts.query or parts.fragment:
         raise UsageError(f"invalid platform bucket URI {spec!r}: use blob://CLUSTER/[ORG/]PROJECT/BUCKET[/PREFIX]")
-    if ".." in segments:
-        raise UsageError(f"invalid platform bucket URI {spec!r}: '..' is not allowed")
+    check_prefix(parts.path, spec)
 
 
 async def open_platform(spec: str) -> tuple[Storage, str]:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from obstore.store import S3Store
 
 from ..errors import UsageError
-from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage
+from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage, check_prefix
 
 # AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL are the standard names; AWS_S3_ENDPOINT_URL is what
 # W&B's own s3 handler reads, so users of W&B references may already have it set.
@@ -38,9 +38,7 @@ def open_s3(url: str) -> tuple[Storage, str]:
     parts = urlsplit(url)
     if not parts.netloc:
         raise UsageError(f"s3 bucket URI needs a bucket name: {url}")
-    prefix = parts.path.strip("/")
-    if ".." in prefix.split("/"):
-        raise UsageError(f"invalid s3 prefix in {url}: '..' is not allowed")
+    prefix = check_prefix(parts.path, url)
     endpoint = s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
     store = make_s3_store(parts.netloc, endpoint=endpoint, region=region)

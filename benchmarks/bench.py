@@ -823,7 +823,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-drop-caches", dest="drop_caches", action="store_false", help="do not drop the page cache before each run")
     p.add_argument("--help-runs", type=int, default=10, help="runs of `wabucket --help` to time (default 10)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed (default 3600)")
-    p.add_argument("--report-from", type=Path, metavar="JSON", help="only print the report of a earlier --json file (no runs)")
+    p.add_argument("--report-from", type=Path, metavar="JSON", help="only print the report of an earlier --json file (no runs)")
     args = p.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.small else 5

@@ -13,7 +13,8 @@ artifact already exists), then does the part below, which is all a real script n
     api = WaBucketRefAPI(bucket="bucket-name", project_name="my-w&b-project")
     folder = api.download_artifact("name", "type", "version")
     metrics, model_path = do_train(artifact=folder)
-    wandb.run.log(metrics)
+    if wandb.run:  # None with WANDB_MODE=disabled, which starts no run
+        wandb.run.log(metrics)
     api.upload_artifact(model_path, "my-model", "model")
     api.close()
 
@@ -92,7 +93,8 @@ def main() -> None:
     api = WaBucketRefAPI(bucket=args.bucket, project_name=args.project, job_type="train")
     folder = api.download_artifact(args.dataset, "dataset", args.dataset_alias)
     metrics, model_path = do_train(artifact=folder)
-    wandb.run.log(metrics)
+    if wandb.run:  # None with WANDB_MODE=disabled, which starts no run
+        wandb.run.log(metrics)
     api.upload_artifact(model_path, args.model, "model")
     api.close()
     print(json.dumps({"dataset_folder": str(folder), "model_path": str(model_path), **metrics}))

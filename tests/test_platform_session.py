@@ -173,6 +173,17 @@ def test_a_cache_folder_that_cannot_be_made_only_costs_speed(plat_env, tmp_path)
     assert plat.calls_matching("make_tmp_credentials", "POST")
 
 
+def test_org_name_in_apolo_toml_with_a_passed_config_says_what_to_change(plat_env, tmp_path):
+    """apolo_sdk refuses to log in from a passed config while .apolo.toml pins an org (a RuntimeError):
+    one line saying what to remove, not the SDK's exception."""
+    (plat_env.cwd / ".apolo.toml").write_text('[job]\norg-name = "other-org"\n')
+    src = make_tree(tmp_path / "src", big=False)
+    proc = plat_env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "a1", env={"WABUCKET_CACHE": "0"})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("remove org-name from .apolo.toml in jobs started with pass_config")
+    assert "RuntimeError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_credentials_about_to_expire_are_not_reused(plat_env, tmp_path):
     env, plat = plat_env, plat_env.extra["platform"]
     plat.credentials_ttl = 120.0  # under the 5 minutes a cached session must have left

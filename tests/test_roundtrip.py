@@ -130,6 +130,10 @@ def test_roundtrip_online_with_lineage(online_env, tmp_path):
     proc = env.wabucket("--run-name", "consumer", "download", "dataset", "mnist", "latest", "-d", str(dest), check=True)
     assert proc.stdout.strip() == str(dest)
     assert tree_hashes(dest) == tree_hashes(src)
+    # one summary, for the pass W&B confirmed (begun from the bucket's manifest before W&B answered)
+    assert [line for line in proc.stderr.splitlines() if line.startswith("wabucket: downloaded ")] == [
+        line for line in proc.stderr.splitlines() if line.startswith(f"wabucket: downloaded {len(tree_hashes(src))} files")
+    ] and proc.stderr.count("wabucket: downloaded ") == 1, proc.stderr
 
     api = wandb_api(env)
     art = api.artifact(f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}/mnist:v1data", type="dataset")
@@ -219,6 +223,13 @@ def test_link_registers_existing_folder(any_server_env, tmp_path):
     env.wabucket("download", "dataset", "linked", "l1", "-d", str(tmp_path / "dl"), check=True)
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
 
+    # an alias with a record or folder in the bucket is replaced only with --overwrite, as for upload
+    taken = env.wabucket("link", "dataset/raw/orig", "-n", "raw", "-t", "dataset", "-a", "orig")
+    assert taken.returncode == 1 and "already exists" in taken.stderr and "--overwrite" in taken.stderr, taken.stderr
+    again = env.wabucket("link", "dataset/raw/orig", "-n", "linked", "-t", "dataset", "-a", "l1")
+    assert again.returncode == 1 and "already exists" in again.stderr, again.stderr
+    env.wabucket("link", "dataset/raw/orig", "-n", "linked", "-t", "dataset", "-a", "l1", "--overwrite", check=True)
+
     missing = env.wabucket("link", "no/such/folder", "-n", "linked", "-t", "dataset")
     assert missing.returncode == 1 and "does not exist" in missing.stderr and missing.stdout == ""
     a_file = env.wabucket("link", "dataset/raw/orig/a.txt", "-n", "linked", "-t", "dataset")
@@ -226,6 +237,16 @@ def test_link_registers_existing_folder(any_server_env, tmp_path):
     # a folder holding artifacts (their .wabucketref records) is not data: it could never verify
     own = env.wabucket("link", "dataset/raw", "-n", "linked", "-t", "dataset")
     assert own.returncode == 2 and "holds wabucketref's own records" in own.stderr, own.stderr
+
+
+def test_link_of_a_folder_outside_the_bucket_says_offline_cannot_find_it(env, tmp_path):
+    """A full URI outside --bucket: W&B records it, but the bucket keeps no record of it, so an
+    offline download cannot resolve the alias. The link says so."""
+    elsewhere = make_tree(tmp_path / "elsewhere", big=False)
+    proc = env.wabucket("link", elsewhere.as_uri(), "-n", "ext", "-t", "dataset", "-a", "e1", check=True)
+    assert "outside --bucket" in proc.stderr and "offline downloads cannot resolve ext:e1" in proc.stderr, proc.stderr
+    offline = env.wabucket("download", "dataset", "ext", "e1", "-d", str(tmp_path / "dl"))
+    assert offline.returncode == 1 and "no manifest for dataset/ext:e1" in offline.stderr, offline.stderr
 
 
 @pytest.mark.parametrize("kind", ["s3", "s3-moto"])  # rclone keeps keys as paths on disk: no `dir/` objects

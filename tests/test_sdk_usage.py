@@ -71,6 +71,7 @@ def test_a_download_w_and_b_refuses_leaves_nothing_behind(sdk_online, tmp_path):
     fresh = tmp_path / "new" / "dest"
     proc = env.wabucket("download", "dataset", "ds", "a", "-d", str(fresh))
     assert proc.returncode == 1 and "not found in W&B" in proc.stderr, proc.stderr
+    assert "wabucket: downloaded " not in proc.stderr  # what the prefetch brought was not W&B's: no summary
     assert not (tmp_path / "new").exists()
 
     existing = tmp_path / "existing"

@@ -153,6 +153,7 @@ class _Prefetch:
     digest: str | None = None  # of the manifest it follows, once known
     done: set[str] = field(default_factory=set)  # paths written (verified) so far
     task: "asyncio.Task | None" = None
+    stats: transfer.Stats | None = None  # once it completed
 
 
 class WaBucketRefAPI:
@@ -408,9 +409,11 @@ class WaBucketRefAPI:
         art_alias: str | None = None,
         art_metadata: dict | None = None,
         suffix: str | None = None,
+        overwrite: bool = False,
     ) -> str:
         """Register data already in the bucket (a folder) as an artifact; its files are hashed once.
-        Returns the alias."""
+        An alias that already has a record or a folder in the bucket needs overwrite=True (which
+        replaces the record; files in the alias's folder stay). Returns the alias."""
         check_name(art_name, "name")
         check_name(art_type, "type")
         out_suffix = check_suffix(suffix)
@@ -428,23 +431,33 @@ class WaBucketRefAPI:
             data_storage, key = self._storage(bucket_path)
         else:
             data_storage, key = storage, _join(base, bucket_path)
-        manifest = self._run_io(self._hash_folder(data_storage, key))
         alias = self._alias(art_alias, metadata)
+        meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
+        if not overwrite:
+            self._run_io(self._refuse_existing(storage, meta_key, _join(base, art_type, art_name, alias)))
+        manifest = self._run_io(self._hash_folder(data_storage, key))
         run = self.wandb_start_run(job_type=self.job_type or "link", config=metadata)
         ref = data_storage.uri_for(key)
         version = tracking.log_artifact(
             run, name=art_name, type=art_type, alias=alias, ref=ref, manifest=manifest, metadata=metadata
         )
         if data_storage is storage:
-            meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
             info = _record(art_name, art_type, alias, ref, key, manifest, version)
             try:
                 self._run_io(storage.put_bytes(meta_key, manifest.dumps(info)))
             except Exception as e:  # noqa: BLE001 - a read-only bucket can still be linked
                 log.warning("could not write the manifest beside the data (%s); offline download will not find it", e)
+        else:
+            log.warning("%s is outside --bucket: only W&B records it, so offline downloads cannot resolve %s:%s",
+                        ref, art_name, alias)
         log.info("artifact %s:%s (%s) -> %s", art_name, alias, version or tracking.mode(), ref)
         self._print_outputs(art_name, art_type, alias, out_suffix)
         return alias
+
+    @staticmethod
+    async def _refuse_existing(storage: Storage, meta_key: str, folder: str) -> None:
+        if await storage.exists(meta_key) or await storage.has_prefix(folder):
+            raise WaBucketError(f"{storage.uri_for(folder)} already exists; pass --overwrite to replace it")
 
     async def _hash_folder(self, storage: Storage, key: str) -> Manifest:
         listing = await storage.list(key)
@@ -526,6 +539,8 @@ class WaBucketRefAPI:
         if manifest is not None and pre.digest == manifest.digest():
             self._loop.wait(prefetch)
             if pre.done == {f.path for f in manifest.files}:
+                if pre.stats is not None and not self.options.quiet:  # its summary waited for W&B's word
+                    log.info(pre.stats.summary())
                 return
             trusted = set(pre.done)
         else:
@@ -553,7 +568,7 @@ class WaBucketRefAPI:
             )
             try:
                 transfer.check_listing(manifest, await storage.list(root), storage.uri_for(root))
-                await copy
+                pre.stats = await copy
             finally:
                 if not copy.done():
                     copy.cancel()

@@ -39,12 +39,12 @@ def _api(ctx: click.Context, quiet: bool = False):
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
-@click.option("--bucket", envvar="WABUCKET_BUCKET", callback=_not_empty, help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
+@click.option("--bucket", envvar="WABUCKET_BUCKET", show_envvar=True, callback=_not_empty, help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
 @click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=_not_empty, help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
 @click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
 @click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True, envvar="WABUCKET_CONCURRENCY", help="Files transferred at once.")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True, envvar="WABUCKET_CONCURRENCY", show_envvar=True, help="Files transferred at once.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, concurrency, quiet) -> None:
@@ -108,15 +108,16 @@ def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
 @click.option("-a", "--alias", help="Alias. Default: a new UUID4. '!run-config-hash': sha256 of the run config.")
 @click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE", help="Artifact metadata (repeatable).")
 @click.option("-s", "--suffix", help="Suffix for the ::set-output names ([A-Za-z0-9_]).")
+@click.option("--overwrite", is_flag=True, help="Replace the record of an alias that already exists in the bucket.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def link(ctx, bucket_path, name, type_, alias, metadata, suffix, quiet) -> None:
+def link(ctx, bucket_path, name, type_, alias, metadata, suffix, overwrite, quiet) -> None:
     """Register a folder already in the bucket (BUCKET_PATH inside it, or a full URI) as an artifact."""
     from .api import parse_pairs
 
     meta = parse_pairs(metadata)
     with _api(ctx, quiet) as api:
-        api.link(bucket_path, name, type_, alias, meta, suffix=suffix)
+        api.link(bucket_path, name, type_, alias, meta, suffix=suffix, overwrite=overwrite)
 
 
 @cli.command(context_settings=CONTEXT)

@@ -141,17 +141,28 @@ def wait_limit() -> float:
     return env_seconds("WABUCKET_WANDB_TIMEOUT", 300.0)
 
 
+FAILED_RUN_WAIT = 30.0
+
+
 def finish_run(run: Any, exit_code: int) -> None:
-    """run.finish(), for at most wait_limit() seconds: it waits until wandb has sent everything,
-    which a failing W&B server can make endless. What is left stays in the run's folder."""
+    """run.finish(), for at most wait_limit() seconds (FAILED_RUN_WAIT after a failure, which may
+    have been W&B's): it waits until wandb has sent everything, which a failing W&B server can make
+    endless. What is left stays in the run's folder."""
     import threading
 
-    done = threading.Thread(target=run.finish, kwargs={"exit_code": exit_code}, name="wandb-finish", daemon=True)
+    def finish() -> None:
+        try:
+            run.finish(exit_code=exit_code)
+        except BaseException as e:  # noqa: BLE001 - wandb gives up on its own once we stopped waiting
+            log.debug("finishing W&B run: %s", e)
+
+    limit = wait_limit() if exit_code == 0 else min(wait_limit(), FAILED_RUN_WAIT)
+    done = threading.Thread(target=finish, name="wandb-finish", daemon=True)
     done.start()
-    done.join(wait_limit())
+    done.join(limit)
     if done.is_alive():
         log.warning("W&B did not finish run %s in %.0f s; what it did not send stays in %s (`wandb sync` sends it)",
-                    getattr(run, "id", "?"), wait_limit(), getattr(run, "dir", "its wandb folder"))
+                    getattr(run, "id", "?"), limit, getattr(run, "dir", "its wandb folder"))
 
 
 def start_run(

@@ -67,9 +67,10 @@ class Stats:
     skipped_files: int = 0
     skipped_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
 
     def summary(self) -> str:
-        seconds = max(time.monotonic() - self.started, 1e-6)
+        seconds = max((self.ended or time.monotonic()) - self.started, 1e-6)
         text = (
             f"{self.verb} {_files(self.files)} ({_human(self.bytes)}) in {seconds:.1f} s, "
             f"{self.bytes / seconds / 1e6:.1f} MB/s"
@@ -95,9 +96,10 @@ def _human(n: float) -> str:
 class Progress:
     """A files+bytes bar on stderr when it is a terminal, and the closing summary line."""
 
-    def __init__(self, stats: Stats, total_files: int, total_bytes: int, opts: Options):
+    def __init__(self, stats: Stats, total_files: int, total_bytes: int, opts: Options, summary: bool = True):
         self.stats = stats
         self.quiet = opts.quiet
+        self.summary = summary
         self.bar = None
         if not opts.quiet and sys.stderr.isatty() and total_files:
             import shutil
@@ -134,9 +136,10 @@ class Progress:
 
     def __exit__(self, failure: type | None, *_: object) -> None:
         """Close the bar; the summary is for a transfer that completed (a failure has its own line)."""
+        self.stats.ended = time.monotonic()
         if self.bar is not None:
             self.bar.close()
-        if not self.quiet and failure is None:
+        if not self.quiet and self.summary and failure is None:
             log.info(self.stats.summary())
 
 
@@ -351,10 +354,11 @@ async def download(
     """Bring every manifest file into dest, verified; files already there and equal are kept.
 
     trusted: paths already verified in dest (not hashed again). done: filled with the paths
-    this call wrote. skip_existing: leave any file already in dest alone (for a speculative pass).
+    this call wrote. skip_existing: leave any file already in dest alone, and leave the summary
+    line to the caller (a speculative pass, which may yet be discarded).
     """
     stats = Stats("downloaded")
-    progress = Progress(stats, len(manifest.files), manifest.total_size, opts)
+    progress = Progress(stats, len(manifest.files), manifest.total_size, opts, summary=not skip_existing)
     lanes = _Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
     verify = manifest.verified
     present = await asyncio.to_thread(_prepare_dest, dest, [f.path for f in manifest.files])

@@ -61,6 +61,14 @@ async def open_client() -> Any:
         ) from e
     except aiohttp.ClientConnectionError as e:  # logging in from a passed config asks the platform
         raise WaBucketError(f"cannot reach the platform ({e})") from e
+    except RuntimeError as e:
+        if "project org" not in str(e):
+            raise
+        # apolo_sdk, logging in from a passed config, refuses to change the org .apolo.toml sets
+        raise WaBucketError(
+            "no platform login: apolo_sdk cannot log in from the passed config while .apolo.toml sets "
+            "[job] org-name; remove org-name from .apolo.toml in jobs started with pass_config"
+        ) from e
 
 
 @contextlib.asynccontextmanager

@@ -191,6 +191,7 @@ CASES = [
     Case("src-name-newline", up(*OK), 2, "control character not supported: 'two\\nlines'", setup=_odd_name(b"two\nlines")),
     Case("src-name-not-utf8", up(*OK), 2, "file name not supported: 'bad\\udcff'", setup=_odd_name(b"bad\xff")),
     Case("src-names-differ-in-case", up(*OK), 2, "collide when case is ignored", setup=_odd_name(b"A.txt")),
+    Case("src-name-like-local-staging", up(*OK), 2, "weights#1: a local folder bucket cannot hold", setup=_odd_name(b"weights#1")),
     # ---- names, aliases, metadata, suffix (W&B rules: names [A-Za-z0-9_.-] up to 128; aliases without / or :)
     Case("name-slash", up("-n", "a/b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),
     Case("name-space", up("-n", "a b", "-t", "dataset", "-a", "al1"), 2, "invalid artifact name"),

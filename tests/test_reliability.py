@@ -446,9 +446,13 @@ def test_full_disk_fails_cleanly(env, tmp_path):
 # ------------------------------------------------------------------ Ctrl-C
 
 
-def _interrupt(proc: subprocess.Popen) -> tuple[float, str, str]:
+# Ctrl-C, and SIGTERM (docker stop, a cancelled job): the same cleanup, and the exit status a shell reports
+STOPS = {"sigint": (signal.SIGINT, 130, "wabucket: interrupted"), "sigterm": (signal.SIGTERM, 143, "wabucket: terminated")}
+
+
+def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[float, str, str]:
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -458,7 +462,9 @@ def _interrupt(proc: subprocess.Popen) -> tuple[float, str, str]:
     return time.monotonic() - t0, out, err
 
 
-def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path):
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path, stop):
+    sig, status, said = STOPS[stop]
     env = s3_env
     src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
     (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
@@ -466,11 +472,11 @@ def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path):
         via(env, proxy)
         proc = spawn(env, "--concurrency", "3", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1")
         wait_until(lambda: proxy.count("PUT", OK) >= 8, 60, "8 PUTs", proc)
-        took, out, err = _interrupt(proc)
+        took, out, err = _interrupt(proc, sig)
     direct(env, seaweed)
     assert took < 10, err
-    assert proc.returncode == 130 and "wabucket: interrupted" in err, err
-    assert "Traceback" not in err and out == ""
+    assert proc.returncode == status and said in err, err
+    assert "Traceback" not in err and out == "" and "wabucket: uploaded" not in err
     # no object under a final name is anything but a whole source file
     stored = s3_keys(env, seaweed, "dataset/ds/i1/")
     want = {p: (src / p).read_bytes() for p in tree_hashes(src)}
@@ -485,7 +491,9 @@ def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path):
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
 
 
-def test_ctrl_c_during_download(s3_env, seaweed, tmp_path):
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_ctrl_c_during_download(s3_env, seaweed, tmp_path, stop):
+    sig, status, said = STOPS[stop]
     env = s3_env
     src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
     (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
@@ -495,11 +503,11 @@ def test_ctrl_c_during_download(s3_env, seaweed, tmp_path):
         via(env, proxy)
         proc = spawn(env, "--concurrency", "3", "download", "dataset", "ds", "i1", "-d", str(dest))
         wait_until(lambda: proxy.count("GET", OK) >= 10, 60, "10 GETs", proc)
-        took, out, err = _interrupt(proc)
+        took, out, err = _interrupt(proc, sig)
     direct(env, seaweed)
     assert took < 10, err
-    assert proc.returncode == 130 and "wabucket: interrupted" in err, err
-    assert "Traceback" not in err and out == ""
+    assert proc.returncode == status and said in err, err
+    assert "Traceback" not in err and out == "" and "wabucket: downloaded" not in err
     no_part_files(dest)
     done = final_files_are_whole(dest, src)
     assert 0 < done < N_FILES + 1
@@ -507,6 +515,27 @@ def test_ctrl_c_during_download(s3_env, seaweed, tmp_path):
     moved, there = summary(rerun.stderr, "downloaded")
     assert there == done and moved == N_FILES + 1 - done
     assert tree_hashes(dest) == tree_hashes(src)
+
+
+def test_two_downloads_into_one_folder_take_turns(s3_env, seaweed, tmp_path):
+    """Each download removes the part files it finds as a killed run's leftovers: two at once in one
+    folder would delete each other's. The second waits for the first, then finds everything there."""
+    env = s3_env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "c1", check=True)
+    dest = tmp_path / "dl"
+    with FaultProxy(seaweed.endpoint_url, bandwidth=2_000_000) as proxy:
+        via(env, proxy)
+        first = spawn(env, "download", "dataset", "ds", "c1", "-d", str(dest))
+        wait_until(lambda: proxy.count("GET", OK) >= 3, 60, "3 GETs", first)
+        second = spawn(env, "download", "dataset", "ds", "c1", "-d", str(dest))
+        outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outs
+    assert "waiting for another download into" in outs[1][1], outs[1][1]
+    assert summary(outs[1][1], "downloaded") == (0, N_FILES + 1)
+    assert tree_hashes(dest) == tree_hashes(src)
+    no_part_files(dest)
 
 
 def test_killed_download_resumes_without_leftovers(s3_env, seaweed, tmp_path):
@@ -716,6 +745,33 @@ def test_an_unfinished_upload_is_resumed_only_when_its_writer_is_gone(backend_en
         assert proc.returncode == 0, proc.stderr
         assert summary(proc.stderr, "uploaded") == (5, 1)
         assert raw.keys("dataset/ds/.wabucketref/") == ["dataset/ds/.wabucketref/al.jsonl"]
+
+
+def test_a_marker_left_beside_a_manifest_is_resumed_by_the_same_command(backend_env, tmp_path):
+    """Stopped after the manifest was written but before the marker was removed: the rerun of the
+    same command finishes it (no --overwrite needed), moving no bytes."""
+    env = backend_env
+    src = make_files(tmp_path / "src", 6, 1000)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "al", check=True)
+    raw = RawBucket(env)
+    raw.write("dataset/ds/.wabucketref/al.partial", b"")
+    proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "al", check=True)
+    assert "resuming an interrupted upload" in proc.stderr and summary(proc.stderr, "uploaded") == (0, 6), proc.stderr
+    assert raw.keys("dataset/ds/.wabucketref/") == ["dataset/ds/.wabucketref/al.jsonl"]
+
+
+def test_staging_files_of_an_interrupted_local_upload_are_removed(env, tmp_path):
+    """obstore writes a local bucket's file through NAME#N and leaves it when interrupted: hidden from
+    listings, but seen by anything that reads the folder. The upload that completes the alias removes them."""
+    src = make_files(tmp_path / "src", 6, 1000)
+    alias_dir = Path(env.bucket) / "dataset" / "ds" / "al"
+    (alias_dir / "d0").mkdir(parents=True)
+    (alias_dir / "d0" / "f000.bin#1").write_bytes(b"half")  # as a killed upload left them
+    (alias_dir / "big.bin#12").write_bytes(b"half")
+    (alias_dir.parent / ".wabucketref").mkdir()
+    (alias_dir.parent / ".wabucketref" / "al.partial").write_bytes(b"")
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "al", check=True)
+    assert sorted(p.relative_to(alias_dir).as_posix() for p in alias_dir.rglob("*") if p.is_file()) == sorted(tree_hashes(src))
 
 
 CLAIMS = """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Coroutine, Iterator, TypeVar
 
 from . import jobs, tracking, transfer
 from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
@@ -329,6 +330,7 @@ class WaBucketRefAPI:
 
         tracking.preflight()  # W&B must answer before any byte moves
         storage, base = self._storage(self.bucket)
+        storage.check_names([f.path for f in files])
         prefix = _join(base, art_type, art_name, alias)
         meta_key = _join(base, art_type, art_name, META_DIR, alias + ".jsonl")
         partial_key = _join(base, art_type, art_name, META_DIR, alias + ".partial")
@@ -352,7 +354,9 @@ class WaBucketRefAPI:
         listing = await storage.list(prefix)
         complete = await storage.exists(meta_key)
         found = await storage.read(partial_key)
-        if (complete or (listing and found is None)) and not overwrite:
+        # A marker says the upload there is unfinished (even beside a manifest, if it was stopped
+        # just before removing the marker): the same command resumes it.
+        if (complete or listing) and found is None and not overwrite:
             raise WaBucketError(f"{where} already exists; pass --overwrite to replace it")
         # The marker says "bytes here are an unfinished upload, by us": a rerun may resume over them
         # once we are gone, and no other upload writes here meanwhile.
@@ -368,6 +372,7 @@ class WaBucketRefAPI:
             stale = sorted({o.key for o in listing} - {f.path for f in files})
             await storage.delete([_join(prefix, k) for k in stale])
             manifest, _ = await transfer.upload(storage, prefix, files, {o.key: o for o in listing}, self.options)
+            await storage.remove_leftovers(prefix)  # of earlier, interrupted tries
             await marker.check_still_ours(where)
         finally:
             beat.cancel()
@@ -503,13 +508,15 @@ class WaBucketRefAPI:
         except OSError as e:  # a file in the way, no permission
             raise UsageError(f"cannot create the destination folder {dest}: {e.strerror or e}") from e
         try:
-            self._download_artifact(art_name, name, art_type, art_alias, dest, run_config)
-        except BaseException:
-            if dst_folder is None:  # its name was never given out: nothing could resume into it
-                shutil.rmtree(dest, ignore_errors=True)
-            else:
-                _remove_empty_folders(dest, created)
-            raise
+            with _one_download_into(dest):
+                try:
+                    self._download_artifact(art_name, name, art_type, art_alias, dest, run_config)
+                except BaseException:
+                    if dst_folder is None:  # its name was never given out: nothing could resume into it
+                        shutil.rmtree(dest, ignore_errors=True)
+                    else:
+                        _remove_empty_folders(dest, created)
+                    raise
         finally:
             self.options = options
         return dest
@@ -760,6 +767,29 @@ def _first_missing(path: Path) -> Path | None:
             break
         missing = p
     return missing
+
+
+@contextlib.contextmanager
+def _one_download_into(dest: Path) -> Iterator[None]:
+    """Downloads into one folder take turns (a lock on the folder itself, none where locks cannot be
+    had): each removes the part files it finds there as a killed run's leftovers."""
+    try:
+        import fcntl
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another download into %s to end", dest)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def _remove_files(root: Path, paths: set[str]) -> None:

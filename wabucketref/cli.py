@@ -69,7 +69,7 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
 @click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE", help="Artifact metadata (repeatable); also the run's config.")
 @click.option("--reff/--no-reff", default=True, show_default=True, help="Store a reference to the bucket (default) or the files in W&B.")
 @click.option("-s", "--suffix", help="Suffix for the ::set-output names ([A-Za-z0-9_]).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing <TYPE>/<NAME>/<ALIAS>/.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing <TYPE>/<NAME>/<ALIAS>/ (its old content is unusable from the start; an interrupted overwrite is finished by rerunning it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, quiet) -> None:
@@ -136,8 +136,23 @@ def verify(ctx, type_, name, alias, local, quiet) -> None:
         click.echo(f"ok: {n} file{'s' * (n != 1)}, {manifest.total_size} bytes match the manifest", err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, a cancelled job): unwound like Ctrl-C, so part files and markers are
+    cleaned up and a rerun resumes."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup finish
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """The process entry point: run the CLI, then end the process (in-process callers use run())."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code = run(argv)
     # Leave without the interpreter's final teardown. obstore hands each result back from a
     # tokio thread that may still be returning into Python as the last command ends; Python 3.11
@@ -174,8 +189,7 @@ def run(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            click.echo("wabucket: interrupted", err=True)
-            return 130
+            return _interrupted(e.__context__)
         click.echo("wabucket: aborted", err=True)
         return 1
     except WaBucketError as e:
@@ -183,9 +197,8 @@ def run(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"wabucket: error: {e}", err=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        click.echo("wabucket: interrupted", err=True)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     except Exception as e:  # noqa: BLE001 - one readable line instead of a traceback
         if os.environ.get("WABUCKET_DEBUG"):
             raise
@@ -194,3 +207,10 @@ def run(argv: list[str] | None = None) -> int:
         first = one_line(e) if str(e).strip() else ""
         click.echo(f"wabucket: error: {type(e).__name__}: {first} (set WABUCKET_DEBUG=1 for details)", err=True)
         return 1
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM, as a shell reports a process those signals ended."""
+    terminated = isinstance(e, Terminated)
+    click.echo("wabucket: terminated" if terminated else "wabucket: interrupted", err=True)
+    return 143 if terminated else 130

@@ -231,6 +231,12 @@ class Storage:
             with self.explained():
                 await with_retries(lambda: obs.delete_async(self.store, keys), f"deleting {keys[0]}", ATTEMPTS)
 
+    def check_names(self, paths: list[str]) -> None:
+        """Refuse (UsageError) file paths this kind of bucket cannot hold."""
+
+    async def remove_leftovers(self, prefix: str) -> None:
+        """Remove what interrupted writes under prefix left beside the objects (nothing, for S3 and Azure)."""
+
     def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
         """Does an S3-style ETag match content whose per-part MD5 digests are given?
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from obstore.store import LocalStore
 
-from ..errors import WaBucketError
+from ..errors import UsageError, WaBucketError
 from .base import ObjectInfo, Storage
+
+
+# obstore's LocalStore writes NAME through a staging file NAME#N and renames it; so it refuses such
+# names as keys, and leaves the staging file behind when a write is interrupted.
+_STAGING = re.compile(r".*#\d+")
 
 
 class LocalStorage(Storage):
@@ -18,6 +25,16 @@ class LocalStorage(Storage):
 
     def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
         return None  # local ETags describe inode and mtime, not content: hash the file instead
+
+    def check_names(self, paths: list[str]) -> None:
+        if bad := next((p for p in paths if _STAGING.fullmatch(p.rpartition("/")[2])), None):
+            raise UsageError(f"{bad}: a local folder bucket cannot hold a file whose name ends in '#' and digits")
+
+    async def remove_leftovers(self, prefix: str) -> None:
+        for folder, _, names in os.walk(self.root / prefix):
+            for name in names:
+                if _STAGING.fullmatch(name):
+                    os.unlink(os.path.join(folder, name))
 
     async def delete(self, keys: list[str]) -> None:
         """Delete, then remove the folders left empty: a folder is in the way of a file of its name."""

@@ -219,12 +219,22 @@ def test_reads_first_version_s3_references(env, request, tmp_path, wandb_server)
 
     proc = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl"), env=without_boto3, check=True)
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
-    assert "sizes are checked" in proc.stderr
+    assert "sizes and ETags are checked" in proc.stderr
     verify = env.wabucket("verify", "dataset", "first", "s1", env=without_boto3)
     assert verify.returncode == 1 and "no content manifest" in verify.stderr
 
+    # the version is the objects W&B named: one added to the folder since is not part of it
+    raw.write("dataset/first/s1/added-later.txt", b"not in this version")
+    env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl-added"), env=without_boto3, check=True)
+    assert tree_hashes(tmp_path / "dl-added") == tree_hashes(src)
+
+    same_size = bytes(reversed((src / "a.txt").read_bytes()))
+    assert same_size != (src / "a.txt").read_bytes()
+    raw.write("dataset/first/s1/a.txt", same_size)
+    changed = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl2"), env=without_boto3)
+    assert changed.returncode == 1 and "a.txt: changed in" in changed.stderr and "ETag differs" in changed.stderr, changed.stderr
     raw.write("dataset/first/s1/a.txt", b"a different size")
-    bad = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl2"), env=without_boto3)
+    bad = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl3"), env=without_boto3)
     assert bad.returncode == 1 and "a.txt" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -336,3 +336,40 @@ def test_no_reff_stores_the_files_in_wandb(env, wandb_server, tmp_path):
     (tmp_path / "dl" / "a.txt").write_text("changed")
     bad = env.wabucket("verify", "dataset", "ds", "n1", "--local", str(tmp_path / "dl"))
     assert bad.returncode == 1 and "a.txt: content in" in bad.stderr, bad.stderr
+
+
+def _wandb_script(env, body: str) -> None:
+    """A user's own wandb script against the test's W&B backend and project."""
+    env.python("import wandb\nrun = wandb.init(project=%r, settings=wandb.Settings(silent=True))\n%s\nrun.finish()\n"
+               % (env.vars["WANDB_PROJECT"], body))
+
+
+def test_plain_wandb_artifacts_download_complete_or_fail(env, wandb_server, tmp_path):
+    """An artifact made by wandb alone (no bucket, no wabucketref manifest): its files come through
+    wandb, and each one W&B lists must arrive (wandb only warns when it cannot write one)."""
+    env = online(env, wandb_server)
+    src = make_tree(tmp_path / "src", big=False)
+    _wandb_script(env, f"art = wandb.Artifact('plain', 'dataset')\nart.add_dir({str(src)!r})\nrun.log_artifact(art)")
+    env.wabucket("download", "dataset", "plain", "latest", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    (tmp_path / "blocked" / "a.txt").mkdir(parents=True)  # a folder where a file must go
+    bad = env.wabucket("download", "dataset", "plain", "latest", "-d", str(tmp_path / "blocked"))
+    assert bad.returncode == 1 and "a.txt: W&B did not bring it as a file" in bad.stderr, bad.stderr
+
+
+def test_files_added_in_wandb_to_a_bucket_version_come_too(env, wandb_server, tmp_path):
+    """A version of a wabucketref artifact edited in W&B (a draft with a file added): download brings
+    the bucket's files and the one W&B stores; verify checks the bucket's and says W&B checks the other."""
+    env = online(env, wandb_server)
+    src = make_tree(tmp_path / "src", big=False)
+    upload(env, src, "-n", "ds", "-t", "dataset", "-a", "first")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("added in W&B")
+    _wandb_script(env, f"d = run.use_artifact('ds:first').new_draft()\nd.add_file({str(notes)!r}, name='notes.txt')\n"
+                       "run.log_artifact(d, aliases=['edited'])")
+    proc = env.wabucket("download", "dataset", "ds", "edited", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == {**tree_hashes(src), "notes.txt": hashlib.sha256(b"added in W&B").hexdigest()}
+    assert "stored in W&B itself" in proc.stderr, proc.stderr
+    checked = env.wabucket("verify", "dataset", "ds", "edited", check=True)
+    assert "1 file(s) stored in W&B itself" in checked.stderr, checked.stderr
+    env.wabucket("verify", "dataset", "ds", "edited", "--local", str(tmp_path / "dl"), check=True)

@@ -545,19 +545,21 @@ class WaBucketRefAPI:
         manifest = resolved.manifest
         if manifest is not None and pre.digest == manifest.digest():
             self._loop.wait(prefetch)
-            if pre.done == {f.path for f in manifest.files}:
-                if pre.stats is not None and not self.options.quiet:  # its summary waited for W&B's word
-                    log.info(pre.stats.summary())
-                return
+            complete = pre.done == {f.path for f in manifest.files}
+            if complete and pre.stats is not None and not self.options.quiet:  # its summary waited for W&B's word
+                log.info(pre.stats.summary())
             trusted = set(pre.done)
         else:
             self._stop_prefetch(prefetch, pre)
-            trusted = self._keep_matching(dest, pre.done, manifest)
+            complete, trusted = False, self._keep_matching(dest, pre.done, manifest)
         if resolved.ref is None and resolved.has_files:
             tracking.download_files(resolved, dest)
             return
-        storage, key = self._locate(resolved, art_alias)
-        self._run_io(self._download(storage, key, resolved, dest, trusted))
+        if not complete:
+            storage, key = self._locate(resolved, art_alias)
+            self._run_io(self._download(storage, key, resolved, dest, trusted))
+        if resolved.has_files:  # files added to this version in W&B itself (a draft of it, `add_file`)
+            tracking.download_stored_files(resolved, dest)
 
     async def _prefetch(self, name: str, type_: str, alias: str, dest: Path, pre: "_Prefetch") -> None:
         pre.task = asyncio.current_task()
@@ -665,11 +667,13 @@ class WaBucketRefAPI:
             listing = await storage.without_empty_folders(key, listing)
             manifest = Manifest([FileEntry(o.key, o.size, NO_HASH) for o in listing], info={"verified": False})
         else:
-            if manifest.info.get("empty_files_unlisted"):
+            if manifest.info.get("empty_files_unlisted"):  # W&B's own s3:// references: the objects they name
                 known = manifest.by_path()
                 unlisted = [o for o in listing if o.size == 0 and o.key not in known]
-                empty = [FileEntry(o.key, 0, NO_HASH) for o in await storage.without_empty_folders(key, unlisted)]
-                manifest = Manifest(manifest.files + empty, info=manifest.info)
+                empty = await storage.without_empty_folders(key, unlisted)
+                manifest = Manifest(manifest.files + [FileEntry(o.key, 0, NO_HASH) for o in empty], info=manifest.info)
+                listing = [o for o in listing if o.key in known] + empty  # objects added since are not the version's
+                _check_etags(manifest.info.get("etags") or {}, listing, where)
             transfer.check_listing(manifest, listing, where)
         await transfer.download(storage, key, manifest, dest, self.options, trusted=trusted)
 
@@ -719,11 +723,15 @@ class WaBucketRefAPI:
         if resolved.manifest is None or not resolved.manifest.verified:
             raise IntegrityError(f"{art_name}:{art_alias} has no content manifest: nothing to verify against")
         manifest = resolved.manifest
+        stored = tracking.stored_files(resolved) if resolved.ref is not None else set()
+        if stored:
+            log.warning("%s:%s also has %d file(s) stored in W&B itself: W&B checks those, not this command",
+                        art_name, art_alias, len(stored))
         if local is not None:
             root = Path(local)
             if not root.is_dir():
                 raise UsageError(f"not a folder: {root}")
-            actual = {f.path: f for f in scan_folder(root)}
+            actual = {f.path: f for f in scan_folder(root) if f.path not in stored}
             expected = manifest.by_path()
             for path in sorted(set(actual) | set(expected)):
                 if path not in actual:
@@ -767,6 +775,14 @@ def _first_missing(path: Path) -> Path | None:
             break
         missing = p
     return missing
+
+
+def _check_etags(recorded: dict[str, str], listing: list, where: str) -> None:
+    """Objects W&B recorded by ETag must still have it (the content of such a version has no sha256)."""
+    for o in listing:
+        want = recorded.get(o.key)
+        if want and o.etag and o.etag.strip('"') != want:
+            raise IntegrityError(f"{o.key}: changed in {where} since W&B recorded it (its ETag differs)")
 
 
 @contextlib.contextmanager

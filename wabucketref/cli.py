@@ -57,7 +57,7 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
         stream=sys.stderr, format="wabucket: %(message)s",
         level=logging.WARNING if quiet else logging.INFO,
     )
-    for noisy in ("wandb", "apolo_sdk", "aiohttp", "urllib3"):
+    for noisy in ("wandb", "apolo_sdk", "aiohttp", "urllib3", "botocore", "boto3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -275,8 +275,8 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
     if ref is None and manifest is None and (s3 := _s3_references(entries)) is not None:
         ref, manifest = s3
         has_files = False
-        log.warning("%s:%s refers to its files one by one in %s (an early wabucketref): their sizes are checked, "
-                    "their content cannot be", name, alias, ref)
+        log.warning("%s:%s refers to its files one by one in %s (W&B's own s3:// references, as the first "
+                    "wabucketref logged them): their sizes and ETags are checked, not a sha256", name, alias, ref)
     return Resolved(
         name=name.rsplit("/", 1)[-1], type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
         metadata=dict(art.metadata or {}), has_files=has_files, artifact=art,
@@ -297,8 +297,9 @@ def _s3_references(entries: dict) -> tuple[str, Manifest] | None:
         return None
     check_unique(entries)
     files = [FileEntry(safe_relpath(path), entry.size or 0, NO_HASH) for path, entry in entries.items()]
+    etags = {path: etag.strip('"') for path, entry in entries.items() if (etag := (getattr(entry, "extra", None) or {}).get("etag"))}
     # W&B's S3 handler leaves out empty objects: the download adds those it finds in the folder
-    return roots.pop(), Manifest(files, info={"verified": False, "empty_files_unlisted": True})
+    return roots.pop(), Manifest(files, info={"verified": False, "empty_files_unlisted": True, "etags": etags})
 
 
 def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:
@@ -320,8 +321,36 @@ def download_files(resolved: Resolved, dest: Path) -> None:
     root = Path(resolved.artifact.download(root=str(dest)))
     (root / MANIFEST_NAME).unlink(missing_ok=True)
     if resolved.manifest is None:
+        # wandb skips an entry it cannot write (a folder in the way) with a warning only
+        _check_sizes(root, dict(resolved.artifact.manifest.entries))
         return
     for f in resolved.manifest.files:
         p = root / f.path
         if not p.is_file() or p.stat().st_size != f.size or sha256_file(p) != f.sha256:
             raise IntegrityError(f"{f.path}: downloaded from W&B but does not match the manifest")
+
+
+def stored_files(resolved: Resolved) -> set[str]:
+    """Paths of the files W&B itself stores for this version (beside the bucket's, if it refers to one)."""
+    if not resolved.has_files:
+        return set()
+    return {p for p in resolved.artifact.manifest.entries if p not in (REFERENCE_NAME, MANIFEST_NAME)}
+
+
+def download_stored_files(resolved: Resolved, dest: Path) -> None:
+    """The files of a bucket-referencing version that W&B itself stores (added to it in W&B)."""
+    entries = {p: resolved.artifact.manifest.entries[p] for p in stored_files(resolved)}
+    if clash := next((p for p in entries if resolved.manifest is not None and p in resolved.manifest.by_path()), None):
+        raise IntegrityError(f"{clash}: both in the bucket and stored in W&B for {resolved.name}:{resolved.version}")
+    for path in entries:
+        resolved.artifact.get_entry(path).download(root=str(dest))
+    _check_sizes(dest, entries)
+    log.info("also downloaded %d file(s) stored in W&B itself, checked by W&B's digests", len(entries))
+
+
+def _check_sizes(root: Path, entries: dict) -> None:
+    for path, entry in entries.items():
+        p = root / path
+        if not p.is_file() or (entry.size is not None and p.stat().st_size != entry.size):
+            raise IntegrityError(f"{path}: W&B did not bring it as a file of {entry.size} bytes")
+

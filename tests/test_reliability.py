@@ -491,13 +491,18 @@ def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path, stop):
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
 
 
+def _uploaded_with_a_big_file(env: Env, tmp_path: Path, alias: str) -> Path:
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", alias, check=True)
+    return src
+
+
 @pytest.mark.parametrize("stop", sorted(STOPS))
 def test_ctrl_c_during_download(s3_env, seaweed, tmp_path, stop):
     sig, status, said = STOPS[stop]
     env = s3_env
-    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
-    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
-    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1", check=True)
+    src = _uploaded_with_a_big_file(env, tmp_path, "i1")
     dest = tmp_path / "dl"
     with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
         via(env, proxy)
@@ -521,9 +526,7 @@ def test_two_downloads_into_one_folder_take_turns(s3_env, seaweed, tmp_path):
     """Each download removes the part files it finds as a killed run's leftovers: two at once in one
     folder would delete each other's. The second waits for the first, then finds everything there."""
     env = s3_env
-    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
-    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
-    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "c1", check=True)
+    src = _uploaded_with_a_big_file(env, tmp_path, "c1")
     dest = tmp_path / "dl"
     with FaultProxy(seaweed.endpoint_url, bandwidth=2_000_000) as proxy:
         via(env, proxy)
@@ -542,9 +545,7 @@ def test_killed_download_resumes_without_leftovers(s3_env, seaweed, tmp_path):
     """SIGKILL (the OOM killer, a preempted job) cleans nothing up: the rerun removes the dead run's part
     files, keeps the finished files and brings the rest."""
     env = s3_env
-    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
-    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
-    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+    src = _uploaded_with_a_big_file(env, tmp_path, "k1")
     dest = tmp_path / "dl"
     mine = dest / ".notes.txt.0123abcd.wabucket-part"  # looks like a part file, but of no file in the artifact
     dest.mkdir()
@@ -775,7 +776,7 @@ def test_staging_files_of_an_interrupted_local_upload_are_removed(env, tmp_path)
 
 
 CLAIMS = """
-import asyncio, json, sys
+import asyncio, json, os, sys
 from wabucketref.storage import open_bucket
 
 async def main(spec):
@@ -785,11 +786,12 @@ async def main(spec):
         got = [await storage.put_if_unchanged(key, b"1", None), await storage.put_if_unchanged(key, b"2", None)]
         data, etag = await storage.read(key)
         got += [await storage.put_if_unchanged(key, b"3", etag), await storage.put_if_unchanged(key, b"4", etag)]
-        print(json.dumps(got + [(await storage.read(key))[0].decode()]))
+        print(json.dumps(got + [(await storage.read(key))[0].decode()]), flush=True)
     finally:
         await storage.close()
 
 asyncio.run(main(sys.argv[1]))
+os._exit(0)  # as the CLI leaves: obstore's threads may abort the interpreter's teardown
 """
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import concurrent.futures
 import dataclasses
@@ -91,12 +90,6 @@ def check_metadata(metadata: dict | None) -> dict:
 
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
-
-
-# obstore hands each result back from a tokio thread that may still be returning into Python when a
-# script ends right after a transfer; if Python's teardown catches it there, the process aborts
-# (SIGABRT). A pause at exit lets it finish (the CLI, which leaves with os._exit, never gets here).
-atexit.register(time.sleep, 0.02)
 
 
 class _LoopThread:

@@ -7,10 +7,12 @@ to name its keys as URIs; listing, reading and writing are the same code for all
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Awaitable, Callable, Iterator
@@ -22,6 +24,11 @@ from ..errors import NotFoundError, UsageError, WaBucketError
 from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, env_seconds, s3_error, server_of, with_retries
 
 log = logging.getLogger("wabucketref")
+
+# obstore hands each result back from a tokio thread that may still be returning into Python when a
+# script ends right after a request; if Python's teardown catches it there, the process aborts
+# (SIGABRT). A pause at exit lets it finish (the CLI, which leaves with os._exit, never gets here).
+atexit.register(time.sleep, 0.02)
 
 # Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
 # retries for streamed transfers live in transfer.py.

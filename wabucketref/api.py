@@ -716,7 +716,7 @@ class WaBucketRefAPI:
         if resolved.manifest is None or not resolved.manifest.verified:
             raise IntegrityError(f"{art_name}:{art_alias} has no content manifest: nothing to verify against")
         manifest = resolved.manifest
-        stored = tracking.stored_files(resolved) if resolved.ref is not None else set()
+        stored = resolved.stored_files if resolved.ref is not None else frozenset()
         if stored:
             log.warning("%s:%s also has %d file(s) stored in W&B itself: W&B checks those, not this command",
                         art_name, art_alias, len(stored))

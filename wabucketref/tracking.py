@@ -36,8 +36,12 @@ class Resolved:
     ref: str | None = None  # the bucket URI of the data, if the artifact has one
     manifest: Manifest | None = None
     metadata: dict = field(default_factory=dict)
-    has_files: bool = False  # files stored in W&B itself (--no-reff), beside or instead of a reference
+    stored_files: frozenset[str] = frozenset()  # paths W&B itself stores (--no-reff), beside or instead of a reference
     artifact: Any = None
+
+    @property
+    def has_files(self) -> bool:
+        return bool(self.stored_files)
 
 
 def live_run() -> Any:
@@ -271,15 +275,15 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
             path = art.get_entry(MANIFEST_NAME).download(root=tmp)
             manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {name}:{alias}")
     ref = ref_entry.ref if ref_entry is not None else None
-    has_files = any(p not in (REFERENCE_NAME, MANIFEST_NAME) for p in entries)
+    stored = frozenset(p for p in entries if p not in (REFERENCE_NAME, MANIFEST_NAME))
     if ref is None and manifest is None and (s3 := _s3_references(entries)) is not None:
         ref, manifest = s3
-        has_files = False
+        stored = frozenset()
         log.warning("%s:%s refers to its files one by one in %s (W&B's own s3:// references, as the first "
                     "wabucketref logged them): their sizes and ETags are checked, not a sha256", name, alias, ref)
     return Resolved(
         name=name.rsplit("/", 1)[-1], type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
-        metadata=dict(art.metadata or {}), has_files=has_files, artifact=art,
+        metadata=dict(art.metadata or {}), stored_files=stored, artifact=art,
     )
 
 
@@ -330,17 +334,11 @@ def download_files(resolved: Resolved, dest: Path) -> None:
             raise IntegrityError(f"{f.path}: downloaded from W&B but does not match the manifest")
 
 
-def stored_files(resolved: Resolved) -> set[str]:
-    """Paths of the files W&B itself stores for this version (beside the bucket's, if it refers to one)."""
-    if not resolved.has_files:
-        return set()
-    return {p for p in resolved.artifact.manifest.entries if p not in (REFERENCE_NAME, MANIFEST_NAME)}
-
-
 def download_stored_files(resolved: Resolved, dest: Path) -> None:
     """The files of a bucket-referencing version that W&B itself stores (added to it in W&B)."""
-    entries = {p: resolved.artifact.manifest.entries[p] for p in stored_files(resolved)}
-    if clash := next((p for p in entries if resolved.manifest is not None and p in resolved.manifest.by_path()), None):
+    entries = {p: resolved.artifact.manifest.entries[p] for p in resolved.stored_files}
+    in_bucket = resolved.manifest.by_path() if resolved.manifest is not None else {}
+    if clash := next((p for p in entries if p in in_bucket), None):
         raise IntegrityError(f"{clash}: both in the bucket and stored in W&B for {resolved.name}:{resolved.version}")
     for path in entries:
         resolved.artifact.get_entry(path).download(root=str(dest))

@@ -32,6 +32,7 @@ from .errors import IntegrityError, NotFoundError, WaBucketError
 from .manifest import FileEntry, LocalFile, Manifest, safe_relpath
 from .retry import ATTEMPTS, with_retries
 from .storage import ObjectInfo, Storage
+from .storage.base import key_under
 
 log = logging.getLogger("wabucketref")
 
@@ -168,10 +169,6 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concu
     return [results[i] for i in range(len(results))]
 
 
-def _key(prefix: str, path: str) -> str:
-    return f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
-
-
 # ---------------------------------------------------------------- hashing helpers
 
 
@@ -265,7 +262,7 @@ async def upload(
     large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
 
     async def one(f: LocalFile) -> FileEntry:
-        key = _key(prefix, f.path)
+        key = key_under(prefix, f.path)
         info = existing.get(f.path)
         if info is not None and info.size == f.size:
             part = storage.part_size(f.size) if f.size > SMALL_FILE else f.size + 1
@@ -374,7 +371,7 @@ async def download(
             if await asyncio.to_thread(_local_matches, final, f, verify):
                 progress.file_done(f.size, skipped=True)
                 return
-        key = _key(prefix, f.path)
+        key = key_under(prefix, f.path)
 
         async def get() -> None:
             if f.size > SMALL_FILE:
@@ -720,7 +717,7 @@ async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], 
         safe_relpath(o.key)
 
         async def read() -> tuple[str, int]:
-            return await _remote_sha256(storage, _key(prefix, o.key), o.size, progress)
+            return await _remote_sha256(storage, key_under(prefix, o.key), o.size, progress)
 
         try:
             sha, size = await with_retries(read, f"reading {o.key}", opts.attempts)

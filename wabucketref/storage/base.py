@@ -63,6 +63,11 @@ def check_prefix(prefix: str, where: str) -> str:
     return prefix
 
 
+def key_under(prefix: str, path: str) -> str:
+    """The key of `path` under `prefix` (either may be empty)."""
+    return f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str  # relative to the listed prefix
@@ -170,7 +175,7 @@ class Storage:
 
         async def readable(o: ObjectInfo) -> bool:
             async with turns:
-                return await self.exists(f"{prefix.strip('/')}/{o.key}" if prefix.strip("/") else o.key)
+                return await self.exists(key_under(prefix, o.key))
 
         found = await asyncio.gather(*(readable(o) for o in empty))
         markers = {o.key for o, ok in zip(empty, found) if not ok}

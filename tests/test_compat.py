@@ -244,7 +244,7 @@ def test_first_version_references_are_read_only_when_they_are_one_folder():
     from wabucketref.errors import IntegrityError
     from wabucketref.tracking import _s3_references
 
-    root, manifest = _s3_references({"a/b.txt": Entry(ref="s3://bk/p/a/b.txt", size=3), "c": Entry(ref="s3://bk/p/c", size=1)})
+    root, manifest, _ = _s3_references({"a/b.txt": Entry(ref="s3://bk/p/a/b.txt", size=3), "c": Entry(ref="s3://bk/p/c", size=1)})
     assert root == "s3://bk/p" and [(f.path, f.size) for f in manifest.files] == [("a/b.txt", 3), ("c", 1)]
     assert _s3_references({"a": Entry(ref="s3://bk/p/a", size=1), "b": Entry(ref="s3://bk/q/b", size=1)}) is None
     assert _s3_references({"a": Entry(ref="s3://bk/p/x", size=1)}) is None  # a name that is not its key's tail

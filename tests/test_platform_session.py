@@ -265,6 +265,6 @@ def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
     ("http://127.0.0.1:10000/devstoreaccount1", "devstoreaccount1"),
 ])
 def test_azure_account_from_endpoint(endpoint, account):
-    from wabucketref.storage.platform import _azure_account
+    from wabucketref.storage.azure import account_of as _azure_account
 
     assert _azure_account(endpoint) == account

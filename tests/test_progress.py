@@ -67,7 +67,7 @@ def test_progress_bar_on_terminal_and_quiet(env, tmp_path):
 
 
 def test_summary_counts_read_as_english():
-    from wabucketref.transfer import Stats
+    from wabucketref.progress import Stats
 
     one = Stats("uploaded", files=1, bytes=8, skipped_files=1, skipped_bytes=5).summary()
     assert one.startswith("uploaded 1 file (8 B) in ") and one.endswith("; 1 file (5 B) was already there"), one

@@ -109,15 +109,14 @@ def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
     """Against a real obstore LocalStore: the second try of a range asks only for what is missing."""
     import threading
 
-    from obstore.store import LocalStore
-
     from wabucketref.manifest import FileEntry
+    from wabucketref.storage.local import LocalStorage
     from wabucketref.transfer import _stream_range
 
     data = random.Random(2).randbytes(3 * PART)
     (tmp_path / "bucket").mkdir()
     (tmp_path / "bucket" / "obj").write_bytes(data)
-    store = LocalStore(str(tmp_path / "bucket"))
+    store = LocalStorage(tmp_path / "bucket")
     fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
     try:
         os.ftruncate(fd, len(data))

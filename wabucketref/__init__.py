@@ -15,7 +15,7 @@ def __getattr__(name: str):
 
         return WaBucketRefAPI
     if name == "parse_meta":  # the original tool's name for KEY=VALUE parsing
-        from .api import parse_pairs
+        from .cli import parse_pairs
 
         return parse_pairs
     if name == "__version__":

@@ -6,14 +6,18 @@ Heavy SDKs (wandb, apolo_sdk, obstore) are imported only when a command runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .errors import WaBucketError
+from . import settings
+from .errors import UsageError, WaBucketError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -24,23 +28,25 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
-def _api(ctx: click.Context, quiet: bool = False):
+def _api(ctx: click.Context, quiet: bool = False) -> Any:
     from .api import WaBucketRefAPI
+    from .progress import TqdmProgress
 
     o = ctx.obj
+    quiet = quiet or o["quiet"]
     if quiet:  # a command's own -q: as quiet as the global one
         logging.getLogger().setLevel(logging.WARNING)
     return WaBucketRefAPI(
         bucket=o["bucket"], project_name=o["project_name"], entity=o["entity"],
-        run_name=o["run_name"], job_type=o["job_type"], quiet=quiet or o["quiet"],
-        concurrency=o["concurrency"],
+        run_name=o["run_name"], job_type=o["job_type"], quiet=quiet,
+        concurrency=o["concurrency"], progress=None if quiet else TqdmProgress(),
     )
 
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
 @click.option("--bucket", envvar="WABUCKET_BUCKET", show_envvar=True, callback=_not_empty, help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
-@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=_not_empty, help="W&B project (default: $WANDB_PROJECT). Without it, --bucket is required and W&B's default project is used.")
+@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=_not_empty, help="W&B project (default: $WANDB_PROJECT, else a running W&B run's, else the one `wandb init` named). Required unless WANDB_MODE=disabled.")
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
 @click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
 @click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
@@ -74,11 +80,11 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
 @click.pass_context
 def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, quiet) -> None:
     """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it."""
-    from .api import parse_pairs
-
     meta = parse_pairs(metadata)
     with _api(ctx, quiet) as api:
-        api.upload_artifact(src_dir, name, type_, alias, meta, as_reference=reff, overwrite=overwrite, suffix=suffix)
+        api.upload_artifact(
+            src_dir, name, type_, alias, meta, as_reference=reff, overwrite=overwrite, suffix=suffix, set_outputs=True
+        )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -93,8 +99,6 @@ def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
     """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path.
 
     NAME may be qualified as PROJECT/NAME or ENTITY/PROJECT/NAME to read another project's artifact."""
-    from .api import parse_run_args
-
     config = parse_run_args(run_args)
     with _api(ctx, quiet) as api:
         path = api.download_artifact(name, type_, alias, Path(dest) if dest else Path(type_, name, alias), run_config=config)
@@ -113,11 +117,9 @@ def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
 @click.pass_context
 def link(ctx, bucket_path, name, type_, alias, metadata, suffix, overwrite, quiet) -> None:
     """Register a folder already in the bucket (BUCKET_PATH inside it, or a full URI) as an artifact."""
-    from .api import parse_pairs
-
     meta = parse_pairs(metadata)
     with _api(ctx, quiet) as api:
-        api.link(bucket_path, name, type_, alias, meta, suffix=suffix, overwrite=overwrite)
+        api.link(bucket_path, name, type_, alias, meta, suffix=suffix, overwrite=overwrite, set_outputs=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -193,16 +195,16 @@ def run(argv: list[str] | None = None) -> int:
         click.echo("wabucket: aborted", err=True)
         return 1
     except WaBucketError as e:
-        if os.environ.get("WABUCKET_DEBUG"):
+        if settings.debug():
             raise
         click.echo(f"wabucket: error: {e}", err=True)
         return e.exit_code
     except KeyboardInterrupt as e:
         return _interrupted(e)
-    except Exception as e:  # noqa: BLE001 - one readable line instead of a traceback
-        if os.environ.get("WABUCKET_DEBUG"):
+    except Exception as e:  # one readable line instead of a traceback
+        if settings.debug():
             raise
-        from .retry import one_line  # an S3 error's code and message, not its XML body's first line
+        from .failures import one_line  # an S3 error's code and message, not its XML body's first line
 
         first = one_line(e) if str(e).strip() else ""
         click.echo(f"wabucket: error: {type(e).__name__}: {first} (set WABUCKET_DEBUG=1 for details)", err=True)
@@ -214,3 +216,32 @@ def _interrupted(e: KeyboardInterrupt) -> int:
     terminated = isinstance(e, Terminated)
     click.echo("wabucket: terminated" if terminated else "wabucket: interrupted", err=True)
     return 143 if terminated else 130
+
+
+def parse_pairs(pairs: list[str] | tuple[str, ...], what: str = "metadata") -> dict[str, str]:
+    """KEY=VALUE strings (from -m) into a dict."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid {what} {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def parse_run_args(text: str | None) -> dict[str, Any] | str:
+    """Run config for download's -a: a YAML file's path (wandb reads it, as with the original tool),
+    a JSON object, or KEY=VALUE pairs separated by spaces or commas."""
+    if not text:
+        return {}
+    if "=" not in text and os.path.isfile(text):
+        return text
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"invalid run args (JSON): {e}") from e
+        if not isinstance(value, dict):
+            raise UsageError("run args JSON must be an object")
+        return value
+    return parse_pairs(re.split(r"[\s,]+", text.strip()), what="run arg")

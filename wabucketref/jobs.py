@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import logging
-import os
+
+from .failures import first_line
+from .settings import platform_job_env
 
 log = logging.getLogger("wabucketref")
 
-# The original tool read NEURO_*; newer platforms set APOLO_* as well.
 _VARS = {"job_id": "JOB_ID", "job_name": "JOB_NAME", "owner": "JOB_OWNER"}
 MAX_TAG = 64  # W&B's limit on a tag's length
 
 
-def _env(suffix: str) -> str | None:
-    return os.environ.get(f"APOLO_{suffix}") or os.environ.get(f"NEURO_{suffix}")
-
-
 def current_job_id() -> str | None:
-    return _env("JOB_ID")
+    return platform_job_env("JOB_ID")
 
 
 def env_tags() -> list[str]:
     """job_id:…, job_name:…, owner:… for the job this process runs in (none outside a job)."""
     if not current_job_id():
         return []
-    return [f"{tag}:{value}"[:MAX_TAG] for tag, var in _VARS.items() if (value := _env(var))]
+    return [f"{tag}:{value}"[:MAX_TAG] for tag, var in _VARS.items() if (value := platform_job_env(var))]
 
 
 async def platform_tags(job_id: str) -> list[str]:
@@ -38,6 +35,22 @@ async def platform_tags(job_id: str) -> list[str]:
         finally:
             await client.close()
         return [str(t)[:MAX_TAG] for t in (status.tags or ())]
-    except Exception as e:  # noqa: BLE001 - tags are a nicety; never fail a transfer over them
-        log.warning("could not read tags of platform job %s: %s", job_id, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except Exception as e:  # tags are a nicety; never fail a transfer over them
+        log.warning("could not read tags of platform job %s: %s", job_id, first_line(e))
         return []
+
+
+def write_outputs(name: str, type_: str, alias: str, suffix: str = "") -> None:
+    """The ::set-output lines neuro-flow reads from a job's log, each at the start of its own
+    stdout line; `suffix` is appended to the names (`_x`, as checks.check_suffix makes it)."""
+    import sys
+    import time
+
+    sys.stdout.write(
+        f"::set-output name=artifact_name{suffix}::{name}\n"
+        f"::set-output name=artifact_type{suffix}::{type_}\n"
+        f"::set-output name=artifact_alias{suffix}::{alias}\n"
+    )
+    sys.stdout.flush()
+    if current_job_id():  # as the original tool does: a job's last log lines can be lost when it ends at once
+        time.sleep(1)

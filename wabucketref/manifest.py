@@ -20,7 +20,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from .errors import IntegrityError, UsageError
 
@@ -39,15 +40,11 @@ class FileEntry:
 @dataclass
 class Manifest:
     files: list[FileEntry]
-    info: dict = field(default_factory=dict)  # header fields besides "format"
+    header: dict[str, Any] = field(default_factory=dict)  # the first line's fields besides "format"
+    verified: bool = True  # False: made from a listing or from W&B's references, hashes unknown
 
     def __post_init__(self) -> None:
         self.files.sort(key=lambda f: f.path)
-
-    @property
-    def verified(self) -> bool:
-        """False for a manifest made from a listing or from W&B's references, whose hashes are unknown."""
-        return self.info.get("verified", True)
 
     @property
     def total_size(self) -> int:
@@ -56,24 +53,23 @@ class Manifest:
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
 
-    def lines(self, info: dict | None = None) -> Iterator[bytes]:
-        header = {"format": FORMAT, **(self.info if info is None else info)}
-        yield _dump(header)
+    def lines(self, header: dict[str, Any] | None = None) -> Iterator[bytes]:
+        yield _dump({"format": FORMAT, **(self.header if header is None else header)})
         for f in self.files:
             yield _dump({"path": f.path, "size": f.size, "sha256": f.sha256})
 
-    def dumps(self, info: dict | None = None) -> bytes:
-        return b"".join(self.lines(info))
+    def dumps(self, header: dict[str, Any] | None = None) -> bytes:
+        return b"".join(self.lines(header))
 
     def content_bytes(self) -> bytes:
         """The content-only serialisation: what W&B stores and what the digest is over."""
-        return self.dumps(info={})
+        return self.dumps(header={})
 
     def digest(self) -> str:
         return hashlib.sha256(self.content_bytes()).hexdigest()
 
     @classmethod
-    def loads(cls, data: bytes | Iterable[bytes], source: str = "manifest") -> "Manifest":
+    def loads(cls, data: bytes | Iterable[bytes], source: str = "manifest") -> Manifest:
         lines = data.splitlines() if isinstance(data, (bytes, bytearray)) else data
         it = iter(lines)
         try:

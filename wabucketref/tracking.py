@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import IntegrityError, NotFoundError, UsageError, WaBucketError
+from . import settings
+from .errors import IntegrityError, NotFoundError, WaBucketError
+from .failures import USAGE, classify, first_line
 from .manifest import NO_HASH, FileEntry, Manifest, check_unique, safe_relpath
-from .retry import env_seconds
 
 log = logging.getLogger("wabucketref")
 
@@ -37,6 +38,9 @@ class Resolved:
     manifest: Manifest | None = None
     metadata: dict = field(default_factory=dict)
     stored_files: frozenset[str] = frozenset()  # paths W&B itself stores (--no-reff), beside or instead of a reference
+    # W&B's own s3:// references (one per object): the ETags they recorded, checked instead of a
+    # sha256; they leave out empty objects
+    s3_etags: dict[str, str] | None = None
     artifact: Any = None
 
     @property
@@ -70,6 +74,24 @@ def mode() -> str:
 def is_offline() -> bool:
     """No W&B server to ask (offline or disabled)."""
     return mode() != "online"
+
+
+def settings_project() -> str | None:
+    """The project wandb's own settings files name (`wandb init` writes ./wandb/settings)."""
+    import configparser
+
+    root = Path(os.environ.get("WANDB_DIR") or ".")
+    local = root / (".wandb" if (root / ".wandb").exists() else "wandb") / "settings"
+    system = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser() / "settings"
+    for path in (local, system):
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except (OSError, configparser.Error):
+            continue
+        if project := parser.get("default", "project", fallback="").strip():
+            return project
+    return None
 
 
 def is_disabled() -> bool:
@@ -140,16 +162,11 @@ def preflight(timeout: float = 10.0) -> None:
         ) from e
 
 
-def wait_limit() -> float:
-    """How long to wait for W&B to register an artifact or finish a run."""
-    return env_seconds("WABUCKET_WANDB_TIMEOUT", 300.0)
-
-
 FAILED_RUN_WAIT = 30.0
 
 
 def finish_run(run: Any, exit_code: int) -> None:
-    """run.finish(), for at most wait_limit() seconds (FAILED_RUN_WAIT after a failure, which may
+    """run.finish(), for at most settings.wandb_timeout() seconds (FAILED_RUN_WAIT after a failure, which may
     have been W&B's): it waits until wandb has sent everything, which a failing W&B server can make
     endless. What is left stays in the run's folder."""
     import threading
@@ -160,7 +177,7 @@ def finish_run(run: Any, exit_code: int) -> None:
         except BaseException as e:  # noqa: BLE001 - wandb gives up on its own once we stopped waiting
             log.debug("finishing W&B run: %s", e)
 
-    limit = wait_limit() if exit_code == 0 else min(wait_limit(), FAILED_RUN_WAIT)
+    limit = settings.wandb_timeout() if exit_code == 0 else min(settings.wandb_timeout(), FAILED_RUN_WAIT)
     done = threading.Thread(target=finish, name="wandb-finish", daemon=True)
     done.start()
     done.join(limit)
@@ -182,15 +199,11 @@ def start_run(
             config=config or None,
             settings=wandb.Settings(console="off", silent=True, init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 90))),
         )
-    except wandb.errors.UsageError as e:
-        raise UsageError(f"W&B: {_first_line(e)}") from e
-    except Exception as e:  # noqa: BLE001 - wandb raises many types for unreachable servers
-        raise WaBucketError(f"cannot start a W&B run: {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    except Exception as e:  # wandb raises many types for unreachable servers
+        failure = classify(e)
+        if failure.kind == USAGE:
+            raise failure.error() from e
+        raise WaBucketError(f"cannot start a W&B run: {first_line(e)}") from e
 
 
 def log_artifact(
@@ -228,10 +241,10 @@ def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest) -> st
             run.log_artifact(art, aliases=[alias])
             if is_offline():
                 return None
-            art.wait(timeout=wait_limit())  # wandb retries a failing server for many minutes
+            art.wait(timeout=settings.wandb_timeout())  # wandb retries a failing server for many minutes
         except Exception as e:  # noqa: BLE001
             timed_out = type(e).__name__ == "WaitTimeoutError"  # not a TimeoutError
-            reason = f"no answer in {wait_limit():.0f} s" if timed_out else _first_line(e)
+            reason = f"no answer in {settings.wandb_timeout():.0f} s" if timed_out else first_line(e)
             raise WaBucketError(f"W&B did not register artifact {art.name}:{alias}: {reason}") from e
     return art.version
 
@@ -260,7 +273,7 @@ def use_artifact(run: Any, *, name: str, type: str, alias: str, project: str | N
             break
         except (wandb.errors.CommError, ValueError) as e:
             if i == len(paths) - 1:
-                raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
+                raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {first_line(e)}") from e
     return _resolved(art, name, type, alias)
 
 
@@ -276,18 +289,19 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
             manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {name}:{alias}")
     ref = ref_entry.ref if ref_entry is not None else None
     stored = frozenset(p for p in entries if p not in (REFERENCE_NAME, MANIFEST_NAME))
+    s3_etags = None
     if ref is None and manifest is None and (s3 := _s3_references(entries)) is not None:
-        ref, manifest = s3
+        ref, manifest, s3_etags = s3
         stored = frozenset()
         log.warning("%s:%s refers to its files one by one in %s (W&B's own s3:// references, as the first "
                     "wabucketref logged them): their sizes and ETags are checked, not a sha256", name, alias, ref)
     return Resolved(
         name=name.rsplit("/", 1)[-1], type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
-        metadata=dict(art.metadata or {}), stored_files=stored, artifact=art,
+        metadata=dict(art.metadata or {}), stored_files=stored, s3_etags=s3_etags, artifact=art,
     )
 
 
-def _s3_references(entries: dict) -> tuple[str, Manifest] | None:
+def _s3_references(entries: dict) -> tuple[str, Manifest, dict[str, str]] | None:
     """The folder and files of an artifact made of W&B's own s3:// references (one entry per object,
     named by its path under the referenced folder), as the original tool's first version logged them:
     wabucketref moves those bytes itself instead of leaving them to W&B (which needs boto3)."""
@@ -303,7 +317,7 @@ def _s3_references(entries: dict) -> tuple[str, Manifest] | None:
     files = [FileEntry(safe_relpath(path), entry.size or 0, NO_HASH) for path, entry in entries.items()]
     etags = {path: etag.strip('"') for path, entry in entries.items() if (etag := (getattr(entry, "extra", None) or {}).get("etag"))}
     # W&B's S3 handler leaves out empty objects: the download adds those it finds in the folder
-    return roots.pop(), Manifest(files, info={"verified": False, "empty_files_unlisted": True, "etags": etags})
+    return roots.pop(), Manifest(files, verified=False), etags
 
 
 def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:
@@ -314,7 +328,7 @@ def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, al
     try:
         art = wandb.Api().artifact(artifact_path(name, alias, project, entity), type=type)
     except (wandb.errors.CommError, ValueError) as e:
-        raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {_first_line(e)}") from e
+        raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {first_line(e)}") from e
     return _resolved(art, name, type, alias)
 
 

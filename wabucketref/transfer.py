@@ -18,21 +18,18 @@ import itertools
 import logging
 import os
 import re
-import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
-
-import obstore as obs
-from obstore.exceptions import NotFoundError as ObjNotFound
+from typing import Any, TypeVar
 
 from .errors import IntegrityError, NotFoundError, WaBucketError
 from .manifest import FileEntry, LocalFile, Manifest, safe_relpath
+from .progress import ProgressCallback, Stats
 from .retry import ATTEMPTS, with_retries
-from .storage import ObjectInfo, Storage
-from .storage.base import key_under
+from .storage import ObjectInfo, RangesIgnored, Storage, key_under
 
 log = logging.getLogger("wabucketref")
 
@@ -44,7 +41,6 @@ LARGE_UPLOADS_IN_FLIGHT = 2  # each buffers up to UPLOAD_PARTS_PER_FILE parts in
 UPLOAD_PARTS_PER_FILE = 3
 RANGES_IN_FLIGHT = 4  # ranged GETs of large files, all files together (see _Lanes)
 RANGE_SIZE = 16 << 20
-RANGE_CHUNK = 256 << 10  # written and hashed while still in cache
 READ_BACK = 1 << 20
 PART_SUFFIX = ".wabucket-part"
 _PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see _open_part
@@ -53,94 +49,47 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
+    """How a command moves bytes: passed to every transfer (never changed on a shared object)."""
+
     concurrency: int = DEFAULT_CONCURRENCY
-    quiet: bool = False
+    quiet: bool = False  # no summary line
     attempts: int = ATTEMPTS
+    progress: ProgressCallback = field(default_factory=ProgressCallback)
 
 
-@dataclass
-class Stats:
-    verb: str
-    files: int = 0
-    bytes: int = 0
-    skipped_files: int = 0
-    skipped_bytes: int = 0
-    started: float = field(default_factory=time.monotonic)
-    ended: float | None = None
+class _Tracker:
+    """Counts what one transfer did (Stats), tells the progress callback, and logs the summary
+    line of a transfer that completed."""
 
-    def summary(self) -> str:
-        seconds = max((self.ended or time.monotonic()) - self.started, 1e-6)
-        text = (
-            f"{self.verb} {_files(self.files)} ({_human(self.bytes)}) in {seconds:.1f} s, "
-            f"{self.bytes / seconds / 1e6:.1f} MB/s"
-        )
-        if self.skipped_files:
-            were = "was" if self.skipped_files == 1 else "were"
-            text += f"; {_files(self.skipped_files)} ({_human(self.skipped_bytes)}) {were} already there"
-        return text
-
-
-def _files(n: int) -> str:
-    return "1 file" if n == 1 else f"{n} files"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-class Progress:
-    """A files+bytes bar on stderr when it is a terminal, and the closing summary line."""
-
-    def __init__(self, stats: Stats, total_files: int, total_bytes: int, opts: Options, summary: bool = True):
-        self.stats = stats
-        self.quiet = opts.quiet
-        self.summary = summary
-        self.bar = None
-        if not opts.quiet and sys.stderr.isatty() and total_files:
-            import shutil
-
-            from tqdm import tqdm
-
-            size = shutil.get_terminal_size((100, 24))
-            self.bar = tqdm(
-                total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=stats.verb,
-                file=sys.stderr, leave=False, disable=False,
-                # tqdm hides the bar on a terminal that reports no size; assume a usual one then
-                ncols=size.columns, nrows=size.lines,
-            )
-            self.total_files = total_files
+    def __init__(self, verb: str, files: int, total_bytes: int, opts: Options, summary: bool = True):
+        self.stats = Stats(verb)
+        self.files = files
+        self.callback = opts.progress
+        self.summary = summary and not opts.quiet
+        self.callback.start(verb, files, total_bytes)
 
     def advance(self, nbytes: int) -> None:
-        if self.bar is not None:
-            self.bar.update(nbytes)
+        self.callback.advance(nbytes)
 
     def file_done(self, size: int, skipped: bool = False) -> None:
         if skipped:
             self.stats.skipped_files += 1
             self.stats.skipped_bytes += size
-            self.advance(size)
+            self.callback.advance(size)
         else:
             self.stats.files += 1
             self.stats.bytes += size
-        if self.bar is not None:
-            done = self.stats.files + self.stats.skipped_files
-            self.bar.set_postfix_str(f"{done}/{self.total_files} files", refresh=False)
+        self.callback.file_done(self.stats.files + self.stats.skipped_files, self.files)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> _Tracker:
         return self
 
     def __exit__(self, failure: type | None, *_: object) -> None:
-        """Close the bar; the summary is for a transfer that completed (a failure has its own line)."""
         self.stats.ended = time.monotonic()
-        if self.bar is not None:
-            self.bar.close()
-        if not self.quiet and self.summary and failure is None:
+        self.callback.close()
+        if self.summary and failure is None:
             log.info(self.stats.summary())
 
 
@@ -192,16 +141,16 @@ def _hash_local(path: Path, part_size: int) -> tuple[str, list[bytes]]:
     return sha.hexdigest(), md5s
 
 
-async def _remote_sha256(storage: Storage, key: str, size: int, progress: Progress | None = None) -> tuple[str, int]:
+async def _remote_sha256(storage: Storage, key: str, size: int, progress: _Tracker | None = None) -> tuple[str, int]:
     """sha256 and size of an object in the bucket: a small one read whole, a large one streamed in a
     thread and hashed chunk by chunk while in cache (as large downloads are, see _Lanes)."""
     advance = _advancer(progress)
     if size <= SMALL_FILE:
-        data = await (await obs.get_async(storage.store, key)).bytes_async()
+        data = await storage.get(key)
         advance(len(data))
         return hashlib.sha256(data).hexdigest(), len(data)
     stop = threading.Event()
-    return await _in_thread(None, stop, _hash_stream, storage.store, key, advance, stop)
+    return await _in_thread(None, stop, _hash_stream, storage, key, advance, stop)
 
 
 async def _in_thread(executor: Any, stop: threading.Event, fn: Callable[..., R], *args: Any) -> R:
@@ -230,10 +179,10 @@ async def _wait_out(aws: list[Any]) -> None:
             a.exception()
 
 
-def _hash_stream(store: Any, key: str, advance: Callable[[int], None], stop: threading.Event) -> tuple[str, int]:
+def _hash_stream(storage: Storage, key: str, advance: Callable[[int], None], stop: threading.Event) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
-    for chunk in obs.get(store, key).stream(min_chunk_size=RANGE_CHUNK):
+    for chunk in storage.stream(key):
         if stop.is_set():
             raise _Stopped
         sha.update(chunk)
@@ -242,9 +191,9 @@ def _hash_stream(store: Any, key: str, advance: Callable[[int], None], stop: thr
     return sha.hexdigest(), size
 
 
-def _advancer(progress: Progress | None) -> Callable[[int], None]:
-    """progress.advance, callable from any thread (the bar belongs to the event loop's thread)."""
-    if progress is None or progress.bar is None:
+def _advancer(progress: _Tracker | None) -> Callable[[int], None]:
+    """progress.advance, callable from any thread (the callback runs in the event loop's thread)."""
+    if progress is None:
         return lambda n: None
     loop = asyncio.get_running_loop()
     return lambda n: loop.call_soon_threadsafe(progress.advance, n)
@@ -257,8 +206,7 @@ async def upload(
     storage: Storage, prefix: str, files: list[LocalFile], existing: dict[str, ObjectInfo], opts: Options
 ) -> tuple[Manifest, Stats]:
     """Put `files` under `prefix`, skipping those the destination already holds byte for byte."""
-    stats = Stats("uploaded")
-    progress = Progress(stats, len(files), sum(f.size for f in files), opts)
+    progress = _Tracker("uploaded", len(files), sum(f.size for f in files), opts)
     large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
 
     async def one(f: LocalFile) -> FileEntry:
@@ -279,7 +227,7 @@ async def upload(
                 data, sha = await asyncio.to_thread(_read_and_hash, f.abspath)
                 if len(data) != f.size:
                     raise WaBucketError(f"file changed while uploading: {f.path}")
-                await obs.put_async(storage.store, key, data)
+                await storage.put(key, data)
                 progress.advance(len(data))
                 return sha
             async with large:
@@ -291,7 +239,7 @@ async def upload(
 
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
         entries = await bounded_map(one, files, opts.concurrency)
-    return Manifest(entries), stats
+    return Manifest(entries), progress.stats
 
 
 def _read_and_hash(path: Path) -> tuple[bytes, str]:
@@ -299,7 +247,7 @@ def _read_and_hash(path: Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: Progress) -> str:
+async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: _Tracker) -> str:
     """A multipart upload whose parts are hashed as they are read (parts of a known size, so a
     resume can compare the object's ETag)."""
     sha = hashlib.sha256()
@@ -314,7 +262,7 @@ async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: Pro
                 progress.advance(len(chunk))
                 yield chunk
 
-    await obs.put_async(storage.store, key, chunks(), chunk_size=part, max_concurrency=UPLOAD_PARTS_PER_FILE)
+    await storage.put_stream(key, chunks(), part, UPLOAD_PARTS_PER_FILE)
     if sent != f.size:
         raise WaBucketError(f"file changed while uploading: {f.path}")
     return sha.hexdigest()
@@ -354,8 +302,7 @@ async def download(
     this call wrote. skip_existing: leave any file already in dest alone, and leave the summary
     line to the caller (a speculative pass, which may yet be discarded).
     """
-    stats = Stats("downloaded")
-    progress = Progress(stats, len(manifest.files), manifest.total_size, opts, summary=not skip_existing)
+    progress = _Tracker("downloaded", len(manifest.files), manifest.total_size, opts, summary=not skip_existing)
     lanes = _Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
     verify = manifest.verified
     present = await asyncio.to_thread(_prepare_dest, dest, [f.path for f in manifest.files])
@@ -394,7 +341,7 @@ async def download(
             await bounded_map(one, manifest.files, opts.concurrency)
     finally:
         lanes.close()
-    return stats
+    return progress.stats
 
 
 def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
@@ -463,31 +410,9 @@ def _open_part(final: Path) -> tuple[Path, int]:
 async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:
     """The whole object as a buffer (hashed and written without a copy)."""
     try:
-        if f.size and storage.ranged_gets:
-            # One round trip into obstore instead of two; a longer object fails the size check.
-            try:
-                return await obs.get_range_async(storage.store, key, start=0, end=f.size + 1)
-            except ObjNotFound:
-                raise
-            except Exception as e:
-                if not _ignores_ranges(e):
-                    raise
-                _no_more_ranges(storage)
-        return await (await obs.get_async(storage.store, key)).bytes_async()
-    except ObjNotFound as e:
+        return await storage.get(key, f.size)
+    except FileNotFoundError as e:
         raise IntegrityError(f"{f.path}: missing from the bucket") from e
-
-
-def _ignores_ranges(e: BaseException) -> bool:
-    """obstore's refusal of a 200 answer to a ranged GET (some servers, e.g. rclone's, send the
-    whole object instead of a 206; HTTP allows a server to ignore Range)."""
-    return "non-partial response" in str(e)
-
-
-def _no_more_ranges(storage: Storage) -> None:
-    if storage.ranged_gets:
-        storage.ranged_gets = False
-        log.warning("%s answers ranged requests with whole objects: files are fetched whole, one request each", storage.uri)
 
 
 def _check(f: FileEntry, size: int, sha: str, verify: bool) -> None:
@@ -610,12 +535,8 @@ class _Stopped(WaBucketError):
     """Another range of the file failed, or the download was cancelled (not retried)."""
 
 
-class _RangesIgnored(WaBucketError):
-    """The server sent a whole object for a ranged GET (not retried: the file is fetched whole)."""
-
-
 def _stream_range(
-    store: Any, key: str, f: FileEntry, start: int, end: int, hashing: _InOrderHash, advance: Callable[[int], None],
+    storage: Storage, key: str, f: FileEntry, start: int, end: int, hashing: _InOrderHash, advance: Callable[[int], None],
     stop: threading.Event, whole: bool = False,
 ) -> None:
     """One ranged GET, written in place chunk by chunk (runs in a lane's thread); a retry resumes
@@ -625,14 +546,10 @@ def _stream_range(
     offset = start + hashing.written[start]
     if offset < end:  # else the last try wrote it all and failed after
         try:
-            result = obs.get(store, key) if whole else obs.get(store, key, options={"range": (offset, end)})
-        except ObjNotFound as e:
+            chunks = storage.stream(key) if whole else storage.stream(key, offset, end)
+        except FileNotFoundError as e:
             raise IntegrityError(f"{f.path}: missing from the bucket") from e
-        except Exception as e:
-            if _ignores_ranges(e):
-                raise _RangesIgnored(str(e)) from e
-            raise
-        for chunk in result.stream(min_chunk_size=RANGE_CHUNK):
+        for chunk in chunks:
             if stop.is_set():
                 raise _Stopped
             if offset + len(chunk) > end:
@@ -647,22 +564,22 @@ def _stream_range(
 
 
 async def _get_ranges(
-    storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, lanes: _Lanes, attempts: int
+    storage: Storage, key: str, final: Path, f: FileEntry, progress: _Tracker, verify: bool, lanes: _Lanes, attempts: int
 ) -> None:
     """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands.
 
     Each range is retried on its own, from where it stopped. From a server that ignores ranges,
     the file comes whole, in one GET."""
-    if storage.ranged_gets:
+    if storage.capabilities.ranged_gets:
         try:
             return await _get_parts(storage, key, final, f, progress, verify, lanes, attempts, whole=False)
-        except _RangesIgnored:
-            _no_more_ranges(storage)
+        except RangesIgnored:
+            pass  # the storage now knows: fetched whole from here on
     await _get_parts(storage, key, final, f, progress, verify, lanes, attempts, whole=True)
 
 
 async def _get_parts(
-    storage: Storage, key: str, final: Path, f: FileEntry, progress: Progress, verify: bool, lanes: _Lanes, attempts: int,
+    storage: Storage, key: str, final: Path, f: FileEntry, progress: _Tracker, verify: bool, lanes: _Lanes, attempts: int,
     *, whole: bool,
 ) -> None:
     part = f.size if whole else max(storage.part_size(f.size), RANGE_SIZE)
@@ -677,7 +594,7 @@ async def _get_parts(
         try:
             end = min(start + part, f.size)
             await with_retries(
-                lambda: _in_thread(lanes.threads, stop, _stream_range, storage.store, key, f, start, end, hashing, advance, stop, whole),
+                lambda: _in_thread(lanes.threads, stop, _stream_range, storage, key, f, start, end, hashing, advance, stop, whole),
                 f"download of {f.path} (bytes {start}-{end})", attempts,
             )
         finally:
@@ -710,8 +627,7 @@ async def _get_parts(
 
 async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], opts: Options, verb: str) -> tuple[Manifest, Stats]:
     """A manifest of objects already in the bucket (for link and verify): every byte is read once."""
-    stats = Stats(verb)
-    progress = Progress(stats, len(listing), sum(o.size for o in listing), opts)
+    progress = _Tracker(verb, len(listing), sum(o.size for o in listing), opts)
 
     async def one(o: ObjectInfo) -> FileEntry:
         safe_relpath(o.key)
@@ -721,11 +637,11 @@ async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], 
 
         try:
             sha, size = await with_retries(read, f"reading {o.key}", opts.attempts)
-        except ObjNotFound as e:
+        except FileNotFoundError as e:
             raise NotFoundError(f"{o.key}: vanished from the bucket while reading it") from e
         progress.file_done(size)
         return FileEntry(o.key, size, sha)
 
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
         entries = await bounded_map(one, listing, opts.concurrency)
-    return Manifest(entries), stats
+    return Manifest(entries), progress.stats

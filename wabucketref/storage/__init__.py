@@ -1,14 +1,19 @@
-"""Buckets: open_bucket(spec) -> Storage, whatever kind of bucket the spec names."""
+"""Buckets: open_bucket(spec) -> (Storage, prefix), whatever kind of bucket the spec names."""
 
 from __future__ import annotations
 
+import atexit
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
-from .base import ObjectInfo, Storage, check_prefix
+from .base import Capabilities, ObjectInfo, RangesIgnored, Storage, check_prefix, key_under
 
-__all__ = ["ObjectInfo", "Storage", "check_prefix", "open_bucket", "bucket_kind"]
+__all__ = [
+    "Capabilities", "ObjectInfo", "RangesIgnored", "Storage", "bucket_kind", "check_prefix", "key_under",
+    "open_bucket",
+]
 
 
 def bucket_kind(spec: str) -> str:
@@ -33,6 +38,7 @@ def bucket_kind(spec: str) -> str:
 async def open_bucket(spec: str) -> tuple[Storage, str]:
     """(bucket root, key of the spec inside it): s3://b/p -> (s3://b, "p"), blob://c/o/p/b/k -> (blob://c/o/p/b, "k")."""
     kind = bucket_kind(spec)
+    _pause_at_exit()
     if kind == "local":
         from .local import open_local
 
@@ -47,3 +53,15 @@ async def open_bucket(spec: str) -> tuple[Storage, str]:
     from .platform import open_platform
 
     return await open_platform(spec)
+
+
+_paused: list[bool] = []
+
+
+def _pause_at_exit() -> None:
+    """obstore hands each result back from a tokio thread that may still be returning into Python
+    when a script ends right after a request; if Python's teardown catches it there, the process
+    aborts (SIGABRT). A pause at exit lets it finish (the CLI leaves with os._exit instead)."""
+    if not _paused:
+        _paused.append(True)
+        atexit.register(time.sleep, 0.02)

@@ -1,57 +1,23 @@
-"""One small interface over every bucket kind.
+"""The one door to the bytes: the interface every kind of bucket implements.
 
-Each backend (local folder, s3://, platform bucket) only builds an obstore store and says how
-to name its keys as URIs; listing, reading and writing are the same code for all of them.
+The transfer engine and the commands read and write only through these methods. Keys are
+relative to the bucket's root (`uri`). What a server cannot do is learned once, by the storage
+object itself, and shown in `capabilities`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import hashlib
-import logging
-import re
-import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
-import obstore as obs
-from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
-
-from ..errors import NotFoundError, UsageError, WaBucketError
-from ..retry import ATTEMPTS, MISSING_BUCKET_CODES, PERMANENT_CODES, env_seconds, s3_error, server_of, with_retries
-
-log = logging.getLogger("wabucketref")
-
-# obstore hands each result back from a tokio thread that may still be returning into Python when a
-# script ends right after a request; if Python's teardown catches it there, the process aborts
-# (SIGABRT). A pause at exit lets it finish (the CLI, which leaves with os._exit, never gets here).
-atexit.register(time.sleep, 0.02)
-
-# Retries for single requests inside obstore (5xx, SlowDown, connection errors); whole-file
-# retries for streamed transfers live in transfer.py.
-RETRY_CONFIG = {
-    "max_retries": 6,
-    "retry_timeout": timedelta(seconds=120),
-    "backoff": {
-        "init_backoff": timedelta(milliseconds=200),
-        "max_backoff": timedelta(seconds=8),
-        "base": 2,
-    },
-}
-
-
-# Each request's time limit leaves room for a 16 MiB part on a slow link.
-CLIENT_OPTIONS = {
-    "connect_timeout": "10s", "timeout": f"{max(1, int(env_seconds('WABUCKET_REQUEST_TIMEOUT', 300)))}s",
-    "pool_idle_timeout": "30s",
-}
-
-
-# What S3-compatible servers without If-None-Match/If-Match support answer a PUT carrying them.
-CONDITIONAL_WRITE_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "NotSupported"})
+from ..errors import UsageError, WaBucketError
+from ..failures import Bucket, classify
+from ..retry import with_retries
 
 
 def check_prefix(prefix: str, where: str) -> str:
@@ -75,74 +41,26 @@ class ObjectInfo:
     etag: str | None
 
 
-def _without_folder_markers(listing: list[ObjectInfo]) -> list[ObjectInfo]:
-    """Drop the empty `dir/` objects some tools (apolo_sdk's upload_dir) write for folders.
+@dataclass
+class Capabilities:
+    """What the server behind a bucket does; each starts True and turns False once refused."""
 
-    obstore lists `dir/` as `dir`, so a marker is an empty object named like a folder of others.
-    """
-    folders = {key.rsplit("/", i)[0] for key in (o.key for o in listing) for i in range(1, key.count("/") + 1)}
-    return [o for o in listing if not (o.size == 0 and o.key in folders)]
+    ranged_gets: bool = True  # answers a ranged GET with that range (else with the whole object)
+    conditional_writes: bool = True  # honours If-None-Match / If-Match on PUT
 
 
-class Storage:
-    """A bucket (or a prefix of one) as seen by wabucketref.
+class RangesIgnored(WaBucketError):
+    """The server sent a whole object for a ranged GET: fetch it whole (not retried)."""
 
-    `uri` names the root in references written to W&B; keys are relative to it.
-    """
 
-    def part_size(self, size: int) -> int:
-        """Part size for multipart uploads and ranged downloads of a file of `size` bytes.
+class Storage(ABC):
+    """A bucket (or a prefix of one) as seen by wabucketref; `uri` names its root in references."""
 
-        8 MiB, or more for files that would otherwise need over 9,000 parts (S3 allows 10,000);
-        deterministic, so a resume can recompute an object's multipart ETag.
-        """
-        mib = 1 << 20
-        smallest = -(-size // 9000)  # ceil(size / 9000)
-        return max(8 * mib, -(-smallest // mib) * mib)
-
-    def __init__(
-        self, store: Any, uri: str, *, on_close: Callable[[], Awaitable[None]] | None = None, credentials_hint: str = "",
-        endpoint: str = "",
-    ):
-        self.store = store
+    def __init__(self, uri: str, *, credentials_hint: str = "", endpoint: str = "") -> None:
         self.uri = uri.rstrip("/")
-        self._on_close = on_close
-        self.credentials_hint = credentials_hint  # where the credentials came from, for a refusal
-        self.endpoint = endpoint  # for messages: obstore hides URLs that carry a SAS token
-        self.ranged_gets = True  # False once the server answered a ranged GET with the whole object
-
-    def explain(self, e: BaseException) -> WaBucketError | None:
-        """A failure of the whole bucket (missing, refused credentials, no connection) as one line
-        naming it; None for anything else."""
-        code, message = s3_error(e)
-        server = server_of(e) or self.endpoint or "the server"
-        if code in MISSING_BUCKET_CODES:
-            return NotFoundError(f"{self.uri}: no such bucket at {server} ({code})")
-        if code in PERMANENT_CODES:
-            hint = f" ({self.credentials_hint})" if self.credentials_hint else ""
-            return WaBucketError(f"{self.uri}: {server} refused the request: {code}: {message}{hint}")
-        if code is None and re.search(r"/latest/(api/token|meta-data/)", str(e)):  # no keys: EC2 instance metadata was asked
-            return WaBucketError(f"{self.uri}: no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        if code is None and re.search(r"\bkind: Timeout\b", str(e)):  # connected, then no answer in time
-            took = re.search(r"elapsed: ([\d.]+)s", str(e))
-            return WaBucketError(f"{self.uri}: no answer from {server}" + (f" in {float(took.group(1)):.0f} s" if took else ""))
-        if code is None and re.search(r"\bkind: Connect\b", str(e)):  # obstore's debug text of a failed connect
-            reasons = re.findall(r'message: "([^"]+)"', str(e))
-            return WaBucketError(f"{self.uri}: cannot connect to {server}" + (f" ({reasons[-1]})" if reasons else ""))
-        return None
-
-    @contextlib.contextmanager
-    def explained(self) -> Iterator[None]:
-        """Raise what `explain` makes of an error inside, or the error itself."""
-        try:
-            yield
-        except WaBucketError:
-            raise
-        except Exception as e:
-            plain = self.explain(e)
-            if plain is None:
-                raise
-            raise plain from e
+        self.capabilities = Capabilities()
+        self.failures = Bucket(self.uri, endpoint, credentials_hint)  # how bucket-wide failures are named
+        self._on_close: Callable[[], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri})"
@@ -150,24 +68,63 @@ class Storage:
     def uri_for(self, key: str) -> str:
         return f"{self.uri}/{key.strip('/')}" if key.strip("/") else self.uri
 
+    # ---------------------------------------------------------------- the door
+
+    @abstractmethod
     async def list(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under `prefix/`, keys relative to it (listing is done once per command)."""
-        prefix = prefix.strip("/")
-        start = len(prefix) + 1 if prefix else 0
-        out = []
+        """Every object under `prefix/`, keys relative to it."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def has_prefix(self, prefix: str) -> bool:
+        """Is there any object under `prefix/`?"""
+
+    @abstractmethod
+    async def read(self, key: str) -> tuple[bytes, str | None] | None:
+        """(content, ETag) of a small object, or None if there is none."""
+
+    @abstractmethod
+    async def get(self, key: str, size: int | None = None) -> Any:
+        """A whole object as a buffer; `size`, if known, lets it be fetched in one round trip
+        (a longer object then comes back longer than `size`)."""
+
+    @abstractmethod
+    def stream(self, key: str, start: int | None = None, end: int | None = None) -> Iterator[Any]:
+        """The object's bytes (or bytes start..end) in chunks of about 256 KiB; blocking, for
+        a worker thread. Raises RangesIgnored if the server answers a range with the whole object."""
+
+    @abstractmethod
+    async def put(self, key: str, data: Any) -> None:
+        """Write a small object in one request."""
+
+    @abstractmethod
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], part_size: int, parts_in_flight: int) -> None:
+        """Write a large object in parts of `part_size` bytes (a multipart upload)."""
+
+    @abstractmethod
+    async def put_if_unchanged(self, key: str, data: bytes, etag: str | None) -> bool:
+        """Write key only if it is still absent (etag None) or still that version: False if
+        another writer came first. Where the store cannot check, it just writes."""
+
+    @abstractmethod
+    async def delete(self, keys: list[str]) -> None: ...
+
+    # ---------------------------------------------------------------- built on the door
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        found = await self.read(key)
+        return None if found is None else found[0]
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
         with self.explained():
-            stream = obs.list(self.store, prefix + "/" if prefix else None, chunk_size=1000)
-            async for batch in stream:
-                for meta in batch:
-                    key = meta["path"][start:]
-                    if key:  # the prefix's own folder marker lists as the prefix itself
-                        out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
-        return _without_folder_markers(out)
+            await with_retries(lambda: self.put(key, data), f"writing {key}")
 
     async def without_empty_folders(self, prefix: str, listing: list[ObjectInfo]) -> list[ObjectInfo]:
         """Drop the `dir/` objects of empty folders (S3 consoles' "Create folder", apolo_sdk's
-        upload_dir): obstore lists them as `dir`, a key that cannot be read. A real empty object
-        `dir` can be: every empty entry is looked up (one HEAD each, a few at a time)."""
+        upload_dir), which are listed as `dir`, a key that cannot be read. A real empty object
+        `dir` can be: every empty entry is looked up (a few at a time)."""
         empty = [o for o in listing if o.size == 0]
         if not empty:
             return listing
@@ -178,76 +135,18 @@ class Storage:
                 return await self.exists(key_under(prefix, o.key))
 
         found = await asyncio.gather(*(readable(o) for o in empty))
-        markers = {o.key for o, ok in zip(empty, found) if not ok}
+        markers = {o.key for o, ok in zip(empty, found, strict=True) if not ok}
         return [o for o in listing if o.key not in markers]
 
-    async def exists(self, key: str) -> bool:
-        with self.explained():
-            try:
-                await obs.head_async(self.store, key)
-                return True
-            except FileNotFoundError:  # a HEAD has no body: a missing bucket looks the same
-                return False
+    def part_size(self, size: int) -> int:
+        """Part size for multipart uploads and ranged downloads of a file of `size` bytes.
 
-    async def has_prefix(self, prefix: str) -> bool:
-        with self.explained():
-            stream = obs.list(self.store, prefix.strip("/") + "/", chunk_size=1)
-            async for batch in stream:
-                if batch:
-                    return True
-        return False
-
-    async def get_bytes(self, key: str) -> bytes | None:
-        found = await self.read(key)
-        return None if found is None else found[0]
-
-    async def read(self, key: str) -> tuple[bytes, str | None] | None:
-        """(content, ETag) of a small object, or None if there is none."""
-        with self.explained():
-            try:
-                result = await obs.get_async(self.store, key)
-            except FileNotFoundError as e:
-                if s3_error(e)[0] in MISSING_BUCKET_CODES:  # the bucket, not the key, is missing
-                    raise
-                return None
-            return bytes(await result.bytes_async()), result.meta.get("e_tag")
-
-    async def put_if_unchanged(self, key: str, data: bytes, etag: str | None) -> bool:
-        """Write key only if it is still absent (etag None) or still that version: False if another
-        writer came first. Where the store cannot check (a local folder's update, a server that
-        refuses conditional writes), it just writes."""
-        mode: Any = "create" if etag is None else {"e_tag": etag}
-        with self.explained():
-            try:
-                await obs.put_async(self.store, key, data, mode=mode)
-            except (AlreadyExistsError, PreconditionError):
-                return False
-            except (NotSupportedError, NotImplementedError):
-                await self.put_bytes(key, data)
-            except Exception as e:
-                code = s3_error(e)[0]
-                if code not in CONDITIONAL_WRITE_REFUSALS:
-                    raise
-                log.warning("%s refuses conditional writes (%s): two uploads to one alias that start at the same "
-                            "moment cannot be told apart there", self.endpoint or self.uri, code)
-                await self.put_bytes(key, data)
-        return True
-
-    async def put_bytes(self, key: str, data: bytes) -> None:
-        with self.explained():
-            await with_retries(lambda: obs.put_async(self.store, key, data), f"writing {key}", ATTEMPTS)
-
-    async def delete(self, keys: list[str]) -> None:
-        # A bulk delete is a POST, which obstore does not retry after a connection error.
-        if keys:
-            with self.explained():
-                await with_retries(lambda: obs.delete_async(self.store, keys), f"deleting {keys[0]}", ATTEMPTS)
-
-    def check_names(self, paths: list[str]) -> None:
-        """Refuse (UsageError) file paths this kind of bucket cannot hold."""
-
-    async def remove_leftovers(self, prefix: str) -> None:
-        """Remove what interrupted writes under prefix left beside the objects (nothing, for S3 and Azure)."""
+        8 MiB, or more for files that would otherwise need over 9,000 parts (S3 allows 10,000);
+        deterministic, so a resume can recompute an object's multipart ETag.
+        """
+        mib = 1 << 20
+        smallest = -(-size // 9000)  # ceil(size / 9000)
+        return max(8 * mib, -(-smallest // mib) * mib)
 
     def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
         """Does an S3-style ETag match content whose per-part MD5 digests are given?
@@ -263,6 +162,29 @@ class Storage:
         if len(etag) == 32 and len(md5_parts) == 1:
             return etag == md5_parts[0].hex()
         return None
+
+    def check_names(self, paths: list[str]) -> None:
+        """Refuse (UsageError) file paths this kind of bucket cannot hold."""
+
+    async def remove_leftovers(self, prefix: str) -> None:
+        """Remove what interrupted writes under prefix left beside the objects."""
+
+    @contextlib.contextmanager
+    def explained(self) -> Iterator[None]:
+        """A failure of the whole bucket (missing, refused, unreachable) becomes one line naming it."""
+        try:
+            yield
+        except WaBucketError:
+            raise
+        except Exception as e:
+            failure = classify(e, self.failures)
+            if failure.about != "bucket":
+                raise
+            raise failure.error() from e
+
+    def close_with(self, on_close: Callable[[], Awaitable[None]]) -> None:
+        """Have close() also end what the bucket was opened with (a platform client)."""
+        self._on_close = on_close
 
     async def close(self) -> None:
         if self._on_close is not None:

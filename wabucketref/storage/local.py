@@ -9,7 +9,8 @@ from pathlib import Path
 from obstore.store import LocalStore
 
 from ..errors import UsageError, WaBucketError
-from .base import ObjectInfo, Storage
+from .base import ObjectInfo
+from .objectstore import ObjectStoreStorage
 
 
 # obstore's LocalStore writes NAME through a staging file NAME#N and renames it; so it refuses such
@@ -17,7 +18,7 @@ from .base import ObjectInfo, Storage
 _STAGING = re.compile(r".*#\d+")
 
 
-class LocalStorage(Storage):
+class LocalStorage(ObjectStoreStorage):
     def __init__(self, root: Path):
         # LocalStore writes through a staging file and renames, so a reader never sees half a file.
         super().__init__(LocalStore(root), root.as_uri())

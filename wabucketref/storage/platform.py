@@ -14,15 +14,18 @@ import logging
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import obstore as obs
-
 from ..errors import NotFoundError, UsageError, WaBucketError
+from ..failures import classify
+from ..retry import NO_RETRIES, RETRY_CONFIG
 from . import session_cache
-from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage, check_prefix
-from .s3 import make_s3_store
+from .azure import AzureStorage
+from .base import Storage, check_prefix
+from .gcs import GCSStorage
+from .s3 import S3Storage
 
 try:
     import fcntl
@@ -35,14 +38,13 @@ S3_PROVIDERS = {"aws", "minio", "seaweedfs", "open_stack"}
 REFRESH_MARGIN = timedelta(seconds=60)
 PROBE_PREFIX = ".wabucketref-probe/"
 EXPIRY_KEYS = ("expiration", "expiry", "expire_time")  # s3, azure, gcp
-NO_RETRIES = {**RETRY_CONFIG, "max_retries": 0}
 SESSION_KEYS = {"uri", "prefix", "provider", "bucket_id", "cluster", "credentials"}
 PASSED_CONFIG_VARS = {"APOLO_PASSED_CONFIG", "NEURO_PASSED_CONFIG"}
+Fetch = Callable[[], Awaitable[dict]]  # new credentials from the platform
 
 
 async def open_client() -> Any:
     """A platform client from ~/.apolo, or from APOLO_PASSED_CONFIG in a job started with pass_config."""
-    import aiohttp
     import apolo_sdk
 
     try:
@@ -53,22 +55,11 @@ async def open_client() -> Any:
             async with _turn(apolo_sdk.Factory().path):
                 return await apolo_sdk.Factory().get()
         return await apolo_sdk.Factory().get()
-    except apolo_sdk.ConfigError as e:
-        # The SDK's message may quote the passed config, which holds the token: never show that part.
-        reason = "the passed config (APOLO_PASSED_CONFIG) is malformed" if "passed config" in str(e).lower() else str(e)
-        raise WaBucketError(
-            f"no platform login ({reason}): run `apolo login`, or start the job with pass_config: true"
-        ) from e
-    except aiohttp.ClientConnectionError as e:  # logging in from a passed config asks the platform
-        raise WaBucketError(f"cannot reach the platform ({e})") from e
-    except RuntimeError as e:
-        if "project org" not in str(e):
+    except Exception as e:
+        failure = classify(e)
+        if failure.about != "platform":
             raise
-        # apolo_sdk, logging in from a passed config, refuses to change the org .apolo.toml sets
-        raise WaBucketError(
-            "no platform login: apolo_sdk cannot log in from the passed config while .apolo.toml sets "
-            "[job] org-name; remove org-name from .apolo.toml in jobs started with pass_config"
-        ) from e
+        raise failure.error() from e
 
 
 @contextlib.asynccontextmanager
@@ -123,20 +114,18 @@ class _Session:
             await self._client.close()
             self._client = None
 
-    def storage(self) -> Storage:
+    def storage(self, retry_config: dict[str, Any] = RETRY_CONFIG) -> Storage:
         e = self.entry
-        store = _make_store(e["provider"], e["credentials"], self.fetch_credentials)
-        endpoint = e["credentials"].get("endpoint_url") or e["credentials"].get("storage_endpoint") or ""
-        return Storage(store, e["uri"], on_close=self.close, endpoint=endpoint)
+        storage = _make_storage(e["provider"], e["uri"], e["credentials"], self.fetch_credentials, retry_config)
+        storage.close_with(self.close)
+        return storage
 
     async def answers(self) -> bool:
         """Do the cached credentials still open the bucket? One listing of an empty prefix (a HEAD
         could not tell a missing bucket from a missing key), without retries: any failure
         (refused, gone, unreachable) means asking the platform afresh."""
-        store = _make_store(self.entry["provider"], self.entry["credentials"], self.fetch_credentials, NO_RETRIES)
         try:
-            async for _ in obs.list(store, PROBE_PREFIX, chunk_size=1):
-                break
+            await self.storage(NO_RETRIES).has_prefix(PROBE_PREFIX)
         except Exception as e:  # noqa: BLE001
             log.debug("cached platform session not usable: %s", e)
             return False
@@ -227,7 +216,7 @@ class _Refreshing:
     platform client belongs to.
     """
 
-    def __init__(self, initial: dict, fetch, convert) -> None:
+    def __init__(self, initial: dict, fetch: Fetch, convert: Callable[[dict], dict]) -> None:
         self._creds = initial
         self._fetch = fetch
         self._convert = convert
@@ -241,38 +230,10 @@ class _Refreshing:
         return converted
 
 
-def _azure_store(creds: dict, fetch, retry_config: dict) -> Any:
-    """A container SAS token (refreshed like S3 keys), or the account key as `credential`."""
-    from obstore.store import AzureStore
-
-    endpoint = creds["storage_endpoint"].rstrip("/")
-    common = {
-        "account_name": _azure_account(endpoint), "endpoint": endpoint, "retry_config": retry_config,
-        "client_options": {**CLIENT_OPTIONS, "allow_http": endpoint.startswith("http:")},
-    }
-    if "sas_token" in creds:
-
-        def convert(c: dict) -> dict:
-            return {"sas_token": parse_qsl(c["sas_token"].lstrip("?")), "expires_at": _expiry(c.get("expiry"))}
-
-        return AzureStore(creds["bucket_name"], credential_provider=_Refreshing(creds, fetch, convert), **common)
-    if "credential" in creds:
-        return AzureStore(creds["bucket_name"], account_key=creds["credential"], **common)
-    raise WaBucketError("the platform gave no usable azure credentials (neither sas_token nor credential)")
-
-
-def _azure_account(endpoint: str) -> str:
-    """The storage account an endpoint is for, read as the Azure SDK reads it: the host's first
-    label (ACCOUNT.blob.core.windows.net) or, on an emulator (http://127.0.0.1:10000/ACCOUNT), the path."""
-    url = urlsplit(endpoint)
-    path = url.path.strip("/")
-    return path.split("/")[0] if path else (url.hostname or "").split(".")[0]
-
-
-def _make_store(provider: str, creds: dict, fetch, retry_config: dict = RETRY_CONFIG) -> Any:
+def _make_storage(provider: str, uri: str, creds: dict, fetch: Fetch, retry_config: dict[str, Any]) -> Storage:
     if provider in S3_PROVIDERS:
 
-        def convert(c: dict) -> dict:
+        def s3_keys(c: dict) -> dict:
             return {
                 "access_key_id": c["access_key_id"],
                 "secret_access_key": c["secret_access_key"],
@@ -280,31 +241,35 @@ def _make_store(provider: str, creds: dict, fetch, retry_config: dict = RETRY_CO
                 "expires_at": _expiry(c.get("expiration")),
             }
 
-        return make_s3_store(
-            creds["bucket_name"],
-            endpoint=creds.get("endpoint_url"),
+        return S3Storage(
+            creds["bucket_name"], uri=uri, endpoint=creds.get("endpoint_url"),
             region=creds.get("region_name") or "us-east-1",
-            credential_provider=_Refreshing(creds, fetch, convert),
-            retry_config=retry_config,
+            credential_provider=_Refreshing(creds, fetch, s3_keys), retry_config=retry_config,
         )
     if provider == "azure":
-        return _azure_store(creds, fetch, retry_config)
+        return _azure_storage(uri, creds, fetch, retry_config)
     if provider == "gcp":
-        from obstore.store import GCSStore
-
         if "key_data" in creds:
             key = base64.b64decode(creds["key_data"]).decode()
-            return GCSStore(
-                creds["bucket_name"], service_account_key=key, client_options=CLIENT_OPTIONS,
-                retry_config=retry_config
-            )
+            return GCSStorage(creds["bucket_name"], uri=uri, service_account_key=key, retry_config=retry_config)
 
-        def convert(c: dict) -> dict:
+        def gcp_token(c: dict) -> dict:
             return {"token": c["access_token"], "expires_at": _expiry(c.get("expire_time"))}
 
-        return GCSStore(
-            creds["bucket_name"], credential_provider=_Refreshing(creds, fetch, convert),
-            client_options=CLIENT_OPTIONS, retry_config=retry_config
-        )
+        provider_ = _Refreshing(creds, fetch, gcp_token)
+        return GCSStorage(creds["bucket_name"], uri=uri, credential_provider=provider_, retry_config=retry_config)
     raise WaBucketError(f"platform bucket provider {provider!r} is not supported")
 
+
+def _azure_storage(uri: str, creds: dict, fetch: Fetch, retry_config: dict[str, Any]) -> Storage:
+    """A container SAS token (refreshed like S3 keys), or the account key as `credential`."""
+    common: dict[str, Any] = {"uri": uri, "endpoint": creds["storage_endpoint"], "retry_config": retry_config}
+    if "sas_token" in creds:
+
+        def sas(c: dict) -> dict:
+            return {"sas_token": parse_qsl(c["sas_token"].lstrip("?")), "expires_at": _expiry(c.get("expiry"))}
+
+        return AzureStorage(creds["bucket_name"], credential_provider=_Refreshing(creds, fetch, sas), **common)
+    if "credential" in creds:
+        return AzureStorage(creds["bucket_name"], account_key=creds["credential"], **common)
+    raise WaBucketError("the platform gave no usable azure credentials (neither sas_token nor credential)")

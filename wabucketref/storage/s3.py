@@ -1,46 +1,44 @@
-"""Direct s3:// buckets, on AWS or any S3-compatible endpoint."""
+"""S3 buckets: direct s3:// URIs on AWS or any S3-compatible endpoint, and platform buckets of S3 providers."""
 
 from __future__ import annotations
 
-import os
+from typing import Any
 from urllib.parse import urlsplit
 
 from obstore.store import S3Store
 
+from .. import settings
 from ..errors import UsageError
-from .base import CLIENT_OPTIONS, RETRY_CONFIG, Storage, check_prefix
-
-# AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL are the standard names; AWS_S3_ENDPOINT_URL is what
-# W&B's own s3 handler reads, so users of W&B references may already have it set.
-ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_S3_ENDPOINT_URL")
+from ..retry import RETRY_CONFIG
+from .base import check_prefix
+from .objectstore import ObjectStoreStorage, client_options
 
 
-def s3_endpoint() -> str | None:
-    return next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
+class S3Storage(ObjectStoreStorage):
+    def __init__(
+        self, bucket: str, *, uri: str, endpoint: str | None, region: str | None = None,
+        retry_config: dict[str, Any] = RETRY_CONFIG, credentials_hint: str = "", **config: Any,
+    ) -> None:
+        kwargs = dict(config)
+        if endpoint:
+            kwargs["endpoint"] = endpoint
+            kwargs["virtual_hosted_style_request"] = False  # custom endpoints are path-style
+        if region:
+            kwargs["region"] = region
+        options = client_options(settings.request_timeout(), endpoint)
+        store = S3Store(bucket, client_options=options, retry_config=retry_config, **kwargs)
+        super().__init__(store, uri, credentials_hint=credentials_hint, endpoint=endpoint or "")
 
 
-def make_s3_store(
-    bucket: str, *, endpoint: str | None, region: str | None = None, retry_config: dict = RETRY_CONFIG, **config
-) -> S3Store:
-    kwargs = dict(config)
-    if endpoint:
-        kwargs["endpoint"] = endpoint
-        kwargs["virtual_hosted_style_request"] = False  # custom endpoints are path-style
-    if region:
-        kwargs["region"] = region
-    options = dict(CLIENT_OPTIONS)
-    if endpoint and endpoint.startswith("http://"):
-        options["allow_http"] = True
-    return S3Store(bucket, client_options=options, retry_config=retry_config, **kwargs)
-
-
-def open_s3(url: str) -> tuple[Storage, str]:
+def open_s3(url: str) -> tuple[S3Storage, str]:
+    """(the bucket, the prefix inside it) of s3://BUCKET[/PREFIX], with the AWS_* environment's keys."""
     parts = urlsplit(url)
     if not parts.netloc:
         raise UsageError(f"s3 bucket URI needs a bucket name: {url}")
     prefix = check_prefix(parts.path, url)
-    endpoint = s3_endpoint()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ("us-east-1" if endpoint else None)
-    store = make_s3_store(parts.netloc, endpoint=endpoint, region=region)
-    hint = "credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-    return Storage(store, f"s3://{parts.netloc}", credentials_hint=hint), prefix
+    endpoint = settings.s3_endpoint()
+    storage = S3Storage(
+        parts.netloc, uri=f"s3://{parts.netloc}", endpoint=endpoint, region=settings.s3_region(endpoint),
+        credentials_hint="credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    )
+    return storage, prefix

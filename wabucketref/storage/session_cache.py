@@ -19,14 +19,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .. import settings
+
 log = logging.getLogger("wabucketref")
 
 MAX_AGE = 600.0  # seconds
 MIN_LIFETIME = 300.0  # seconds of credential validity a cached session must still have
-
-
-def _enabled() -> bool:
-    return os.environ.get("WABUCKET_CACHE", "1").lower() not in ("0", "false", "no", "off")
 
 
 def _folder() -> Path | None:
@@ -74,7 +72,7 @@ def _file_stamp(path: Path | None) -> list | None:
 
 def _where(spec: str) -> tuple[Path, list] | None:
     """The file that keeps `spec`'s session, and the login stamp it must carry; None: keep nothing."""
-    where = _folder() if _enabled() else None
+    where = _folder() if settings.session_cache_enabled() else None
     login = _login() if where is not None else None
     if login is None:
         return None

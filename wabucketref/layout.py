@@ -1,0 +1,103 @@
+"""Where an alias lives in a bucket, and the record kept beside it.
+
+    <base>/<TYPE>/<NAME>/<ALIAS>/...                    the files (the original tool's layout)
+    <base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.jsonl     the record: the manifest, with a header
+                                                        saying where the data is (offline downloads)
+    <base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.partial   an upload is unfinished there (marker.py)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .manifest import Manifest
+
+META_DIR = ".wabucketref"
+RECORD_SUFFIX = ".jsonl"
+MARKER_SUFFIX = ".partial"
+MANAGED_ALIAS = re.compile(r"latest|v\d+")  # aliases W&B gives versions itself
+
+
+def join(*parts: str) -> str:
+    """Keys joined with one "/" each, empty parts left out."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+@dataclass(frozen=True)
+class ArtifactKeys:
+    """The keys of one artifact (TYPE/NAME) under a bucket's base prefix."""
+
+    base: str
+    type: str
+    name: str
+
+    @property
+    def folder(self) -> str:
+        return join(self.base, self.type, self.name)
+
+    @property
+    def records(self) -> str:
+        return join(self.folder, META_DIR)
+
+    def alias(self, alias: str) -> AliasKeys:
+        return AliasKeys(self, alias)
+
+
+@dataclass(frozen=True)
+class AliasKeys:
+    """The keys of one alias: its data prefix, its record and its upload marker."""
+
+    artifact: ArtifactKeys
+    alias: str
+
+    @property
+    def data(self) -> str:
+        return join(self.artifact.folder, self.alias)
+
+    @property
+    def record(self) -> str:
+        return join(self.artifact.records, self.alias + RECORD_SUFFIX)
+
+    @property
+    def marker(self) -> str:
+        return join(self.artifact.records, self.alias + MARKER_SUFFIX)
+
+
+@dataclass(frozen=True)
+class BucketRecord:
+    """The header of the manifest kept in the bucket for an alias."""
+
+    name: str
+    type: str
+    alias: str
+    ref: str  # the URI logged to W&B
+    root: str  # the data's key in the bucket
+    created_at: str
+    digest: str  # of the manifest's content
+    wandb_version: str | None
+
+    @classmethod
+    def new(cls, keys: AliasKeys, ref: str, root: str, manifest: Manifest, version: str | None) -> BucketRecord:
+        return cls(
+            name=keys.artifact.name, type=keys.artifact.type, alias=keys.alias, ref=ref, root=root,
+            created_at=datetime.now(timezone.utc).isoformat(), digest=manifest.digest(), wandb_version=version,
+        )
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> BucketRecord | None:
+        """The record a manifest read from the bucket carries; None if its header does not say
+        where the data is."""
+        h: dict[str, Any] = manifest.header
+        if not isinstance(h.get("root"), str):
+            return None
+        return cls(
+            name=str(h.get("name", "")), type=str(h.get("type", "")), alias=str(h.get("alias", "")),
+            ref=str(h.get("ref", "")), root=h["root"], created_at=str(h.get("created_at", "")),
+            digest=str(h.get("digest", "")), wandb_version=h.get("wandb_version"),
+        )
+
+    def dumps(self, manifest: Manifest) -> bytes:
+        return manifest.dumps(header=asdict(self))

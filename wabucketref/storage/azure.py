@@ -1,0 +1,35 @@
+"""Azure Blob containers (platform buckets of the azure provider)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from obstore.store import AzureStore
+
+from .. import settings
+from ..retry import RETRY_CONFIG
+from .objectstore import ObjectStoreStorage, client_options
+
+
+class AzureStorage(ObjectStoreStorage):
+    """A container at `endpoint`, signed by a SAS token (credential_provider) or the account key."""
+
+    def __init__(
+        self, container: str, *, uri: str, endpoint: str, retry_config: dict[str, Any] = RETRY_CONFIG,
+        **credentials: Any,
+    ) -> None:
+        endpoint = endpoint.rstrip("/")
+        store = AzureStore(
+            container, account_name=account_of(endpoint), endpoint=endpoint, retry_config=retry_config,
+            client_options=client_options(settings.request_timeout(), endpoint), **credentials,
+        )
+        super().__init__(store, uri, endpoint=endpoint)
+
+
+def account_of(endpoint: str) -> str:
+    """The storage account an endpoint is for, read as the Azure SDK reads it: the host's first
+    label (ACCOUNT.blob.core.windows.net) or, on an emulator (http://127.0.0.1:10000/ACCOUNT), the path."""
+    url = urlsplit(endpoint)
+    path = url.path.strip("/")
+    return path.split("/")[0] if path else (url.hostname or "").split(".")[0]

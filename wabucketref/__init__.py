@@ -3,8 +3,14 @@
 from .errors import IntegrityError, NotFoundError, TransferError, UsageError, WaBucketError
 
 __all__ = [
-    "WaBucketRefAPI", "parse_meta", "__version__",
-    "WaBucketError", "UsageError", "NotFoundError", "IntegrityError", "TransferError",
+    "IntegrityError",
+    "NotFoundError",
+    "TransferError",
+    "UsageError",
+    "WaBucketError",
+    "WaBucketRefAPI",
+    "__version__",
+    "parse_meta",
 ]
 
 

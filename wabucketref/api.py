@@ -45,12 +45,13 @@ class WaBucketRefAPI:
         self.project_name = project_name or os.environ.get("WANDB_PROJECT") or _run_project() or None
         if not self.project_name and not bucket:
             self.project_name = tracking.settings_project()
-        if not self.project_name and not bucket:
+        home = bucket or self.project_name
+        if not home:
             raise UsageError(
                 "no W&B project and no bucket: pass --project-name (project_name=), set WANDB_PROJECT, or pass --bucket"
             )
+        self.bucket: str = home
         self.entity = entity or os.environ.get("WANDB_ENTITY") or None
-        self.bucket = bucket or self.project_name
         self.run_name = run_name
         self.job_type = job_type
         checks.check_count(concurrency, "concurrency", 1, 256)
@@ -80,8 +81,14 @@ class WaBucketRefAPI:
         self._own_run = None
 
     def wandb_start_run(
-        self, run_name: str | None = None, job_type: str | None = None, config: dict[str, Any] | str | None = None,
-        tags: list[str] | None = None, *, w_run_name: str | None = None, w_job_type: str | None = None,
+        self,
+        run_name: str | None = None,
+        job_type: str | None = None,
+        config: dict[str, Any] | str | None = None,
+        tags: list[str] | None = None,
+        *,
+        w_run_name: str | None = None,
+        w_job_type: str | None = None,
         run_args: dict[str, Any] | str | None = None,
     ) -> Any:
         """Start (or join) the W&B run that this API's commands are recorded in (None if W&B is disabled).
@@ -96,7 +103,8 @@ class WaBucketRefAPI:
             if live is not self.run and self._project_given and getattr(live, "project", None) != self.project_name:
                 log.warning(
                     "recording in the running W&B run of project %s: artifacts it logs go there, not to %s",
-                    live.project, self.project_name,
+                    live.project,
+                    self.project_name,
                 )
             self.run = live
             return live
@@ -106,8 +114,12 @@ class WaBucketRefAPI:
         if job_id := jobs.current_job_id():
             all_tags += self._loop.run(jobs.platform_tags(job_id))
         self.run = self._own_run = tracking.start_run(
-            project=self._project(), entity=self.entity, name=run_name or self.run_name,
-            job_type=job_type or self.job_type, tags=list(dict.fromkeys(all_tags)), config=config,
+            project=self._project(),
+            entity=self.entity,
+            name=run_name or self.run_name,
+            job_type=job_type or self.job_type,
+            tags=list(dict.fromkeys(all_tags)),
+            config=config,
         )
         return self.run
 
@@ -176,8 +188,14 @@ class WaBucketRefAPI:
         return alias
 
     def download_artifact(
-        self, art_name: str, art_type: str, art_alias: str, dst_folder: str | os.PathLike[str] | None = None,
-        retries: int | None = None, *, run_config: dict[str, Any] | str | None = None,
+        self,
+        art_name: str,
+        art_type: str,
+        art_alias: str,
+        dst_folder: str | os.PathLike[str] | None = None,
+        retries: int | None = None,
+        *,
+        run_config: dict[str, Any] | str | None = None,
     ) -> Path:
         """Resolve NAME:ALIAS, bring its files into dst_folder (a fresh temporary folder if None), verified.
 
@@ -224,8 +242,13 @@ class WaBucketRefAPI:
     def _context(self, options: Options | None = None) -> Context:
         project = self._project()
         return Context(
-            io=self._loop, buckets=self._buckets, bucket=self.bucket, options=options or self.options,
-            project=project, lookup_project=project if self._project_given else None, entity=self.entity,
+            io=self._loop,
+            buckets=self._buckets,
+            bucket=self.bucket,
+            options=options or self.options,
+            project=project,
+            lookup_project=project if self._project_given else None,
+            entity=self.entity,
             start_run=self._start_run,
         )
 

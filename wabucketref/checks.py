@@ -33,7 +33,10 @@ def check_qualified_name(value: str) -> str:
 
 def check_alias(alias: str, *, for_upload: bool) -> str:
     if (
-        not isinstance(alias, str) or not alias or len(alias) > 128 or any(c in alias for c in "/:\\\0")
+        not isinstance(alias, str)
+        or not alias
+        or len(alias) > 128
+        or any(c in alias for c in "/:\\\0")
         or alias in (".", "..", META_DIR)
     ):
         raise UsageError(f"invalid alias {alias!r}: 1-128 characters, without / : or \\")

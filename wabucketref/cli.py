@@ -37,30 +37,68 @@ def _api(ctx: click.Context, quiet: bool = False) -> Any:
     if quiet:  # a command's own -q: as quiet as the global one
         logging.getLogger().setLevel(logging.WARNING)
     return WaBucketRefAPI(
-        bucket=o["bucket"], project_name=o["project_name"], entity=o["entity"],
-        run_name=o["run_name"], job_type=o["job_type"], quiet=quiet,
-        concurrency=o["concurrency"], progress=None if quiet else TqdmProgress(),
+        bucket=o["bucket"],
+        project_name=o["project_name"],
+        entity=o["entity"],
+        run_name=o["run_name"],
+        job_type=o["job_type"],
+        quiet=quiet,
+        concurrency=o["concurrency"],
+        progress=None if quiet else TqdmProgress(),
     )
 
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(None, "--version", package_name="wabucketref", prog_name="wabucket")
-@click.option("--bucket", envvar="WABUCKET_BUCKET", show_envvar=True, callback=_not_empty, help="Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. Default: the project name (a platform bucket).")
-@click.option("--project-name", "--project_name", "project_name", envvar="WANDB_PROJECT", callback=_not_empty, help="W&B project (default: $WANDB_PROJECT, else a running W&B run's, else the one `wandb init` named). Required unless WANDB_MODE=disabled.")
+@click.option(
+    "--bucket",
+    envvar="WABUCKET_BUCKET",
+    show_envvar=True,
+    callback=_not_empty,
+    help=(
+        "Platform bucket name/id or blob:// URI, s3://bucket[/prefix], file:///dir or a folder path. "
+        "Default: the project name (a platform bucket)."
+    ),
+)
+@click.option(
+    "--project-name",
+    "--project_name",
+    "project_name",
+    envvar="WANDB_PROJECT",
+    callback=_not_empty,
+    help=(
+        "W&B project (default: $WANDB_PROJECT, else a running W&B run's, else the one `wandb init` named). "
+        "Required unless WANDB_MODE=disabled."
+    ),
+)
 @click.option("--run-name", "--run_name", "run_name", help="Name of the W&B run this command records.")
 @click.option("--job-type", "--job_type", "job_type", help="W&B job type of the run (default: the command's name).")
 @click.option("--entity", envvar="WANDB_ENTITY", help="W&B entity (default: $WANDB_ENTITY, else your default entity).")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True, envvar="WABUCKET_CONCURRENCY", show_envvar=True, help="Files transferred at once.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=32,
+    show_default=True,
+    envvar="WABUCKET_CONCURRENCY",
+    show_envvar=True,
+    help="Files transferred at once.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, concurrency, quiet) -> None:
     """Keep ML artifact bytes in your bucket; W&B keeps versions, aliases and lineage."""
-    ctx.obj = dict(
-        bucket=bucket, project_name=project_name, run_name=run_name, job_type=job_type,
-        entity=entity, concurrency=concurrency, quiet=quiet,
-    )
+    ctx.obj = {
+        "bucket": bucket,
+        "project_name": project_name,
+        "run_name": run_name,
+        "job_type": job_type,
+        "entity": entity,
+        "concurrency": concurrency,
+        "quiet": quiet,
+    }
     logging.basicConfig(
-        stream=sys.stderr, format="wabucket: %(message)s",
+        stream=sys.stderr,
+        format="wabucket: %(message)s",
         level=logging.WARNING if quiet else logging.INFO,
     )
     for noisy in ("wandb", "apolo_sdk", "aiohttp", "urllib3", "botocore", "boto3"):
@@ -71,11 +109,33 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
 @click.argument("src_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-n", "--name", required=True, help="Artifact name ([A-Za-z0-9_.-]).")
 @click.option("-t", "--type", "type_", required=True, help="Artifact type, e.g. dataset or model.")
-@click.option("-a", "--alias", help="Alias (also the bucket folder). Default: a new UUID4. '!run-config-hash': sha256 of the run config.")
-@click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE", help="Artifact metadata (repeatable); also the run's config.")
-@click.option("--reff/--no-reff", default=True, show_default=True, help="Store a reference to the bucket (default) or the files in W&B.")
+@click.option(
+    "-a",
+    "--alias",
+    help="Alias (also the bucket folder). Default: a new UUID4. '!run-config-hash': sha256 of the run config.",
+)
+@click.option(
+    "-m",
+    "--metadata",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Artifact metadata (repeatable); also the run's config.",
+)
+@click.option(
+    "--reff/--no-reff",
+    default=True,
+    show_default=True,
+    help="Store a reference to the bucket (default) or the files in W&B.",
+)
 @click.option("-s", "--suffix", help="Suffix for the ::set-output names ([A-Za-z0-9_]).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing <TYPE>/<NAME>/<ALIAS>/ (its old content is unusable from the start; an interrupted overwrite is finished by rerunning it).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help=(
+        "Replace an existing <TYPE>/<NAME>/<ALIAS>/ (its old content is unusable from the start; "
+        "an interrupted overwrite is finished by rerunning it)."
+    ),
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, quiet) -> None:
@@ -91,8 +151,21 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
 @click.argument("type_", metavar="TYPE")
 @click.argument("name")
 @click.argument("alias")
-@click.option("-d", "--dest", "--destination-folder", "dest", callback=_not_empty, help="Destination folder. Default: ./TYPE/NAME/ALIAS")
-@click.option("-a", "--run-args", "--run_args", "run_args", help="Run config for the W&B run: a YAML file, KEY=VALUE pairs (space or comma separated) or a JSON object.")
+@click.option(
+    "-d",
+    "--dest",
+    "--destination-folder",
+    "dest",
+    callback=_not_empty,
+    help="Destination folder. Default: ./TYPE/NAME/ALIAS",
+)
+@click.option(
+    "-a",
+    "--run-args",
+    "--run_args",
+    "run_args",
+    help="Run config for the W&B run: a YAML file, KEY=VALUE pairs (space or comma separated) or a JSON object.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
@@ -101,7 +174,9 @@ def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
     NAME may be qualified as PROJECT/NAME or ENTITY/PROJECT/NAME to read another project's artifact."""
     config = parse_run_args(run_args)
     with _api(ctx, quiet) as api:
-        path = api.download_artifact(name, type_, alias, Path(dest) if dest else Path(type_, name, alias), run_config=config)
+        path = api.download_artifact(
+            name, type_, alias, Path(dest) if dest else Path(type_, name, alias), run_config=config
+        )
     click.echo(str(path))
 
 
@@ -126,7 +201,9 @@ def link(ctx, bucket_path, name, type_, alias, metadata, suffix, overwrite, quie
 @click.argument("type_", metavar="TYPE")
 @click.argument("name")
 @click.argument("alias")
-@click.option("--local", type=click.Path(path_type=Path), help="Check this downloaded folder instead of the bucket's copy.")
+@click.option(
+    "--local", type=click.Path(path_type=Path), help="Check this downloaded folder instead of the bucket's copy."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
 def verify(ctx, type_, name, alias, local, quiet) -> None:
@@ -165,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     if teardown is not None:
         try:
             teardown()  # wandb's own exit handler: stops its service process
-        except Exception as e:  # noqa: BLE001 - the command's outcome is already decided
+        except Exception as e:
             logging.getLogger("wabucketref").debug("wandb teardown: %s", e)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -22,10 +22,18 @@ TRANSIENT, PERMANENT, USAGE = "transient", "permanent", "usage"
 
 # S3 and Azure error codes that another try cannot fix (whatever exception type carries them)
 MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "ContainerNotFound"})
-REFUSED_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AllAccessDisabled", "AccountProblem",  # S3
-    "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",  # Azure
-})
+REFUSED_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",  # S3
+        "AuthenticationFailed",
+        "AuthorizationFailure",
+        "AuthorizationPermissionMismatch",  # Azure
+    }
+)
 # What S3-compatible servers without If-None-Match/If-Match support answer a PUT carrying them.
 CONDITIONAL_WRITE_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "NotSupported"})
 

@@ -1,9 +1,9 @@
 """Where an alias lives in a bucket, and the record kept beside it.
 
-    <base>/<TYPE>/<NAME>/<ALIAS>/...                    the files (the original tool's layout)
-    <base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.jsonl     the record: the manifest, with a header
-                                                        saying where the data is (offline downloads)
-    <base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.partial   an upload is unfinished there (marker.py)
+<base>/<TYPE>/<NAME>/<ALIAS>/...                    the files (the original tool's layout)
+<base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.jsonl     the record: the manifest, with a header
+                                                    saying where the data is (offline downloads)
+<base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.partial   an upload is unfinished there (marker.py)
 """
 
 from __future__ import annotations
@@ -82,8 +82,14 @@ class BucketRecord:
     @classmethod
     def new(cls, keys: AliasKeys, ref: str, root: str, manifest: Manifest, version: str | None) -> BucketRecord:
         return cls(
-            name=keys.artifact.name, type=keys.artifact.type, alias=keys.alias, ref=ref, root=root,
-            created_at=datetime.now(timezone.utc).isoformat(), digest=manifest.digest(), wandb_version=version,
+            name=keys.artifact.name,
+            type=keys.artifact.type,
+            alias=keys.alias,
+            ref=ref,
+            root=root,
+            created_at=datetime.now(timezone.utc).isoformat(),
+            digest=manifest.digest(),
+            wandb_version=version,
         )
 
     @classmethod
@@ -94,9 +100,14 @@ class BucketRecord:
         if not isinstance(h.get("root"), str):
             return None
         return cls(
-            name=str(h.get("name", "")), type=str(h.get("type", "")), alias=str(h.get("alias", "")),
-            ref=str(h.get("ref", "")), root=h["root"], created_at=str(h.get("created_at", "")),
-            digest=str(h.get("digest", "")), wandb_version=h.get("wandb_version"),
+            name=str(h.get("name", "")),
+            type=str(h.get("type", "")),
+            alias=str(h.get("alias", "")),
+            ref=str(h.get("ref", "")),
+            root=h["root"],
+            created_at=str(h.get("created_at", "")),
+            digest=str(h.get("digest", "")),
+            wandb_version=h.get("wandb_version"),
         )
 
     def dumps(self, manifest: Manifest) -> bytes:

@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import IntegrityError, UsageError

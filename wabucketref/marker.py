@@ -34,10 +34,15 @@ class Marker:
     started: float
 
     def body(self) -> bytes:
-        return json.dumps({
-            "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-            "started": self.started, "beat": time.time(),
-        }).encode()
+        return json.dumps(
+            {
+                "token": self.token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": self.started,
+                "beat": time.time(),
+            }
+        ).encode()
 
     async def keep_alive(self) -> None:
         """Refresh the marker until cancelled (a failed refresh is tried again at the next beat)."""
@@ -45,13 +50,15 @@ class Marker:
             await asyncio.sleep(BEAT)
             try:
                 await self.storage.put_bytes(self.key, self.body())
-            except Exception as e:  # noqa: BLE001 - the final check still guards the result
+            except Exception as e:
                 log.debug("could not refresh %s: %s", self.key, e)
 
     async def check_still_ours(self, where: str) -> None:
         holder = _holder(await self.storage.get_bytes(self.key))
         if holder is None or holder.get("token") != self.token:
-            raise WaBucketError(f"another upload to {where} took over while this one ran ({_describe(holder)}); nothing was registered")
+            raise WaBucketError(
+                f"another upload to {where} took over while this one ran ({_describe(holder)}); nothing was registered"
+            )
 
 
 async def claim(storage: Storage, key: str, found: tuple[bytes, str | None] | None, where: str) -> Marker:

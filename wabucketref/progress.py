@@ -43,10 +43,17 @@ class TqdmProgress(ProgressCallback):
 
         size = shutil.get_terminal_size((100, 24))
         self.bar = tqdm(
-            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=verb,
-            file=sys.stderr, leave=False, disable=False,
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=verb,
+            file=sys.stderr,
+            leave=False,
+            disable=False,
             # tqdm hides the bar on a terminal that reports no size; assume a usual one then
-            ncols=size.columns, nrows=size.lines,
+            ncols=size.columns,
+            nrows=size.lines,
         )
 
     def advance(self, nbytes: int) -> None:

@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .errors import TransferError
 from .failures import TRANSIENT, classify
@@ -23,20 +23,9 @@ log = logging.getLogger("wabucketref")
 R = TypeVar("R")
 
 ATTEMPTS = 4
-REQUEST_TRIES = 7
+REQUEST_TRIES = 7  # obstore's own tries of one request (storage/objectstore.py passes them on)
 RETRY_WINDOW = timedelta(seconds=120)
-
-# obstore's own retries of single requests (passed to every store it builds)
-RETRY_CONFIG: dict[str, Any] = {
-    "max_retries": REQUEST_TRIES - 1,
-    "retry_timeout": RETRY_WINDOW,
-    "backoff": {
-        "init_backoff": timedelta(milliseconds=200),
-        "max_backoff": timedelta(seconds=8),
-        "base": 2,
-    },
-}
-NO_RETRIES: dict[str, Any] = {**RETRY_CONFIG, "max_retries": 0}
+FIRST_BACKOFF, LONGEST_BACKOFF = timedelta(milliseconds=200), timedelta(seconds=8)
 
 
 async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int = ATTEMPTS) -> R:

@@ -142,8 +142,12 @@ def preflight(timeout: float = 10.0) -> None:
 
     url = _base_url() + "/graphql"
     request = urllib.request.Request(
-        url, data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()},
+        url,
+        data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode(),
+        },
     )
     cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
     context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
@@ -152,9 +156,13 @@ def preflight(timeout: float = 10.0) -> None:
             response.read()
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise WaBucketError(f"W&B at {_base_url()} rejected the API key (HTTP {e.code}): run `wandb login --relogin`") from e
+            raise WaBucketError(
+                f"W&B at {_base_url()} rejected the API key (HTTP {e.code}): run `wandb login --relogin`"
+            ) from e
         if e.code >= 500:
-            raise WaBucketError(f"W&B at {_base_url()} is failing (HTTP {e.code}); try again later or set WANDB_MODE=offline") from e
+            raise WaBucketError(
+                f"W&B at {_base_url()} is failing (HTTP {e.code}); try again later or set WANDB_MODE=offline"
+            ) from e
     except (OSError, TimeoutError) as e:  # URLError, refused, reset, timeout
         reason = getattr(e, "reason", e)
         raise WaBucketError(
@@ -174,7 +182,7 @@ def finish_run(run: Any, exit_code: int) -> None:
     def finish() -> None:
         try:
             run.finish(exit_code=exit_code)
-        except BaseException as e:  # noqa: BLE001 - wandb gives up on its own once we stopped waiting
+        except BaseException as e:
             log.debug("finishing W&B run: %s", e)
 
     limit = settings.wandb_timeout() if exit_code == 0 else min(settings.wandb_timeout(), FAILED_RUN_WAIT)
@@ -182,22 +190,37 @@ def finish_run(run: Any, exit_code: int) -> None:
     done.start()
     done.join(limit)
     if done.is_alive():
-        log.warning("W&B did not finish run %s in %.0f s; what it did not send stays in %s (`wandb sync` sends it)",
-                    getattr(run, "id", "?"), limit, getattr(run, "dir", "its wandb folder"))
+        log.warning(
+            "W&B did not finish run %s in %.0f s; what it did not send stays in %s (`wandb sync` sends it)",
+            getattr(run, "id", "?"),
+            limit,
+            getattr(run, "dir", "its wandb folder"),
+        )
 
 
 def start_run(
-    *, project: str, entity: str | None, name: str | None, job_type: str | None,
-    tags: list[str] | None = None, config: dict | None = None,
+    *,
+    project: str | None,
+    entity: str | None,
+    name: str | None,
+    job_type: str | None,
+    tags: list[str] | None = None,
+    config: dict[str, Any] | str | None = None,
 ) -> Any:
     check_credentials()
     import wandb
 
     try:
         return wandb.init(
-            project=project, entity=entity, name=name, job_type=job_type, tags=tags or None,
+            project=project,
+            entity=entity,
+            name=name,
+            job_type=job_type,
+            tags=tags or None,
             config=config or None,
-            settings=wandb.Settings(console="off", silent=True, init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 90))),
+            settings=wandb.Settings(
+                console="off", silent=True, init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 90))
+            ),
         )
     except Exception as e:  # wandb raises many types for unreachable servers
         failure = classify(e)
@@ -214,16 +237,21 @@ def log_artifact(
         return None
     import wandb
     from wandb.sdk.artifacts.artifact_manifest_entry import ArtifactManifestEntry
+    from wandb.sdk.lib.paths import LogicalPath
 
     art = wandb.Artifact(name, type=type, metadata=metadata)
     # The reference's digest is the manifest's, not the URI's: the version follows the content.
     art.manifest.add_entry(
-        ArtifactManifestEntry(path=REFERENCE_NAME, ref=ref, digest=manifest.digest(), size=manifest.total_size)
+        ArtifactManifestEntry(
+            path=LogicalPath(REFERENCE_NAME), ref=ref, digest=manifest.digest(), size=manifest.total_size
+        )
     )
     return _log_with_manifest(run, art, alias, manifest)
 
 
-def log_files_artifact(run: Any, *, name: str, type: str, alias: str, src: Path, manifest: Manifest, metadata: dict) -> str | None:
+def log_files_artifact(
+    run: Any, *, name: str, type: str, alias: str, src: Path, manifest: Manifest, metadata: dict
+) -> str | None:
     """--no-reff: the files themselves go to W&B storage (with the manifest, for verified downloads)."""
     import wandb
 
@@ -242,7 +270,7 @@ def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest) -> st
             if is_offline():
                 return None
             art.wait(timeout=settings.wandb_timeout())  # wandb retries a failing server for many minutes
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             timed_out = type(e).__name__ == "WaitTimeoutError"  # not a TimeoutError
             reason = f"no answer in {settings.wandb_timeout():.0f} s" if timed_out else first_line(e)
             raise WaBucketError(f"W&B did not register artifact {art.name}:{alias}: {reason}") from e
@@ -260,13 +288,17 @@ def artifact_path(name: str, alias: str, project: str | None, entity: str | None
     return f"{entity}/{project}/{path}" if entity else f"{project}/{path}"
 
 
-def use_artifact(run: Any, *, name: str, type: str, alias: str, project: str | None = None, entity: str | None = None) -> Resolved:
+def use_artifact(
+    run: Any, *, name: str, type: str, alias: str, project: str | None = None, entity: str | None = None
+) -> Resolved:
     """Resolve name:alias (in `project`, if not the run's) through W&B and record it as the run's input.
 
     An artifact the run's own project holds is found too: that is where the run logs its outputs."""
     import wandb
 
-    paths = list(dict.fromkeys([artifact_path(name, alias, project, entity, run), artifact_path(name, alias, None, None)]))
+    paths = list(
+        dict.fromkeys([artifact_path(name, alias, project, entity, run), artifact_path(name, alias, None, None)])
+    )
     for i, path in enumerate(paths):
         try:
             art = run.use_artifact(path, type=type)
@@ -293,11 +325,24 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
     if ref is None and manifest is None and (s3 := _s3_references(entries)) is not None:
         ref, manifest, s3_etags = s3
         stored = frozenset()
-        log.warning("%s:%s refers to its files one by one in %s (W&B's own s3:// references, as the first "
-                    "wabucketref logged them): their sizes and ETags are checked, not a sha256", name, alias, ref)
+        log.warning(
+            "%s:%s refers to its files one by one in %s (W&B's own s3:// references, as the first "
+            "wabucketref logged them): their sizes and ETags are checked, not a sha256",
+            name,
+            alias,
+            ref,
+        )
     return Resolved(
-        name=name.rsplit("/", 1)[-1], type=type, version=art.version, aliases=list(art.aliases), ref=ref, manifest=manifest,
-        metadata=dict(art.metadata or {}), stored_files=stored, s3_etags=s3_etags, artifact=art,
+        name=name.rsplit("/", 1)[-1],
+        type=type,
+        version=art.version,
+        aliases=list(art.aliases),
+        ref=ref,
+        manifest=manifest,
+        metadata=dict(art.metadata or {}),
+        stored_files=stored,
+        s3_etags=s3_etags,
+        artifact=art,
     )
 
 
@@ -315,12 +360,16 @@ def _s3_references(entries: dict) -> tuple[str, Manifest, dict[str, str]] | None
         return None
     check_unique(entries)
     files = [FileEntry(safe_relpath(path), entry.size or 0, NO_HASH) for path, entry in entries.items()]
-    etags = {path: etag.strip('"') for path, entry in entries.items() if (etag := (getattr(entry, "extra", None) or {}).get("etag"))}
+    etags = {
+        path: etag.strip('"')
+        for path, entry in entries.items()
+        if (etag := (getattr(entry, "extra", None) or {}).get("etag"))
+    }
     # W&B's S3 handler leaves out empty objects: the download adds those it finds in the folder
     return roots.pop(), Manifest(files, verified=False), etags
 
 
-def fetch_artifact(project: str, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:
+def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:
     """Resolve name:alias without a run (nothing is recorded as used): for verify."""
     check_credentials()
     import wandb
@@ -365,4 +414,3 @@ def _check_sizes(root: Path, entries: dict) -> None:
         p = root / path
         if not p.is_file() or (entry.size is not None and p.stat().st_size != entry.size):
             raise IntegrityError(f"{path}: W&B did not bring it as a file of {entry.size} bytes")
-

@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,7 +108,7 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concu
                 return
             try:
                 results[i] = await fn(item)
-            except Exception as e:  # noqa: BLE001 - collected and re-raised below
+            except Exception as e:
                 errors.append(e)
                 return
 
@@ -124,7 +124,7 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concu
 def _hash_local(path: Path, part_size: int) -> tuple[str, list[bytes]]:
     """sha256 of a file, plus the MD5 of each part of `part_size` (to compare S3 ETags)."""
     sha = hashlib.sha256()
-    md5s = []
+    md5s: list[bytes] = []
     with open(path, "rb") as f:
         while True:
             part = hashlib.md5()
@@ -196,7 +196,11 @@ def _advancer(progress: _Tracker | None) -> Callable[[int], None]:
     if progress is None:
         return lambda n: None
     loop = asyncio.get_running_loop()
-    return lambda n: loop.call_soon_threadsafe(progress.advance, n)
+
+    def advance(n: int) -> None:
+        loop.call_soon_threadsafe(progress.advance, n)
+
+    return advance
 
 
 # ---------------------------------------------------------------- upload
@@ -293,8 +297,15 @@ def check_listing(manifest: Manifest, listing: list[ObjectInfo], where: str) -> 
 
 
 async def download(
-    storage: Storage, prefix: str, manifest: Manifest, dest: Path, opts: Options, *,
-    trusted: set[str] = frozenset(), done: set[str] | None = None, skip_existing: bool = False,
+    storage: Storage,
+    prefix: str,
+    manifest: Manifest,
+    dest: Path,
+    opts: Options,
+    *,
+    trusted: Set[str] = frozenset(),
+    done: set[str] | None = None,
+    skip_existing: bool = False,
 ) -> Stats:
     """Bring every manifest file into dest, verified; files already there and equal are kept.
 
@@ -357,7 +368,9 @@ def _prepare_dest(dest: Path, paths: list[str]) -> set[str]:
         try:
             target.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as e:
-            raise WaBucketError(f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs") from e
+            raise WaBucketError(
+                f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs"
+            ) from e
     return set() if fresh else _scan_dest(dest, paths)
 
 
@@ -378,7 +391,8 @@ def _scan_dest(dest: Path, paths: list[str]) -> set[str]:
             if entry.name in wanted:
                 present.add(f"{folder}/{entry.name}" if folder else entry.name)
             elif (
-                (m := _PART_NAME.fullmatch(entry.name)) and m.group(1) in {_part_stem(n) for n in wanted}
+                (m := _PART_NAME.fullmatch(entry.name))
+                and m.group(1) in {_part_stem(n) for n in wanted}
                 and entry.is_file(follow_symlinks=False)
             ):
                 os.unlink(entry.path)
@@ -536,8 +550,15 @@ class _Stopped(WaBucketError):
 
 
 def _stream_range(
-    storage: Storage, key: str, f: FileEntry, start: int, end: int, hashing: _InOrderHash, advance: Callable[[int], None],
-    stop: threading.Event, whole: bool = False,
+    storage: Storage,
+    key: str,
+    f: FileEntry,
+    start: int,
+    end: int,
+    hashing: _InOrderHash,
+    advance: Callable[[int], None],
+    stop: threading.Event,
+    whole: bool = False,
 ) -> None:
     """One ranged GET, written in place chunk by chunk (runs in a lane's thread); a retry resumes
     where the previous try stopped writing. whole: one plain GET of the file, every try from byte 0."""
@@ -564,7 +585,14 @@ def _stream_range(
 
 
 async def _get_ranges(
-    storage: Storage, key: str, final: Path, f: FileEntry, progress: _Tracker, verify: bool, lanes: _Lanes, attempts: int
+    storage: Storage,
+    key: str,
+    final: Path,
+    f: FileEntry,
+    progress: _Tracker,
+    verify: bool,
+    lanes: _Lanes,
+    attempts: int,
 ) -> None:
     """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands.
 
@@ -579,8 +607,16 @@ async def _get_ranges(
 
 
 async def _get_parts(
-    storage: Storage, key: str, final: Path, f: FileEntry, progress: _Tracker, verify: bool, lanes: _Lanes, attempts: int,
-    *, whole: bool,
+    storage: Storage,
+    key: str,
+    final: Path,
+    f: FileEntry,
+    progress: _Tracker,
+    verify: bool,
+    lanes: _Lanes,
+    attempts: int,
+    *,
+    whole: bool,
 ) -> None:
     part = f.size if whole else max(storage.part_size(f.size), RANGE_SIZE)
     starts = list(range(0, f.size, part))
@@ -594,8 +630,11 @@ async def _get_parts(
         try:
             end = min(start + part, f.size)
             await with_retries(
-                lambda: _in_thread(lanes.threads, stop, _stream_range, storage, key, f, start, end, hashing, advance, stop, whole),
-                f"download of {f.path} (bytes {start}-{end})", attempts,
+                lambda: _in_thread(
+                    lanes.threads, stop, _stream_range, storage, key, f, start, end, hashing, advance, stop, whole
+                ),
+                f"download of {f.path} (bytes {start}-{end})",
+                attempts,
             )
         finally:
             lanes.release()
@@ -625,7 +664,9 @@ async def _get_parts(
 # ---------------------------------------------------------------- hashing what is in a bucket
 
 
-async def hash_remote(storage: Storage, prefix: str, listing: list[ObjectInfo], opts: Options, verb: str) -> tuple[Manifest, Stats]:
+async def hash_remote(
+    storage: Storage, prefix: str, listing: list[ObjectInfo], opts: Options, verb: str
+) -> tuple[Manifest, Stats]:
     """A manifest of objects already in the bucket (for link and verify): every byte is read once."""
     progress = _Tracker(verb, len(listing), sum(o.size for o in listing), opts)
 

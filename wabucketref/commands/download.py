@@ -1,11 +1,11 @@
 """download: resolve NAME:ALIAS and bring its files into a folder, each verified.
 
-    1. prepare the destination: made if missing, one download at a time, cleaned up on failure
-    2. resolve the version: W&B (recorded as the run's input) or, offline, the bucket's records;
-       online, the copy the bucket's record names is fetched meanwhile (the prefetch), and kept
-       only if W&B's manifest has the same content
-    3. fetch what the destination lacks from where the version's data is, verified (transfer.py)
-    4. files W&B itself stores for the version
+1. prepare the destination: made if missing, one download at a time, cleaned up on failure
+2. resolve the version: W&B (recorded as the run's input) or, offline, the bucket's records;
+   online, the copy the bucket's record names is fetched meanwhile (the prefetch), and kept
+   only if W&B's manifest has the same content
+3. fetch what the destination lacks from where the version's data is, verified (transfer.py)
+4. files W&B itself stores for the version
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,9 +111,9 @@ async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path,
     try:
         storage, base = await ctx.buckets.open(ctx.bucket)
         found = await bucket_record(storage, ArtifactKeys(base, type_, name), alias)
-        if found is None or found[1] is None:
+        manifest, record = found if found is not None else (None, None)
+        if manifest is None or record is None:
             return
-        manifest, record = found
         pre.digest = manifest.digest()
         # Listing 10k objects takes as long as fetching hundreds of them: do both at once. Every
         # file is checked against the manifest as it lands, and the confirmed pass lists again.
@@ -121,7 +121,7 @@ async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path,
             transfer.download(storage, record.root, manifest, dest, ctx.options, done=pre.done, skip_existing=True)
         )
         try:
-            transfer.check_listing(manifest, await storage.list(record.root), storage.uri_for(record.root))
+            transfer.check_listing(manifest, await storage.list_objects(record.root), storage.uri_for(record.root))
             pre.stats = await copy
         finally:
             if not copy.done():
@@ -157,15 +157,19 @@ def _keep_matching(dest: Path, written: set[str], manifest: Manifest | None) -> 
 
 
 async def _fetch(
-    storage: Storage, key: str, resolved: tracking.Resolved, dest: Path, options: transfer.Options,
-    trusted: set[str] | frozenset[str] = frozenset(),
+    storage: Storage,
+    key: str,
+    resolved: tracking.Resolved,
+    dest: Path,
+    options: transfer.Options,
+    trusted: Set[str] = frozenset(),
 ) -> None:
     """Check the bucket holds the version's files, then bring them into dest, verified."""
-    listing = await storage.list(key)
+    listing = await storage.list_objects(key)
     if not listing:
         encoded = _sdk_encoded(key)
         if encoded != key:
-            listing = await storage.list(encoded)
+            listing = await storage.list_objects(encoded)
             key = encoded if listing else key
     where = storage.uri_for(key)
     if not listing and (resolved.manifest is None or resolved.manifest.files):

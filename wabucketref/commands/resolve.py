@@ -46,7 +46,7 @@ async def bucket_record(
         manifest = Manifest.loads(data, source=f"{artifact.name}:{alias}")
         return manifest, BucketRecord.of(manifest)
     newest: tuple[Manifest, BucketRecord | None] | None = None
-    for info in await storage.list(artifact.records):
+    for info in await storage.list_objects(artifact.records):
         if info.key.endswith(RECORD_SUFFIX):
             data = await storage.get_bytes(join(artifact.records, info.key)) or b""
             manifest = Manifest.loads(data, source=info.key)

@@ -43,7 +43,9 @@ def upload(
         _upload_bytes(storage, keys, files, overwrite, ctx.options), "upload", metadata
     )
     ref = storage.uri_for(keys.data)
-    version = tracking.log_artifact(run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata)
+    version = tracking.log_artifact(
+        run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+    )
     record = BucketRecord.new(keys, ref, keys.data, manifest, version)
     ctx.run(_commit(storage, keys, record, manifest))
     log.info("artifact %s:%s (%s) -> %s", name, alias, version or tracking.mode(), ref)
@@ -76,7 +78,9 @@ def link(
     manifest = ctx.run(_hash_folder(data_storage, key, ctx.options))
     run = ctx.start_run("link", metadata)
     ref = data_storage.uri_for(key)
-    version = tracking.log_artifact(run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata)
+    version = tracking.log_artifact(
+        run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+    )
     if data_storage is storage:
         record = BucketRecord.new(keys, ref, key, manifest, version)
         try:
@@ -124,7 +128,7 @@ async def _upload_bytes(
     storage: Storage, keys: AliasKeys, files: list[LocalFile], overwrite: bool, options: transfer.Options
 ) -> Manifest:
     where = storage.uri_for(keys.data)
-    listing = await storage.list(keys.data)
+    listing = await storage.list_objects(keys.data)
     complete = await storage.exists(keys.record)
     found = await storage.read(keys.marker)
     # A marker says the upload there is unfinished (even beside a record, if it was stopped just
@@ -164,7 +168,7 @@ async def _refuse_existing(storage: Storage, keys: AliasKeys) -> None:
 
 
 async def _hash_folder(storage: Storage, key: str, options: transfer.Options) -> Manifest:
-    listing = await storage.list(key)
+    listing = await storage.list_objects(key)
     if not listing:
         if key and await storage.exists(key):
             raise UsageError(f"{storage.uri_for(key)} is a file, not a folder")

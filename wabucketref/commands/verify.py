@@ -1,7 +1,7 @@
 """verify: check the bucket's copy of a version (or a downloaded folder) against its manifest.
 
-    1. resolve the version (W&B, without recording a use; offline, the bucket's records)
-    2. compare: a local folder file by file, or the bucket's listing, then every object's sha256
+1. resolve the version (W&B, without recording a use; offline, the bucket's records)
+2. compare: a local folder file by file, or the bucket's listing, then every object's sha256
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def verify(ctx: Context, qualified_name: str, name: str, type_: str, alias: str,
     if stored:
         log.warning(
             "%s:%s also has %d file(s) stored in W&B itself: W&B checks those, not this command",
-            qualified_name, alias, len(stored),
+            qualified_name,
+            alias,
+            len(stored),
         )
     if local is not None:
         _compare_folder(manifest, local, stored)
@@ -60,7 +62,7 @@ def _compare_folder(manifest: Manifest, root: Path, stored: frozenset[str]) -> N
 
 
 async def _compare_bucket(storage: Storage, key: str, manifest: Manifest, options: transfer.Options) -> None:
-    listing = await storage.list(key)
+    listing = await storage.list_objects(key)
     transfer.check_listing(manifest, listing, storage.uri_for(key))
     actual, _ = await transfer.hash_remote(storage, key, listing, options, "verified")
     expected = manifest.by_path()

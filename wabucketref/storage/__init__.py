@@ -11,7 +11,13 @@ from ..errors import UsageError
 from .base import Capabilities, ObjectInfo, RangesIgnored, Storage, check_prefix, key_under
 
 __all__ = [
-    "Capabilities", "ObjectInfo", "RangesIgnored", "Storage", "bucket_kind", "check_prefix", "key_under",
+    "Capabilities",
+    "ObjectInfo",
+    "RangesIgnored",
+    "Storage",
+    "bucket_kind",
+    "check_prefix",
+    "key_under",
     "open_bucket",
 ]
 
@@ -36,7 +42,10 @@ def bucket_kind(spec: str) -> str:
 
 
 async def open_bucket(spec: str) -> tuple[Storage, str]:
-    """(bucket root, key of the spec inside it): s3://b/p -> (s3://b, "p"), blob://c/o/p/b/k -> (blob://c/o/p/b, "k")."""
+    """(bucket root, key of the spec inside it).
+
+    s3://b/p -> (s3://b, "p"); blob://c/o/p/b/k -> (blob://c/o/p/b, "k"); a folder -> (file:///folder, "").
+    """
     kind = bucket_kind(spec)
     _pause_at_exit()
     if kind == "local":

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from obstore.store import AzureStore
 
-from .. import settings
-from ..retry import RETRY_CONFIG
-from .objectstore import ObjectStoreStorage, client_options
+from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 
 class AzureStorage(ObjectStoreStorage):
     """A container at `endpoint`, signed by a SAS token (credential_provider) or the account key."""
 
     def __init__(
-        self, container: str, *, uri: str, endpoint: str, retry_config: dict[str, Any] = RETRY_CONFIG,
+        self,
+        container: str,
+        *,
+        uri: str,
+        endpoint: str,
+        retry_config: RetryConfig = RETRY_CONFIG,
         **credentials: Any,
     ) -> None:
         endpoint = endpoint.rstrip("/")
         store = AzureStore(
-            container, account_name=account_of(endpoint), endpoint=endpoint, retry_config=retry_config,
-            client_options=client_options(settings.request_timeout(), endpoint), **credentials,
+            container,
+            account_name=account_of(endpoint),
+            endpoint=endpoint,
+            retry_config=retry_config,
+            client_options=client_options(endpoint),
+            **credentials,
         )
         super().__init__(store, uri, endpoint=endpoint)
 

@@ -71,7 +71,7 @@ class Storage(ABC):
     # ---------------------------------------------------------------- the door
 
     @abstractmethod
-    async def list(self, prefix: str) -> list[ObjectInfo]:
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix/`, keys relative to it."""
 
     @abstractmethod

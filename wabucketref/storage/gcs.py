@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obstore.store import GCSStore
 
-from .. import settings
-from ..retry import RETRY_CONFIG
-from .objectstore import ObjectStoreStorage, client_options
+from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 
 class GCSStorage(ObjectStoreStorage):
     """A bucket signed by a service-account key or a token (credential_provider)."""
 
-    def __init__(self, bucket: str, *, uri: str, retry_config: dict[str, Any] = RETRY_CONFIG, **credentials: Any) -> None:
+    def __init__(self, bucket: str, *, uri: str, retry_config: RetryConfig = RETRY_CONFIG, **credentials: Any) -> None:
         store = GCSStore(
-            bucket, client_options=client_options(settings.request_timeout()), retry_config=retry_config,
+            bucket,
+            client_options=client_options(),
+            retry_config=retry_config,
             **credentials,
         )
         super().__init__(store, uri)

@@ -12,7 +12,6 @@ from ..errors import UsageError, WaBucketError
 from .base import ObjectInfo
 from .objectstore import ObjectStoreStorage
 
-
 # obstore's LocalStore writes NAME through a staging file NAME#N and renames it; so it refuses such
 # names as keys, and leaves the staging file behind when a write is interrupted.
 _STAGING = re.compile(r".*#\d+")
@@ -40,7 +39,9 @@ class LocalStorage(ObjectStoreStorage):
     async def delete(self, keys: list[str]) -> None:
         """Delete, then remove the folders left empty: a folder is in the way of a file of its name."""
         await super().delete(keys)
-        for folder in sorted({p for k in keys for p in (self.root / k).parents if self.root in p.parents}, reverse=True):
+        for folder in sorted(
+            {p for k in keys for p in (self.root / k).parents if self.root in p.parents}, reverse=True
+        ):
             try:
                 folder.rmdir()
             except OSError:  # not empty, or gone

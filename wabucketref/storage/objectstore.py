@@ -5,22 +5,36 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore as obs
 from obstore.exceptions import AlreadyExistsError, NotFoundError, NotSupportedError, PreconditionError
 
+from .. import settings
 from ..failures import MISSING_BUCKET_CODES, ignores_ranges, refuses_conditional_writes, s3_error
-from ..retry import with_retries
+from ..retry import FIRST_BACKOFF, LONGEST_BACKOFF, REQUEST_TRIES, RETRY_WINDOW, with_retries
 from .base import ObjectInfo, RangesIgnored, Storage
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
 
 log = logging.getLogger("wabucketref")
 
 CHUNK = 256 << 10  # streamed chunks: written and hashed while still in cache
 
+# The request budget of retry.py, as obstore takes it (every store is built with it).
+RETRY_CONFIG: RetryConfig = {
+    "max_retries": REQUEST_TRIES - 1,
+    "retry_timeout": RETRY_WINDOW,
+    "backoff": {"init_backoff": FIRST_BACKOFF, "max_backoff": LONGEST_BACKOFF, "base": 2},
+}
+NO_RETRIES: RetryConfig = {**RETRY_CONFIG, "max_retries": 0}
 
-def client_options(timeout: float, endpoint: str | None = None) -> dict[str, Any]:
-    options: dict[str, Any] = {"connect_timeout": "10s", "timeout": f"{max(1, int(timeout))}s", "pool_idle_timeout": "30s"}
+
+def client_options(endpoint: str | None = None) -> ClientConfig:
+    """Each request's limits: 10 s to connect, settings.request_timeout() in all."""
+    timeout = f"{max(1, int(settings.request_timeout()))}s"
+    options: ClientConfig = {"connect_timeout": "10s", "timeout": timeout, "pool_idle_timeout": "30s"}
     if endpoint and endpoint.startswith("http:"):
         options["allow_http"] = True
     return options
@@ -33,7 +47,7 @@ class ObjectStoreStorage(Storage):
         super().__init__(uri, credentials_hint=credentials_hint, endpoint=endpoint)
         self._store = store
 
-    async def list(self, prefix: str) -> list[ObjectInfo]:
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         prefix = prefix.strip("/")
         start = len(prefix) + 1 if prefix else 0
         out = []
@@ -100,7 +114,9 @@ class ObjectStoreStorage(Storage):
     def _no_ranges(self) -> None:
         if self.capabilities.ranged_gets:
             self.capabilities.ranged_gets = False
-            log.warning("%s answers ranged requests with whole objects: files are fetched whole, one request each", self.uri)
+            log.warning(
+                "%s answers ranged requests with whole objects: files are fetched whole, one request each", self.uri
+            )
 
     async def put(self, key: str, data: Any) -> None:
         await obs.put_async(self._store, key, data)
@@ -126,7 +142,9 @@ class ObjectStoreStorage(Storage):
                 self.capabilities.conditional_writes = False
                 log.warning(
                     "%s refuses conditional writes (%s): two uploads to one alias that start at the same "
-                    "moment cannot be told apart there", self.failures.endpoint or self.uri, s3_error(e)[0],
+                    "moment cannot be told apart there",
+                    self.failures.endpoint or self.uri,
+                    s3_error(e)[0],
                 )
                 await self.put_bytes(key, data)
         return True

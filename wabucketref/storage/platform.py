@@ -12,20 +12,23 @@ import base64
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import NotFoundError, UsageError, WaBucketError
 from ..failures import classify
-from ..retry import NO_RETRIES, RETRY_CONFIG
 from . import session_cache
 from .azure import AzureStorage
 from .base import Storage, check_prefix
 from .gcs import GCSStorage
+from .objectstore import NO_RETRIES, RETRY_CONFIG
 from .s3 import S3Storage
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 try:
     import fcntl
@@ -114,7 +117,7 @@ class _Session:
             await self._client.close()
             self._client = None
 
-    def storage(self, retry_config: dict[str, Any] = RETRY_CONFIG) -> Storage:
+    def storage(self, retry_config: RetryConfig = RETRY_CONFIG) -> Storage:
         e = self.entry
         storage = _make_storage(e["provider"], e["uri"], e["credentials"], self.fetch_credentials, retry_config)
         storage.close_with(self.close)
@@ -126,7 +129,7 @@ class _Session:
         (refused, gone, unreachable) means asking the platform afresh."""
         try:
             await self.storage(NO_RETRIES).has_prefix(PROBE_PREFIX)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.debug("cached platform session not usable: %s", e)
             return False
         return True
@@ -146,7 +149,7 @@ async def open_platform(spec: str) -> tuple[Storage, str]:
     if spec.startswith("blob:"):
         check_blob_uri(spec)
     entry = session_cache.load(spec)
-    if entry is not None and SESSION_KEYS <= entry.keys():
+    if entry is not None and entry.keys() >= SESSION_KEYS:
         cached = _Session(spec, entry)
         if await cached.answers():
             return cached.storage(), entry["prefix"]
@@ -181,8 +184,11 @@ async def _lookup(client: Any, spec: str) -> dict:
     except aiohttp.ClientConnectionError as e:
         raise WaBucketError(f"cannot reach the platform at {client.config.api_url} ({e})") from e
     return {
-        "uri": str(bucket.uri), "prefix": prefix, "provider": bucket.provider.value,
-        "bucket_id": bucket.id, "cluster": bucket.cluster_name,
+        "uri": str(bucket.uri),
+        "prefix": prefix,
+        "provider": bucket.provider.value,
+        "bucket_id": bucket.id,
+        "cluster": bucket.cluster_name,
     }
 
 
@@ -230,7 +236,7 @@ class _Refreshing:
         return converted
 
 
-def _make_storage(provider: str, uri: str, creds: dict, fetch: Fetch, retry_config: dict[str, Any]) -> Storage:
+def _make_storage(provider: str, uri: str, creds: dict, fetch: Fetch, retry_config: RetryConfig) -> Storage:
     if provider in S3_PROVIDERS:
 
         def s3_keys(c: dict) -> dict:
@@ -242,9 +248,12 @@ def _make_storage(provider: str, uri: str, creds: dict, fetch: Fetch, retry_conf
             }
 
         return S3Storage(
-            creds["bucket_name"], uri=uri, endpoint=creds.get("endpoint_url"),
+            creds["bucket_name"],
+            uri=uri,
+            endpoint=creds.get("endpoint_url"),
             region=creds.get("region_name") or "us-east-1",
-            credential_provider=_Refreshing(creds, fetch, s3_keys), retry_config=retry_config,
+            credential_provider=_Refreshing(creds, fetch, s3_keys),
+            retry_config=retry_config,
         )
     if provider == "azure":
         return _azure_storage(uri, creds, fetch, retry_config)
@@ -261,7 +270,7 @@ def _make_storage(provider: str, uri: str, creds: dict, fetch: Fetch, retry_conf
     raise WaBucketError(f"platform bucket provider {provider!r} is not supported")
 
 
-def _azure_storage(uri: str, creds: dict, fetch: Fetch, retry_config: dict[str, Any]) -> Storage:
+def _azure_storage(uri: str, creds: dict, fetch: Fetch, retry_config: RetryConfig) -> Storage:
     """A container SAS token (refreshed like S3 keys), or the account key as `credential`."""
     common: dict[str, Any] = {"uri": uri, "endpoint": creds["storage_endpoint"], "retry_config": retry_config}
     if "sas_token" in creds:

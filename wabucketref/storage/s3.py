@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from obstore.store import S3Store
 
 from .. import settings
 from ..errors import UsageError
-from ..retry import RETRY_CONFIG
 from .base import check_prefix
-from .objectstore import ObjectStoreStorage, client_options
+from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options
+
+if TYPE_CHECKING:
+    from obstore.store import RetryConfig
 
 
 class S3Storage(ObjectStoreStorage):
     def __init__(
-        self, bucket: str, *, uri: str, endpoint: str | None, region: str | None = None,
-        retry_config: dict[str, Any] = RETRY_CONFIG, credentials_hint: str = "", **config: Any,
+        self,
+        bucket: str,
+        *,
+        uri: str,
+        endpoint: str | None,
+        region: str | None = None,
+        retry_config: RetryConfig = RETRY_CONFIG,
+        credentials_hint: str = "",
+        **config: Any,
     ) -> None:
         kwargs = dict(config)
         if endpoint:
@@ -25,8 +34,7 @@ class S3Storage(ObjectStoreStorage):
             kwargs["virtual_hosted_style_request"] = False  # custom endpoints are path-style
         if region:
             kwargs["region"] = region
-        options = client_options(settings.request_timeout(), endpoint)
-        store = S3Store(bucket, client_options=options, retry_config=retry_config, **kwargs)
+        store = S3Store(bucket, client_options=client_options(endpoint), retry_config=retry_config, **kwargs)
         super().__init__(store, uri, credentials_hint=credentials_hint, endpoint=endpoint or "")
 
 
@@ -38,7 +46,10 @@ def open_s3(url: str) -> tuple[S3Storage, str]:
     prefix = check_prefix(parts.path, url)
     endpoint = settings.s3_endpoint()
     storage = S3Storage(
-        parts.netloc, uri=f"s3://{parts.netloc}", endpoint=endpoint, region=settings.s3_region(endpoint),
+        parts.netloc,
+        uri=f"s3://{parts.netloc}",
+        endpoint=endpoint,
+        region=settings.s3_region(endpoint),
         credentials_hint="credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
     )
     return storage, prefix

@@ -74,7 +74,7 @@ def _where(spec: str) -> tuple[Path, list] | None:
     """The file that keeps `spec`'s session, and the login stamp it must carry; None: keep nothing."""
     where = _folder() if settings.session_cache_enabled() else None
     login = _login() if where is not None else None
-    if login is None:
+    if where is None or login is None:
         return None
     identity, stamp = login
     return where / (hashlib.sha256(f"{identity}\n{spec}".encode()).hexdigest()[:40] + ".json"), stamp

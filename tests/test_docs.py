@@ -178,8 +178,13 @@ def test_readme_git_install_line(tmp_path):
     """The README's `pip install "wabucketref @ git+https://github.com/neuro-inc/mlops-wandb-bucket-ref.git@TAG"`:
     the same requirement, with the host replaced by a local git repository of this checkout's
     package files tagged vVERSION, builds this package through pip (no network)."""
-    from packaging.requirements import Requirement
+    import importlib.metadata as md
 
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    setuptools = Version(md.version("setuptools"))
+    assert setuptools >= Version("77"), f"setuptools {setuptools} < 77: install the [test] extra (pip install -e '.[test]')"
     lines = [c for c in _bash_commands(README.read_text()) if c[:2] == ["pip", "install"] and "git+" in " ".join(c)]
     assert [c[2:] for c in lines] == [[f"wabucketref @ git+https://github.com/{REPOSITORY}.git@{release_tag()}"]], lines
     req = Requirement(lines[0][2])

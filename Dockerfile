@@ -3,6 +3,10 @@
 #   docker build -t ghcr.io/neuro-inc/wabucketref:v26.11.0 --build-arg VERSION=26.11.0 .
 #   docker run --rm -e WANDB_API_KEY ghcr.io/neuro-inc/wabucketref:v26.11.0 --help
 #
+# In a platform project's registry it is kept as `wabucket` (README):
+#   docker build -t wabucket:v26.11.0 --build-arg VERSION=26.11.0 .
+#   apolo image push wabucket:v26.11.0 image:wabucket:v26.11.0
+#
 # The package is installed from the build context (not from a git URL). No secrets are
 # baked in: WANDB_API_KEY and APOLO_PASSED_CONFIG come from the job's environment.
 # Stages are laid out so that a source change rebuilds only small layers: the virtualenv
@@ -25,7 +29,8 @@ RUN /opt/wabucketref/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels 
 FROM ${PYTHON_IMAGE}
 # Keep VERSION's default equal to [project].version in pyproject.toml (tests/test_image.py checks).
 ARG VERSION=26.11.0
-LABEL org.opencontainers.image.source="https://github.com/neuro-inc/wabucketref" \
+LABEL org.opencontainers.image.source="https://github.com/neuro-inc/mlops-wandb-bucket-ref" \
+      org.opencontainers.image.url="https://github.com/neuro-inc/mlops-wandb-bucket-ref" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.title="wabucketref" \
       org.opencontainers.image.description="wabucket CLI: artifact bytes in a Neu.ro/Apolo, S3 or local bucket; W&B keeps versions, aliases and lineage" \

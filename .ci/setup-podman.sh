@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Prepare a private, daemonless podman setup for the image tests (tests/test_image.py).
 #
-# Idempotent and fast when already done (< 1 s). Needs root; no stdin; works with CI=true.
-#   1. installs podman, buildah, runc, debootstrap through apt when one is missing;
+# Idempotent and fast when already done (~1 s). Needs root; no stdin; works with CI=true.
+# Every step checks what it needs on every run, so a podman store kept from an earlier run
+# (or another machine's state) cannot hide a missing install step:
+#   1. installs podman, buildah, runc, debootstrap, ca-certificates and debian-archive-keyring
+#      through apt when one is not fully installed (dpkg's status, not only a binary on PATH),
+#      then checks that each program runs;
 #   2. writes containers.conf (two flavours) and storage.conf into a private folder;
 #   3. builds a stand-in for the production base image (docker.io/library/python:3.11-slim)
-#      with debootstrap, because no container registry is reachable here, but only when
-#      that image is not in the private storage yet;
+#      with debootstrap, because no container registry is reachable here, when that image is
+#      not in the private storage or was built from another recipe (a label holds the
+#      recipe's hash), and checks that the image has what the Dockerfile uses;
 #   4. writes $DIR/env.sh, which the tests (and you) source to use this setup:
 #        . /var/tmp/wabucketref-podman/env.sh && podman images
 #
@@ -30,18 +35,28 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # --- 1. packages -----------------------------------------------------------------------
-missing=()
-command -v podman >/dev/null 2>&1 || missing+=(podman)
-command -v buildah >/dev/null 2>&1 || missing+=(buildah)
-command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
-command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]} (apt)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q </dev/null >/dev/null
-    apt-get install -y -q podman buildah runc debootstrap </dev/null >/dev/null
-fi
 export PATH="$PATH:/usr/sbin:/sbin"
+PACKAGES=(podman buildah runc debootstrap ca-certificates debian-archive-keyring)
+installed() { [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]; }
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+done
+for prog in podman buildah runc debootstrap; do
+    command -v "$prog" >/dev/null 2>&1 || missing+=("$prog")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${PACKAGES[*]} (apt; missing: ${missing[*]})"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=300 update -q </dev/null >/dev/null
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q "${PACKAGES[@]}" </dev/null >/dev/null
+    hash -r
+fi
+for prog in podman buildah runc; do
+    "$prog" --version >/dev/null 2>&1 || { log "$prog is installed but does not run: $prog --version"; exit 1; }
+done
+command -v debootstrap >/dev/null || { log "debootstrap missing after apt"; exit 1; }
+[ -s "$CA_BUNDLE" ] || { log "no CA bundle at $CA_BUNDLE (ca-certificates)"; exit 1; }
 
 # --- 2. configuration ------------------------------------------------------------------
 mkdir -p "$DIR/storage" "$DIR/tmp"
@@ -149,38 +164,13 @@ fi
 
 # --- 3. stand-in base image ------------------------------------------------------------
 export CONTAINERS_CONF="$DIR/containers-base.conf"
-if [ "${WABUCKETREF_REBUILD_BASE:-0}" != 1 ] && podman image exists "$BASE_IMAGE"; then
-    log "ready: $BASE_IMAGE present ($DRIVER storage in $DIR)"
-    exit 0
-fi
-
-log "building stand-in $BASE_IMAGE with debootstrap ($SUITE, ~1 min)"
-ROOTFS="$DIR/tmp/rootfs"
-rm -rf "$ROOTFS"
-mkdir -p "$ROOTFS"
-MIRROR=${WABUCKETREF_DEBIAN_MIRROR:-}
-if [ -z "$MIRROR" ]; then
-    # Use the mirror the host's apt already uses (deb822 or one-line sources).
-    MIRROR=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' \
-        | grep -v security | head -1 || true)
-    [ -n "$MIRROR" ] || MIRROR=$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-        | awk '{print $2}' | grep -v security | head -1 || true)
-    [ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
-fi
-debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" </dev/null >"$DIR/tmp/debootstrap.log" 2>&1 || {
-    tail -20 "$DIR/tmp/debootstrap.log" >&2
-    exit 1
-}
 TMP_TAG=localhost/wabucketref-debootstrap:$SUITE
-tar -C "$ROOTFS" -c . | podman import -q - "$TMP_TAG" >/dev/null
-rm -rf "$ROOTFS"
 
 # Debian's python3 (3.11 on bookworm), pip and venv, laid out like the official image:
 # python/pip on PATH under /usr/local/bin, no EXTERNALLY-MANAGED marker, no apt lists.
-CTX="$DIR/tmp/base-ctx"
-rm -rf "$CTX"
-mkdir -p "$CTX"
-cat >"$CTX/Containerfile" <<EOF
+# The recipe's hash is stored as a label: an image from another recipe is rebuilt.
+base_recipe() {
+    cat <<EOF
 FROM $TMP_TAG
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 RUN apt-get update -q \\
@@ -194,10 +184,62 @@ RUN apt-get update -q \\
 LABEL org.opencontainers.image.description="Stand-in for $BASE_IMAGE built by wabucketref's .ci/setup-podman.sh"
 CMD ["python3"]
 EOF
-podman build -q --network=host --pull=never -t "$BASE_IMAGE" "$CTX" </dev/null >"$DIR/tmp/base-build.log" 2>&1 || {
+}
+RECIPE_ID=$( (base_recipe; echo "suite=$SUITE") | sha256sum | cut -c1-16)
+
+base_is_usable() {  # the image exists, is from this recipe, and has what the Dockerfile uses
+    local label descr
+    podman image exists "$BASE_IMAGE" || return 1
+    label=$(podman image inspect --format '{{ index .Labels "wabucketref.base-recipe" }}' "$BASE_IMAGE" 2>/dev/null) || return 1
+    descr=$(podman image inspect --format '{{ index .Labels "org.opencontainers.image.description" }}' "$BASE_IMAGE" 2>/dev/null) || return 1
+    # (a real base image put there by hand, not a stand-in of ours, is kept if it works)
+    if [ "$label" != "$RECIPE_ID" ] && { [ -n "$label" ] || [[ "$descr" == "Stand-in for "* ]]; }; then
+        log "$BASE_IMAGE is from another recipe (${label:-no label}, want $RECIPE_ID): rebuilding"
+        return 1
+    fi
+    podman run --rm --network=none --pull=never "$BASE_IMAGE" \
+        python -c 'import venv, ensurepip, tomllib, ssl' </dev/null >/dev/null 2>&1 || {
+        log "$BASE_IMAGE lacks python3/venv/ssl: rebuilding"
+        return 1
+    }
+}
+
+if [ "${WABUCKETREF_REBUILD_BASE:-0}" != 1 ] && base_is_usable; then
+    log "ready: $BASE_IMAGE present ($DRIVER storage in $DIR, recipe $RECIPE_ID)"
+    exit 0
+fi
+
+log "building stand-in $BASE_IMAGE with debootstrap ($SUITE, ~1 min)"
+ROOTFS="$DIR/tmp/rootfs"
+rm -rf "$ROOTFS"
+mkdir -p "$ROOTFS"
+MIRROR=${WABUCKETREF_DEBIAN_MIRROR:-}
+if [ -z "$MIRROR" ] && grep -qs '^ID=debian' /etc/os-release; then
+    # On Debian, use the mirror the host's apt already uses (deb822 or one-line sources).
+    MIRROR=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' \
+        | grep -v security | head -1 || true)
+    [ -n "$MIRROR" ] || MIRROR=$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+        | awk '{print $2}' | grep -v security | head -1 || true)
+fi
+# Elsewhere (Ubuntu's mirrors hold no Debian suites) Debian's own, checked with Debian's keyring.
+[ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+debootstrap --variant=minbase --keyring="$KEYRING" "$SUITE" "$ROOTFS" "$MIRROR" </dev/null >"$DIR/tmp/debootstrap.log" 2>&1 || {
+    tail -20 "$DIR/tmp/debootstrap.log" >&2
+    exit 1
+}
+tar -C "$ROOTFS" -c . | podman import -q - "$TMP_TAG" >/dev/null
+rm -rf "$ROOTFS"
+
+CTX="$DIR/tmp/base-ctx"
+rm -rf "$CTX"
+mkdir -p "$CTX"
+base_recipe >"$CTX/Containerfile"
+podman build -q --network=host --pull=never --label "wabucketref.base-recipe=$RECIPE_ID" -t "$BASE_IMAGE" "$CTX" </dev/null >"$DIR/tmp/base-build.log" 2>&1 || {
     tail -20 "$DIR/tmp/base-build.log" >&2
     exit 1
 }
 podman rmi -f "$TMP_TAG" >/dev/null 2>&1 || true
 rm -rf "$CTX"
-log "ready: built $BASE_IMAGE ($DRIVER storage in $DIR)"
+base_is_usable || { log "the freshly built $BASE_IMAGE fails its own check"; exit 1; }
+log "ready: built $BASE_IMAGE ($DRIVER storage in $DIR, recipe $RECIPE_ID)"

@@ -1,8 +1,10 @@
 """Offline apolo-flow helpers for tests: parse, validate and dry-run render flows/actions.
 
 No platform is needed: a stand-in client answers the few config lookups apolo-flow makes,
-storage is apolo-flow's in-memory one, and `ws:` action references load from a local
-workspace (in place of `gh:` cloning).
+storage is apolo-flow's in-memory one, and the released action reference
+`gh:neuro-inc/mlops-wandb-bucket-ref@vVERSION` is served from this checkout's action.yml by
+apolo-flow's own local config loader (only the `git clone` step is replaced; any other `gh:`
+reference, including a wrong tag, fails). `ws:` references load from the workspace as usual.
 """
 
 from __future__ import annotations
@@ -23,12 +25,25 @@ from yarl import URL
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTION_FILE = ROOT / "action.yml"
-GH_ACTION_RE = r"gh:neuro-inc/wabucketref@v[0-9][0-9A-Za-z.+-]*"
+# This project continues the original tool's repository: users call the action, install the
+# package and find the sources under this name.
+REPOSITORY = "neuro-inc/mlops-wandb-bucket-ref"
+# The image as users keep it in the platform registry (README: "The image in the platform registry").
+PLATFORM_IMAGE = "image:wabucket"
 
 
 def project_version() -> str:
     with open(ROOT / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["project"]["version"]
+
+
+def release_tag() -> str:
+    return f"v{project_version()}"
+
+
+def action_ref() -> str:
+    """The action reference of this release, as users write it in a live flow."""
+    return f"gh:{REPOSITORY}@{release_tag()}"
 
 
 class _Parse:
@@ -67,16 +82,49 @@ def make_workspace(
     action_text: str | None = None,
     config_dir: str = ".neuro",
 ) -> Path:
-    """A workspace with `config_dir/NAME.yml` flows and the action copied to action.yml."""
+    """A workspace with `config_dir/NAME.yml` flows; with action_text, also a `ws:action.yml`.
+
+    Flows should call the action as users do, `action_ref()`: render_live serves it from this
+    checkout's action.yml. action_text is for flows that call a modified action (`ws:action.yml`).
+    """
     root.mkdir(parents=True, exist_ok=True)
     (root / config_dir).mkdir(exist_ok=True)
     for name, text in flows.items():
         (root / config_dir / f"{name}.yml").write_text(text)
-    if action_text is None:
-        shutil.copy(ACTION_FILE, root / "action.yml")
-    else:
+    if action_text is not None:
         (root / "action.yml").write_text(action_text)
     return root
+
+
+class UnknownGitHubAction(LookupError):
+    """A `gh:` reference that is not this release's action (the loader does not clone)."""
+
+
+def _local_github_loader_class():
+    from apolo_flow.config_loader import LiveLocalCL
+
+    class LocalGitHubCL(LiveLocalCL):
+        """apolo-flow's LiveLocalCL with `git clone` replaced for this repository's release tag.
+
+        apolo-flow itself parses the `gh:` reference, looks for action.yml/action.yaml in the
+        folder the clone step returns, and parses it: only the clone is local.
+        """
+
+        resolved: list[str]
+
+        async def _clone_github_repo(self, action_spec: str) -> Path:
+            repo, _, tag = action_spec.partition("@")
+            if repo != REPOSITORY or tag != release_tag():
+                raise UnknownGitHubAction(
+                    f"gh:{action_spec}: the test loader serves only {action_ref()} (this checkout)"
+                )
+            target = Path(self._get_tempdir()) / repo.replace("/", "__")
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ACTION_FILE, target / "action.yml")
+            self.resolved.append(f"gh:{action_spec}")
+            return target
+
+    return LocalGitHubCL
 
 
 def _config_dir(ws: Path):
@@ -88,17 +136,34 @@ def _config_dir(ws: Path):
     raise FileNotFoundError(f"no .apolo/.neuro folder in {ws}")
 
 
-async def _render_live(ws: Path, job_id: str, params: Mapping[str, str]) -> str:
+async def _render_live(ws: Path, job_id: str, params: Mapping[str, str], resolved: list[str]) -> str:
+    from apolo_flow.context import RunningLiveFlow
     from apolo_flow.live_runner import LiveRunner
     from apolo_flow.storage.in_memory import InMemoryStorage
     from rich.console import Console
+
+    loader_class = _local_github_loader_class()
+
+    class Runner(LiveRunner):
+        # LiveRunner.init_flow with the local GitHub loader in place of LiveLocalCL.
+        async def init_flow(self) -> None:
+            if self._flow is not None:
+                return
+            loader = loader_class(self._config_dir, self._client)
+            loader.resolved = resolved
+            self._config_loader = loader
+            try:
+                self._flow = await RunningLiveFlow.create(loader, dry_run=self._dry_run)
+            except Exception:
+                await loader.close()
+                raise
 
     buf = io.StringIO()
     console = Console(
         file=buf, width=100_000, color_system=None, markup=False, highlight=False,
         emoji=False, force_terminal=False,
     )
-    async with LiveRunner(
+    async with Runner(
         _config_dir(ws),
         console,
         FakeClient(),  # type: ignore[arg-type]
@@ -110,9 +175,18 @@ async def _render_live(ws: Path, job_id: str, params: Mapping[str, str]) -> str:
     return buf.getvalue().strip()
 
 
+def render_live_resolving(
+    ws: Path, job_id: str, params: Mapping[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """render_live, plus the `gh:` references that were served from this checkout."""
+    resolved: list[str] = []
+    line = asyncio.run(_render_live(ws, job_id, params or {}, resolved))
+    return line, resolved
+
+
 def render_live(ws: Path, job_id: str, params: Mapping[str, str] | None = None) -> str:
     """The `apolo run ... IMAGE -- ARGS` line that `apolo-flow run JOB` would execute."""
-    return asyncio.run(_render_live(ws, job_id, params or {}))
+    return render_live_resolving(ws, job_id, params)[0]
 
 
 @dataclasses.dataclass

@@ -1,4 +1,7 @@
-"""action.yml: apolo-flow parses it, its expressions are valid, and calls render right."""
+"""action.yml: apolo-flow parses it, its expressions are valid, and calls render right.
+
+Flows call the action as users do, `gh:neuro-inc/mlops-wandb-bucket-ref@vVERSION`: apolo-flow's
+LiveRunner (dry run) resolves that reference to this checkout's action.yml (see flow_dryrun)."""
 
 from __future__ import annotations
 
@@ -12,16 +15,21 @@ import yaml
 
 from tests.flow_dryrun import (
     ACTION_FILE,
+    PLATFORM_IMAGE,
+    REPOSITORY,
+    UnknownGitHubAction,
+    action_ref,
     make_workspace,
     project_version,
     render_live,
+    render_live_resolving,
     split_run_line,
     validate_live_action,
 )
 
 IMAGE = f"ghcr.io/neuro-inc/wabucketref:v{project_version()}"
 
-SAMPLE_LIVE = """\
+SAMPLE_LIVE_TEMPLATE = """\
 kind: live
 id: demo
 volumes:
@@ -30,13 +38,13 @@ volumes:
     mount: /mnt/models
 jobs:
   shortest:
-    action: ws:action.yml
+    action: @ACTION@
     args:
       type: model
       name: my-model
       path: /mnt/models/run-1
   upload_full:
-    action: ws:action.yml
+    action: @ACTION@
     args:
       command: upload
       type: model
@@ -56,7 +64,7 @@ jobs:
       image: registry.example/wabucketref:dev
       wandb_secret: secret:other-key
   download:
-    action: ws:action.yml
+    action: @ACTION@
     args:
       command: download
       type: dataset
@@ -69,13 +77,13 @@ jobs:
       metadata: '{"ignored": 1}'
       suffix: ignored
   download_default_dest:
-    action: ws:action.yml
+    action: @ACTION@
     args:
       command: download
       type: dataset
       name: imagenet
   link:
-    action: ws:action.yml
+    action: @ACTION@
     args:
       command: link
       type: dataset
@@ -84,14 +92,25 @@ jobs:
       suffix: data
       metadata: '{"rows": 1000}'
   verify:
-    action: ws:action.yml
+    action: @ACTION@
     args:
       command: verify
       type: dataset
       name: imagenet
       alias: v3
       path: /mnt/models/data
+  platform_image:
+    action: @ACTION@
+    args:
+      command: download
+      type: model
+      name: my-model
+      alias: best
+      path: /mnt/models/restored
+      volume: ${{ volumes.models.ref_rw }}
+      image: image:wabucket
 """
+SAMPLE_LIVE = SAMPLE_LIVE_TEMPLATE.replace("@ACTION@", action_ref())
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +159,46 @@ def test_validation_catches_undefined_input(tmp_path: Path) -> None:
     bad.write_text(text)
     errors = [str(e) for e in validate_live_action(bad)]
     assert any("Input 'entitty' is undefined" in e for e in errors), errors
+
+
+def test_calls_resolve_the_released_action_from_this_checkout(workspace: Path) -> None:
+    assert action_ref() == f"gh:neuro-inc/mlops-wandb-bucket-ref@v{project_version()}"
+    rendered, resolved = render_live_resolving(workspace, "shortest")
+    assert resolved == ["gh:neuro-inc/mlops-wandb-bucket-ref@v" + project_version()]
+    assert rendered.startswith("apolo run ") and f" {IMAGE} -- " in rendered
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        f"gh:neuro-inc/wabucketref@v{project_version()}",  # not the repository users call
+        f"gh:{REPOSITORY}@v0.0.0",  # not this release
+        f"gh:{REPOSITORY}@{project_version()}",  # tags carry a leading v
+    ],
+    ids=["other-repository", "other-tag", "tag-without-v"],
+)
+def test_other_action_references_are_not_served(tmp_path: Path, ref: str) -> None:
+    # The loader is strict, so a flow naming another repository or tag cannot render.
+    flow = f"kind: live\njobs:\n  j:\n    action: {ref}\n    args: {{type: t, name: n}}\n"
+    ws = make_workspace(tmp_path / "ws", {"live": flow})
+    with pytest.raises(UnknownGitHubAction, match="the test loader serves only"):
+        render_live(ws, "j")
+
+
+def test_platform_registry_image(workspace: Path) -> None:
+    """`image: image:wabucket` runs the image kept in the project's platform registry."""
+    rendered = render_live(workspace, "platform_image")
+    line = split_run_line(rendered)
+    assert line.image == PLATFORM_IMAGE == "image:wabucket"
+    assert rendered.split(" -- ")[0].endswith(" image:wabucket")
+    assert line.args == [
+        "--project-name", "demo_ws",
+        "download", "model", "my-model", "best", "-d", "/mnt/models/restored",
+    ]
+    assert line.option_values("env") == ["WANDB_API_KEY=secret:wandb-token"]
+    assert line.has_flag("pass-config")
+    [volume] = line.option_values("volume")
+    assert volume.endswith(":/mnt/models:rw")
 
 
 def test_shortest_call(workspace: Path) -> None:
@@ -235,7 +294,7 @@ def _broken(tmp_path: Path, job_body: str) -> Path:
 def test_bad_action_args(tmp_path: Path, args: str, message: str) -> None:
     from apolo_flow.expr import EvalError
 
-    ws = _broken(tmp_path, "action: ws:action.yml\n" + args)
+    ws = _broken(tmp_path, f"action: {action_ref()}\n" + args)
     with pytest.raises(EvalError, match=message):
         render_live(ws, "broken")
 
@@ -244,30 +303,65 @@ def test_unknown_key_in_action_call(tmp_path: Path) -> None:
     from apolo_flow.parser import parse_live
     from yaml.constructor import ConstructorError
 
-    ws = _broken(tmp_path, """\
-        action: ws:action.yml
+    ws = _broken(tmp_path, f"""\
+        action: {action_ref()}
         image: ubuntu
-        args: {}
+        args: {{}}
         """)
     with pytest.raises(ConstructorError, match="image are not allowed in action call"):
         parse_live(ws, ws / ".neuro" / "live.yml")
 
 
-@pytest.mark.parametrize(
-    "job", ["shortest", "upload_full", "download", "download_default_dest", "link", "verify"]
-)
-def test_rendered_args_are_accepted_by_the_cli(workspace: Path, job: str) -> None:
-    """The container args the action renders parse with the real `wabucket` CLI."""
-    click = pytest.importorskip("click")
-    cli_mod = pytest.importorskip("wabucketref.cli")
-    group = cli_mod.cli
+# What the real `wabucket` CLI makes of each rendered call: (command, the group's options, the
+# command's parameters). Parameters not listed must have their defaults (None, False or ()).
+CLI_PARSE = {
+    "shortest": ("upload", {"project_name": "demo_ws"},
+                 {"src_dir": Path("/mnt/models/run-1"), "name": "my-model", "type_": "model", "reff": True}),
+    "upload_full": ("upload",
+                    {"bucket": "my-bucket", "project_name": "wb-proj", "entity": "my-team",
+                     "run_name": "train-7", "job_type": "training"},
+                    {"src_dir": Path("/mnt/models/run 1"), "name": "my-model", "type_": "model",
+                     "alias": "best", "suffix": "ckpt", "metadata": ("epoch=3", "note=two words"),
+                     "reff": True, "overwrite": True, "quiet": True}),
+    "download": ("download", {"bucket": "s3://bkt/prefix", "project_name": "demo_ws"},
+                 {"type_": "dataset", "name": "imagenet", "alias": "v3", "dest": "/mnt/models/data"}),
+    "download_default_dest": ("download", {"project_name": "demo_ws"},
+                              {"type_": "dataset", "name": "imagenet", "alias": "latest"}),
+    "link": ("link", {"project_name": "demo_ws"},
+             {"bucket_path": "blob://cl/org/proj/bkt/datasets/imagenet", "name": "imagenet",
+              "type_": "dataset", "suffix": "data", "metadata": ("rows=1000",)}),
+    "verify": ("verify", {"project_name": "demo_ws"},
+               {"type_": "dataset", "name": "imagenet", "alias": "v3", "local": Path("/mnt/models/data")}),
+    "platform_image": ("download", {"project_name": "demo_ws"},
+                       {"type_": "model", "name": "my-model", "alias": "best", "dest": "/mnt/models/restored"}),
+}
+
+
+def _non_default(params: dict) -> dict:
+    return {k: v for k, v in params.items() if v not in (None, False, ())}
+
+
+@pytest.mark.parametrize("job", list(CLI_PARSE))
+def test_rendered_args_are_accepted_by_the_cli(
+    workspace: Path, job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container args the action renders parse with the real `wabucket` CLI, as intended."""
+    from wabucketref.cli import cli as group  # a broken CLI fails here, it is not skipped
+
+    for var in ("WABUCKET_BUCKET", "WANDB_PROJECT", "WANDB_ENTITY", "WABUCKET_CONCURRENCY"):
+        monkeypatch.delenv(var, raising=False)  # only the rendered args may set options
+    command, group_params, params = CLI_PARSE[job]
     args = split_run_line(render_live(workspace, job)).args
     with group.make_context("wabucket", list(args), resilient_parsing=False) as ctx:
         with warnings.catch_warnings():  # protected_args: deprecated in click 8.2+, gone in 9
             warnings.simplefilter("ignore", DeprecationWarning)
             remaining = [*getattr(ctx, "protected_args", []), *ctx.args]
         name, sub, rest = group.resolve_command(ctx, remaining)
-        assert name == args[args.index(name)]
+        assert name == command
+        assert sub is group.commands[command]
+        assert {k: v for k, v in _non_default(ctx.params).items() if k != "concurrency"} == group_params
+        [concurrency] = [p for p in group.params if p.name == "concurrency"]
+        assert ctx.params["concurrency"] == concurrency.default  # the action does not set it
         with sub.make_context(name, rest, parent=ctx) as sub_ctx:
             assert not sub_ctx.args, sub_ctx.args  # nothing left over
-    assert isinstance(sub, click.Command)
+            assert _non_default(sub_ctx.params) == params

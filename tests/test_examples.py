@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.flow_dryrun import (
-    GH_ACTION_RE,
+    PLATFORM_IMAGE,
     ROOT,
+    action_ref,
     load_batch,
     make_workspace,
     project_version,
     render_batch_task,
     render_live,
+    render_live_resolving,
     split_run_line,
 )
 
@@ -34,10 +36,9 @@ def _command_index(args: list[str], command: str) -> int:
 
 @pytest.fixture(scope="module")
 def live_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The example calls the released action (gh:...); the test loads this checkout's
-    # action.yml through a ws: reference instead of cloning.
-    text = re.sub(GH_ACTION_RE, "ws:action.yml", LIVE.read_text())
-    return make_workspace(tmp_path_factory.mktemp("ex") / "example_ws", {"live": text})
+    # The example as is: its gh:neuro-inc/mlops-wandb-bucket-ref@vVERSION references are served
+    # from this checkout's action.yml (flow_dryrun), any other reference fails to render.
+    return make_workspace(tmp_path_factory.mktemp("ex") / "example_ws", {"live": LIVE.read_text()})
 
 
 def test_live_example_parses_as_is() -> None:
@@ -46,16 +47,19 @@ def test_live_example_parses_as_is() -> None:
 
     flow = parse_live(ROOT, LIVE)
     assert isinstance(flow, ast.LiveFlow)
-    assert {"upload_model", "download_model"} <= set(flow.jobs)
+    assert {"upload_model", "download_model", "download_registry_image"} <= set(flow.jobs)
 
 
 def test_live_example_uses_this_release() -> None:
     refs = re.findall(r"action:\s*(\S+)", LIVE.read_text())
-    assert refs and set(refs) == {f"gh:neuro-inc/wabucketref@v{project_version()}"}, refs
+    assert len(refs) == 5
+    assert set(refs) == {f"gh:neuro-inc/mlops-wandb-bucket-ref@v{project_version()}"} == {action_ref()}, refs
 
 
 def test_live_example_upload(live_ws: Path) -> None:
-    line = split_run_line(render_live(live_ws, "upload_model"))
+    rendered, resolved = render_live_resolving(live_ws, "upload_model")
+    assert resolved == [action_ref()]
+    line = split_run_line(rendered)
     assert line.image == IMAGE
     assert line.args == [
         "--project-name", "example_ws",
@@ -83,6 +87,19 @@ def test_live_example_download(live_ws: Path) -> None:
         "--bucket", "my-bucket", "--project-name", "my-wandb-project", "--entity", "my-team",
         "download", "model", "my-model", "best", "-d", "/mnt/models/restored",
     ]
+    [volume] = line.option_values("volume")
+    assert volume.endswith(":/mnt/models:rw")
+
+
+def test_live_example_platform_registry_image(live_ws: Path) -> None:
+    line = split_run_line(render_live(live_ws, "download_registry_image"))
+    assert line.image == PLATFORM_IMAGE == "image:wabucket"
+    assert line.args == [
+        "--bucket", "my-bucket", "--project-name", "my-wandb-project",
+        "download", "model", "my-model", "best", "-d", "/mnt/models/restored",
+    ]
+    assert line.has_flag("pass-config")
+    assert line.option_values("env") == ["WANDB_API_KEY=secret:wandb-token"]
     [volume] = line.option_values("volume")
     assert volume.endswith(":/mnt/models:rw")
 
@@ -158,14 +175,14 @@ def test_batch_validation_catches_bad_needs(tmp_path: Path) -> None:
 
 
 def test_release_version_is_consistent() -> None:
-    """The image tag / action ref appear in several files: all must be this release."""
+    """The image tags / action refs appear in several files: all must be this release."""
     version = project_version()
-    files = [ROOT / "action.yml", LIVE, BATCH, ROOT / "docs" / "usage-image-action.md"]
+    files = [ROOT / "action.yml", LIVE, BATCH, ROOT / "docs" / "usage-image-action.md", ROOT / "README.md"]
     found = []
+    tag = r"(?:wabucketref:|mlops-wandb-bucket-ref(?:\.git)?@|wabucket:)v([0-9][0-9A-Za-z.+-]*[0-9A-Za-z])"
     for f in files:
-        if f.exists():
-            found += [(f.name, v) for v in re.findall(r"wabucketref[:@]v([0-9][0-9A-Za-z.+-]*[0-9A-Za-z])", f.read_text())]
-    assert found
+        found += [(f.name, v) for v in re.findall(tag, f.read_text())]
+    assert {name for name, _ in found} == {f.name for f in files}, found
     assert {v for _, v in found} == {version}, found
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(rf"^ARG VERSION={re.escape(version)}$", dockerfile, re.M)

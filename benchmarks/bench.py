@@ -51,8 +51,8 @@ REFERENCE = "wabucketref"
 CONTENDERS = ["wabucketref", "wabucketref-s3", "wabucketref-nowandb", "sdk", "s5cmd", "rclone", "cp"]
 DESCRIPTIONS = {
     "wabucketref": "`python -m wabucketref` CLI, platform bucket (fake control plane + real apolo_sdk), W&B online; "
-                   "the first platform command of a data set logs in and asks for credentials, later ones reuse "
-                   "the cached platform session",
+    "the first platform command of a data set logs in and asks for credentials, later ones reuse "
+    "the cached platform session",
     "wabucketref-s3": "`python -m wabucketref` CLI, direct `s3://` bucket, W&B online",
     "wabucketref-nowandb": "as `wabucketref` with `WANDB_MODE=disabled`: no W&B run, wandb never imported (download resolves the alias from the bucket's manifest)",
     "sdk": "apolo_sdk `Buckets.upload_dir` / `download_dir` (what the original tool did)",
@@ -67,7 +67,7 @@ WANDB_PROJECT = "bench"
 SUMMARY_RE = re.compile(r"(uploaded|downloaded) (\d+) files? \(([^)]*)\) in ([\d.]+) s")
 TIME_BIN = "/usr/bin/time"
 
-SDK_SCRIPT = r'''
+SDK_SCRIPT = r"""
 import asyncio, sys
 from pathlib import Path
 from yarl import URL
@@ -89,7 +89,7 @@ async def main(op, bucket, prefix, local):
         await client.close()
 
 asyncio.run(main(*sys.argv[1:]))
-'''
+"""
 
 
 # ------------------------------------------------------------------ datasets
@@ -109,7 +109,9 @@ class Dataset:
         return self.count * self.size
 
     def describe(self) -> str:
-        folders = self.folders if self.folders is not None else len({p.rsplit("/", 1)[0] for p in self.hashes if "/" in p})
+        folders = (
+            self.folders if self.folders is not None else len({p.rsplit("/", 1)[0] for p in self.hashes if "/" in p})
+        )
         where = f" in {folders} nested folders" if folders else ""
         return f"{self.count:,} files x {_size(self.size)} = {_size(self.total)}{where}"
 
@@ -265,8 +267,17 @@ class Run:
     cold_cache: bool = False
 
 
-def measure(argv: list[str], env: dict[str, str], log: Path, run: Run, *, server_pid: int | None,
-            cold: bool, timeout: float, cwd: Path) -> Run:
+def measure(
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    run: Run,
+    *,
+    server_pid: int | None,
+    cold: bool,
+    timeout: float,
+    cwd: Path,
+) -> Run:
     """Run argv once, timed: wall, CPU, RSS, server CPU; stdout+stderr go to `log`."""
     run.cold_cache = drop_caches() if cold else False
     tfile = log.with_suffix(".time")
@@ -274,8 +285,15 @@ def measure(argv: list[str], env: dict[str, str], log: Path, run: Run, *, server
     server0 = _cpu_seconds(server_pid) if server_pid else float("nan")
     with open(log, "wb") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(wrapped, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            wrapped,
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         sampler = RssSampler(proc.pid)
         sampler.start()
         try:
@@ -337,12 +355,14 @@ class Stack:
             if what is not None:
                 try:
                     what.stop()
-                except Exception as e:  # noqa: BLE001 - best effort
+                except Exception as e:
                     print(f"warning: stopping {type(what).__name__}: {e}", file=sys.stderr)
 
     def listing(self, bucket: str, prefix: str) -> tuple[int, int]:
         n = total = 0
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+        ):
             for o in page.get("Contents", []):
                 if o["Key"].endswith("/") and o["Size"] == 0:
                     continue  # a folder marker (apolo_sdk's upload_dir writes one), not a file
@@ -352,7 +372,11 @@ class Stack:
 
 
 def clean_environ(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AWS_", "APOLO_", "NEURO_", "WABUCKET_", "RCLONE_", "S3_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WANDB_", "AWS_", "APOLO_", "NEURO_", "WABUCKET_", "RCLONE_", "S3_"))
+    }
     home.mkdir(parents=True, exist_ok=True)
     env.update(HOME=str(home), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -385,8 +409,14 @@ class Contenders:
         self.env = {
             "wabucketref": {**base, **plat, **wb},
             "wabucketref-s3": {**base, **s3, **wb},
-            "wabucketref-nowandb": {**base, **plat, "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
-                                    "WANDB_PROJECT": WANDB_PROJECT, "WANDB_DIR": str(work / "wandb-off")},
+            "wabucketref-nowandb": {
+                **base,
+                **plat,
+                "WANDB_MODE": "disabled",
+                "WANDB_SILENT": "true",
+                "WANDB_PROJECT": WANDB_PROJECT,
+                "WANDB_DIR": str(work / "wandb-off"),
+            },
             "sdk": {**base, **plat},
             "s5cmd": {**base, **s3},
             "rclone": {
@@ -424,14 +454,32 @@ class Contenders:
                 remote = Remote(S3_BUCKET, f"wab/{key}", tag, art)
             else:
                 remote = Remote(self.backing, key, tag, art)
-            return self._wab(name) + ["upload", src, "-n", art, "-t", "dataset", "-a", tag], remote
+            return [*self._wab(name), "upload", src, "-n", art, "-t", "dataset", "-a", tag], remote
         prefix = f"{name}/{ds.name}/r{rep}"
         if name == "sdk":
-            return [sys.executable, str(self.sdk_script), "upload", PLATFORM_BUCKET, prefix, src], Remote(self.backing, prefix)
+            return [sys.executable, str(self.sdk_script), "upload", PLATFORM_BUCKET, prefix, src], Remote(
+                self.backing, prefix
+            )
         if name == "s5cmd":
-            return [self.s5cmd, "--endpoint-url", self.stack.s3.endpoint_url, "cp", f"{src}/*", f"s3://{S3_BUCKET}/{prefix}/"], Remote(S3_BUCKET, prefix)
+            return [
+                self.s5cmd,
+                "--endpoint-url",
+                self.stack.s3.endpoint_url,
+                "cp",
+                f"{src}/*",
+                f"s3://{S3_BUCKET}/{prefix}/",
+            ], Remote(S3_BUCKET, prefix)
         if name == "rclone":
-            return [self.rclone, "copy", src, f"bench:{S3_BUCKET}/{prefix}", "--transfers", "32", "--checkers", "32"], Remote(S3_BUCKET, prefix)
+            return [
+                self.rclone,
+                "copy",
+                src,
+                f"bench:{S3_BUCKET}/{prefix}",
+                "--transfers",
+                "32",
+                "--checkers",
+                "32",
+            ], Remote(S3_BUCKET, prefix)
         if name == "cp":
             target = self.work / "cp-bucket" / prefix
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -440,13 +488,29 @@ class Contenders:
 
     def download(self, name: str, ds: Dataset, remote: Remote, dest: Path) -> list[str]:
         if name.startswith("wabucketref"):
-            return self._wab(name) + ["download", "dataset", remote.artifact, remote.alias, "-d", str(dest)]
+            return [*self._wab(name), "download", "dataset", remote.artifact, remote.alias, "-d", str(dest)]
         if name == "sdk":
             return [sys.executable, str(self.sdk_script), "download", PLATFORM_BUCKET, remote.prefix, str(dest)]
         if name == "s5cmd":
-            return [self.s5cmd, "--endpoint-url", self.stack.s3.endpoint_url, "cp", f"s3://{S3_BUCKET}/{remote.prefix}/*", f"{dest}/"]
+            return [
+                self.s5cmd,
+                "--endpoint-url",
+                self.stack.s3.endpoint_url,
+                "cp",
+                f"s3://{S3_BUCKET}/{remote.prefix}/*",
+                f"{dest}/",
+            ]
         if name == "rclone":
-            return [self.rclone, "copy", f"bench:{S3_BUCKET}/{remote.prefix}", str(dest), "--transfers", "32", "--checkers", "32"]
+            return [
+                self.rclone,
+                "copy",
+                f"bench:{S3_BUCKET}/{remote.prefix}",
+                str(dest),
+                "--transfers",
+                "32",
+                "--checkers",
+                "32",
+            ]
         if name == "cp":
             return ["cp", "-r", f"{remote.local}/.", str(dest)]
         raise ValueError(name)
@@ -470,8 +534,9 @@ def turn(contenders: list[str], rep: int, args: argparse.Namespace) -> list[str]
     return [c for c in rotate(contenders, rep) if c != "sdk" or rep < args.sdk_repeat]
 
 
-def bench_dataset(ds: Dataset, contenders: list[str], repeat: int, work: Path, args: argparse.Namespace,
-                  runs: list[Run]) -> None:
+def bench_dataset(
+    ds: Dataset, contenders: list[str], repeat: int, work: Path, args: argparse.Namespace, runs: list[Run]
+) -> None:
     stack_dir = work / f"stack-{ds.name}"
     stack = Stack(stack_dir)
     logs = work / "logs"
@@ -486,8 +551,16 @@ def bench_dataset(ds: Dataset, contenders: list[str], repeat: int, work: Path, a
         for rep in range(repeat):
             for c in turn(contenders, rep, args):
                 argv, remote = cs.upload(c, ds, rep)
-                run = measure(argv, cs.env[c], logs / f"{ds.name}-up-{c}-r{rep}.log", Run(ds.name, "upload", c, rep),
-                              server_pid=server_pid, cold=args.drop_caches, timeout=args.timeout, cwd=stack_dir)
+                run = measure(
+                    argv,
+                    cs.env[c],
+                    logs / f"{ds.name}-up-{c}-r{rep}.log",
+                    Run(ds.name, "upload", c, rep),
+                    server_pid=server_pid,
+                    cold=args.drop_caches,
+                    timeout=args.timeout,
+                    cwd=stack_dir,
+                )
                 if run.ok:
                     got = cs.stored(remote)
                     if got != (ds.count, ds.total):
@@ -511,8 +584,16 @@ def bench_dataset(ds: Dataset, contenders: list[str], repeat: int, work: Path, a
                 shutil.rmtree(dest, ignore_errors=True)
                 dest.mkdir(parents=True)
                 argv = cs.download(c, ds, source, dest)
-                run = measure(argv, cs.env[c], logs / f"{ds.name}-down-{c}-r{rep}.log", run,
-                              server_pid=server_pid, cold=args.drop_caches, timeout=args.timeout, cwd=stack_dir)
+                run = measure(
+                    argv,
+                    cs.env[c],
+                    logs / f"{ds.name}-down-{c}-r{rep}.log",
+                    run,
+                    server_pid=server_pid,
+                    cold=args.drop_caches,
+                    timeout=args.timeout,
+                    cwd=stack_dir,
+                )
                 if run.ok:
                     if rep == 0:  # one download per contender: every file hashed
                         got_h = tree_hashes(dest)
@@ -524,7 +605,10 @@ def bench_dataset(ds: Dataset, contenders: list[str], repeat: int, work: Path, a
                     else:
                         got = tree_stats(dest)
                         if got != (ds.count, ds.total):
-                            run.ok, run.error = False, f"downloaded {got[0]} files / {got[1]} bytes, expected {ds.count} / {ds.total}"
+                            run.ok, run.error = (
+                                False,
+                                f"downloaded {got[0]} files / {got[1]} bytes, expected {ds.count} / {ds.total}",
+                            )
                         else:
                             run.verified = "count+bytes"
                 shutil.rmtree(dest, ignore_errors=True)
@@ -596,7 +680,8 @@ def machine_info() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return "not found"
 
-    from importlib.metadata import PackageNotFoundError, version as pkg_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
 
     pkgs = {}
     for p in ("wabucketref", "obstore", "apolo-sdk", "aiobotocore", "wandb"):
@@ -620,8 +705,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info: dict[str, Any],
-           help_times: list[float], args: argparse.Namespace, command: str) -> tuple[str, dict[str, Any]]:
+def report(
+    runs: list[Run],
+    datasets: list[Dataset],
+    contenders: list[str],
+    info: dict[str, Any],
+    help_times: list[float],
+    args: argparse.Namespace,
+    command: str,
+) -> tuple[str, dict[str, Any]]:
     lines: list[str] = []
     out = lines.append
     by: dict[tuple[str, str, str], list[Run]] = {}
@@ -640,24 +732,47 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     cold = any(r.cold_cache for r in runs)
     out("# wabucketref benchmark")
     out("")
-    out(f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB RAM, Linux {info['kernel']}, Python {info['python']}")
-    out("- versions: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items())
-        + f"; s5cmd {info['s5cmd']}; {info['rclone']}; SeaweedFS `{info['seaweedfs']}`")
-    out("- server: SeaweedFS `weed mini` on 127.0.0.1 (one server per dataset, shared by all contenders); "
-        "fake platform control plane and W&B backend on 127.0.0.1 (in the benchmark process)")
+    out(
+        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB RAM, Linux {info['kernel']}, Python {info['python']}"
+    )
+    out(
+        "- versions: "
+        + ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+        + f"; s5cmd {info['s5cmd']}; {info['rclone']}; SeaweedFS `{info['seaweedfs']}`"
+    )
+    out(
+        "- server: SeaweedFS `weed mini` on 127.0.0.1 (one server per dataset, shared by all contenders); "
+        "fake platform control plane and W&B backend on 127.0.0.1 (in the benchmark process)"
+    )
     for ds in datasets:
         out(f"- dataset {ds.name}: {ds.describe()}")
-    sdk_runs = f"; the platform SDK (x4-x20 slower) runs in the first {min(args.sdk_repeat, args.repeat)} only" if args.sdk_repeat < args.repeat else ""
-    out(f"- {args.repeat} repetition(s){sdk_runs}; each repetition runs every contender once, in a rotated order; "
-        f"page cache dropped before each timed run: {'yes' if cold else 'no (not permitted, or --no-drop-caches)'}")
-    out("- every upload goes to a fresh prefix/alias and is checked by listing (file count and bytes); every download "
-        "goes into a fresh empty folder and is checked (file count and bytes; the first repetition of each contender: sha256 of every file)")
-    out("- platform session: " + ("not kept (`--no-session-cache`): every platform command logs in" if getattr(args, "no_session_cache", False)
-                                  else "kept between commands; the first platform command of each data set logs in"))
+    sdk_runs = (
+        f"; the platform SDK (x4-x20 slower) runs in the first {min(args.sdk_repeat, args.repeat)} only"
+        if args.sdk_repeat < args.repeat
+        else ""
+    )
+    out(
+        f"- {args.repeat} repetition(s){sdk_runs}; each repetition runs every contender once, in a rotated order; "
+        f"page cache dropped before each timed run: {'yes' if cold else 'no (not permitted, or --no-drop-caches)'}"
+    )
+    out(
+        "- every upload goes to a fresh prefix/alias and is checked by listing (file count and bytes); every download "
+        "goes into a fresh empty folder and is checked (file count and bytes; the first repetition of each contender: sha256 of every file)"
+    )
+    out(
+        "- platform session: "
+        + (
+            "not kept (`--no-session-cache`): every platform command logs in"
+            if getattr(args, "no_session_cache", False)
+            else "kept between commands; the first platform command of each data set logs in"
+        )
+    )
     out("")
     out("## Wall time (median seconds; `x ref` = contender / wabucketref, above 1 is slower)")
     out("")
-    out("| dataset | op | contender | median s | min | max | MB/s | x ref | client CPU s | SeaweedFS CPU s | peak memory MB (tree PSS) |")
+    out(
+        "| dataset | op | contender | median s | min | max | MB/s | x ref | client CPU s | SeaweedFS CPU s | peak memory MB (tree PSS) |"
+    )
     out("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     table: dict[str, Any] = {}
     for ds in datasets:
@@ -679,10 +794,19 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
                 scpu = _med([r.server_cpu for r in good])
                 rss = max(r.peak_rss_tree for r in good)
                 ratio = (m / ref) if ref else None
-                out(f"| {ds.name} | {op} | {c} | {m:.2f} | {min(walls):.2f} | {max(walls):.2f} | {ds.total / m / 1e6:.0f} | "
-                    f"{_fmt(ratio)} | {_fmt(cpu, 1)} | {_fmt(scpu, 1)} | {_mb(rss)} |")
-                table[f"{ds.name}/{op}/{c}"] = {"median": m, "min": min(walls), "max": max(walls), "ratio_to_ref": ratio,
-                                                 "client_cpu": cpu, "server_cpu": scpu, "peak_rss_tree": rss}
+                out(
+                    f"| {ds.name} | {op} | {c} | {m:.2f} | {min(walls):.2f} | {max(walls):.2f} | {ds.total / m / 1e6:.0f} | "
+                    f"{_fmt(ratio)} | {_fmt(cpu, 1)} | {_fmt(scpu, 1)} | {_mb(rss)} |"
+                )
+                table[f"{ds.name}/{op}/{c}"] = {
+                    "median": m,
+                    "min": min(walls),
+                    "max": max(walls),
+                    "ratio_to_ref": ratio,
+                    "client_cpu": cpu,
+                    "server_cpu": scpu,
+                    "peak_rss_tree": rss,
+                }
     out("")
     out("Contenders: " + "; ".join(f"**{c}**: {DESCRIPTIONS[c]}" for c in contenders))
     out("")
@@ -700,14 +824,18 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     if wab:
         out("## Where wabucketref's time goes (W&B bookkeeping)")
         out("")
-        out("`transfer` = the seconds in wabucketref's own summary line (`uploaded N files (...) in S s`: from the start of "
+        out(
+            "`transfer` = the seconds in wabucketref's own summary line (`uploaded N files (...) in S s`: from the start of "
             "the byte transfer to the last file done, 0.1 s resolution); `outside` = wall - transfer (interpreter start, "
             "imports, platform login, listing, manifest, W&B), median over runs. **W&B cost** = outside(`wabucketref`, W&B "
             "online) - outside(`wabucketref-nowandb`, same platform bucket with `WANDB_MODE=disabled`): what W&B adds, with "
             "the run-to-run noise of the transfer itself removed. `wall diff` = the plain difference of median walls "
-            "(noisier; it also catches W&B work that overlaps the transfer).")
+            "(noisier; it also catches W&B work that overlaps the transfer)."
+        )
         out("")
-        out("| dataset | op | contender | wall s | transfer s | outside s | W&B cost s | W&B cost / wall | wall diff s |")
+        out(
+            "| dataset | op | contender | wall s | transfer s | outside s | W&B cost s | W&B cost / wall | wall diff s |"
+        )
         out("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for ds in datasets:
             for op in ("upload", "download"):
@@ -723,9 +851,16 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
                     cost = (o - off_out) if (is_ref and o is not None and off_out is not None) else None
                     wdiff = (m - off_wall) if (is_ref and off_wall is not None) else None
                     share = f"{100 * cost / m:.0f}%" if cost is not None else "-"
-                    out(f"| {ds.name} | {op} | {c} | {m:.2f} | {_fmt(tr)} | {_fmt(o)} | {_fmt(cost)} | {share} | {_fmt(wdiff)} |")
-                    book[f"{ds.name}/{op}/{c}"] = {"wall": m, "transfer": tr, "outside": o, "wandb_cost": cost,
-                                                   "wall_diff_to_disabled": wdiff}
+                    out(
+                        f"| {ds.name} | {op} | {c} | {m:.2f} | {_fmt(tr)} | {_fmt(o)} | {_fmt(cost)} | {share} | {_fmt(wdiff)} |"
+                    )
+                    book[f"{ds.name}/{op}/{c}"] = {
+                        "wall": m,
+                        "transfer": tr,
+                        "outside": o,
+                        "wandb_cost": cost,
+                        "wall_diff_to_disabled": wdiff,
+                    }
         out("")
 
     # ---- help and RSS
@@ -737,11 +872,15 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
     out("## Start-up and memory")
     out("")
     if help_times:
-        out(f"- `wabucket --help`: median {help_med:.3f} s of {len(help_times)} runs (min {min(help_times):.3f}, max {max(help_times):.3f})")
+        out(
+            f"- `wabucket --help`: median {help_med:.3f} s of {len(help_times)} runs (min {min(help_times):.3f}, max {max(help_times):.3f})"
+        )
     if rss_runs:
-        out(f"- peak memory of `wabucket upload` of dataset B (platform bucket, W&B online): whole process tree {_mb(rss_tree)} MB "
+        out(
+            f"- peak memory of `wabucket upload` of dataset B (platform bucket, W&B online): whole process tree {_mb(rss_tree)} MB "
             f"(sum of PSS sampled at 10 Hz: python + wandb-core service); the python process alone (VmHWM) {_mb(rss_main)} MB; "
-            f"largest single process (GNU time) {_mb(rss_single)} MB")
+            f"largest single process (GNU time) {_mb(rss_single)} MB"
+        )
     out("")
 
     # ---- targets
@@ -760,14 +899,22 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
             peers = [p for p in (med(ds.name, op, q) for q in PEERS if q in contenders) if p is not None]
             best = min(peers) if peers else None
             if best is not None:
-                target(f"{ds.name} {op} <= 1.1x the faster of s5cmd/rclone", ref, 1.1 * best,
-                       # 3 decimals: a ratio of 1.1007 must not read as "x1.10, limit = measured" next to FAIL
-                       f"{_fmt(ref)} s vs {_fmt(best)} s (x{_fmt(ref / best if ref else None, 3)}; limit {1.1 * best:.3f} s)")
+                target(
+                    f"{ds.name} {op} <= 1.1x the faster of s5cmd/rclone",
+                    ref,
+                    1.1 * best,
+                    # 3 decimals: a ratio of 1.1007 must not read as "x1.10, limit = measured" next to FAIL
+                    f"{_fmt(ref)} s vs {_fmt(best)} s (x{_fmt(ref / best if ref else None, 3)}; limit {1.1 * best:.3f} s)",
+                )
             if ds.name == "A":
                 sdk = med(ds.name, op, "sdk") if "sdk" in contenders else None
                 if sdk is not None:
-                    target(f"A {op} <= 1/5 of SDK {op}_dir", ref, sdk / 5,
-                           f"{_fmt(ref)} s vs SDK {_fmt(sdk)} s (SDK is x{_fmt(sdk / ref if ref else None, 1)} slower; limit {sdk / 5:.2f} s)")
+                    target(
+                        f"A {op} <= 1/5 of SDK {op}_dir",
+                        ref,
+                        sdk / 5,
+                        f"{_fmt(ref)} s vs SDK {_fmt(sdk)} s (SDK is x{_fmt(sdk / ref if ref else None, 1)} slower; limit {sdk / 5:.2f} s)",
+                    )
     a_up, a_down = book.get("A/upload/wabucketref", {}), book.get("A/download/wabucketref", {})
     if a_up.get("wandb_cost") is not None and a_down.get("wandb_cost") is not None:
         cost = a_up["wandb_cost"] + a_down["wandb_cost"]
@@ -775,13 +922,23 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
         total = a_up["wall"] + a_down["wall"]
         # Judged by the larger: W&B work beside the transfer slows the transfer itself, which only
         # the plain wall difference sees (it also carries the transfer's run-to-run noise).
-        target("W&B bookkeeping <= 10% of A's total (upload + download)", max(cost, wdiff), 0.10 * total,
-               f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% outside the transfer; "
-               f"{wdiff:.2f} s = {100 * wdiff / total:.1f}% by plain wall difference (online vs `WANDB_MODE=disabled`)")
+        target(
+            "W&B bookkeeping <= 10% of A's total (upload + download)",
+            max(cost, wdiff),
+            0.10 * total,
+            f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% outside the transfer; "
+            f"{wdiff:.2f} s = {100 * wdiff / total:.1f}% by plain wall difference (online vs `WANDB_MODE=disabled`)",
+        )
     if help_med is not None:
         target("`wabucket --help` < 0.3 s", help_med, 0.3, f"{help_med:.3f} s", is_max=False)
     if rss_runs:
-        target("peak memory uploading B < 300 MB (whole process tree, PSS)", rss_tree / 1e6, 300, f"{_mb(rss_tree)} MB", is_max=False)
+        target(
+            "peak memory uploading B < 300 MB (whole process tree, PSS)",
+            rss_tree / 1e6,
+            300,
+            f"{_mb(rss_tree)} MB",
+            is_max=False,
+        )
     out("## Targets")
     out("")
     out("| target | measured | verdict |")
@@ -790,16 +947,36 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
         out(f"| {t['target']} | {t['measured']} | **{t['verdict']}** |")
     out("")
     if args.small:
-        out("(`--small`: the data sets are scaled down for a smoke run; start-up costs weigh far more than at full size.)")
+        out(
+            "(`--small`: the data sets are scaled down for a smoke run; start-up costs weigh far more than at full size.)"
+        )
         out("")
     out("## Reproduce")
     out("")
     out("```")
     out(command)
     out("```")
-    data = {"machine": info, "small": args.small, "datasets": {d.name: {"count": d.count, "size": d.size, "folders": int(d.describe().split(" in ")[-1].split()[0]) if " in " in d.describe() else 0} for d in datasets},
-            "repeat": args.repeat, "sdk_repeat": args.sdk_repeat, "cold_cache": cold, "table": table, "bookkeeping": book,
-            "help_seconds": help_times, "targets": targets, "runs": [asdict(r) for r in runs], "command": command}
+    data = {
+        "machine": info,
+        "small": args.small,
+        "datasets": {
+            d.name: {
+                "count": d.count,
+                "size": d.size,
+                "folders": int(d.describe().split(" in ")[-1].split()[0]) if " in " in d.describe() else 0,
+            }
+            for d in datasets
+        },
+        "repeat": args.repeat,
+        "sdk_repeat": args.sdk_repeat,
+        "cold_cache": cold,
+        "table": table,
+        "bookkeeping": book,
+        "help_seconds": help_times,
+        "targets": targets,
+        "runs": [asdict(r) for r in runs],
+        "command": command,
+    }
     return "\n".join(lines), data
 
 
@@ -808,22 +985,47 @@ def report(runs: list[Run], datasets: list[Dataset], contenders: list[str], info
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="A = 1000 x 100 KiB, B = 4 x 16 MiB, 1 repeat (CI smoke, ~2 min)")
+    p.add_argument(
+        "--small", action="store_true", help="A = 1000 x 100 KiB, B = 4 x 16 MiB, 1 repeat (CI smoke, ~2 min)"
+    )
     p.add_argument("--repeat", type=int, help="repetitions per contender (default 5; 1 with --small)")
-    p.add_argument("--sdk-repeat", type=int, default=1,
-                   help="repetitions of the platform SDK contender (default 1: it takes minutes, 4-20x the others)")
+    p.add_argument(
+        "--sdk-repeat",
+        type=int,
+        default=1,
+        help="repetitions of the platform SDK contender (default 1: it takes minutes, 4-20x the others)",
+    )
     p.add_argument("--only", choices=["A", "B"], help="run one data set only")
-    p.add_argument("--contenders", nargs="+", metavar="NAME", choices=CONTENDERS, default=None,
-                   help=f"subset of: {' '.join(CONTENDERS)} (default: all)")
+    p.add_argument(
+        "--contenders",
+        nargs="+",
+        metavar="NAME",
+        choices=CONTENDERS,
+        default=None,
+        help=f"subset of: {' '.join(CONTENDERS)} (default: all)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every run and the summary as JSON")
-    p.add_argument("--workdir", type=Path, help="where data, servers and downloads live (default: a new folder in $TMPDIR, removed at the end)")
-    p.add_argument("--keep", action="store_true", help="keep the work folder (generated data is reused by a later --workdir run)")
-    p.add_argument("--no-session-cache", action="store_true",
-                   help="WABUCKET_CACHE=0 for wabucketref: every platform command logs in afresh (the cold path)")
-    p.add_argument("--no-drop-caches", dest="drop_caches", action="store_false", help="do not drop the page cache before each run")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="where data, servers and downloads live (default: a new folder in $TMPDIR, removed at the end)",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the work folder (generated data is reused by a later --workdir run)"
+    )
+    p.add_argument(
+        "--no-session-cache",
+        action="store_true",
+        help="WABUCKET_CACHE=0 for wabucketref: every platform command logs in afresh (the cold path)",
+    )
+    p.add_argument(
+        "--no-drop-caches", dest="drop_caches", action="store_false", help="do not drop the page cache before each run"
+    )
     p.add_argument("--help-runs", type=int, default=10, help="runs of `wabucket --help` to time (default 10)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run is killed (default 3600)")
-    p.add_argument("--report-from", type=Path, metavar="JSON", help="only print the report of an earlier --json file (no runs)")
+    p.add_argument(
+        "--report-from", type=Path, metavar="JSON", help="only print the report of an earlier --json file (no runs)"
+    )
     args = p.parse_args(argv)
     if args.repeat is None:
         args.repeat = 1 if args.small else 5
@@ -836,7 +1038,9 @@ def report_from(args: argparse.Namespace) -> int:
     """Render the report of saved runs again (e.g. after changing the report)."""
     data = json.loads(args.report_from.read_text())
     runs = [Run(**r) for r in data["runs"]]
-    datasets = [Dataset(n, d["count"], d["size"], Path(), folders=d.get("folders")) for n, d in data["datasets"].items()]
+    datasets = [
+        Dataset(n, d["count"], d["size"], Path(), folders=d.get("folders")) for n, d in data["datasets"].items()
+    ]
     seen = {r.contender for r in runs}
     contenders = [c for c in CONTENDERS if c in seen]
     args.repeat = data["repeat"]

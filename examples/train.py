@@ -59,9 +59,9 @@ def do_train(artifact: Path) -> tuple[dict[str, float], Path]:
         ys.append(y)
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=False)) / sum((x - mx) ** 2 for x in xs)
     intercept = my - slope * mx
-    mse = sum((slope * x + intercept - y) ** 2 for x, y in zip(xs, ys)) / n
+    mse = sum((slope * x + intercept - y) ** 2 for x, y in zip(xs, ys, strict=False)) / n
     model_dir = Path(tempfile.mkdtemp(prefix="wabucket-model-"))
     (model_dir / "model.json").write_text(json.dumps({"slope": slope, "intercept": intercept}))
     return {"mse": mse, "slope": slope, "intercept": intercept, "rows": float(n)}, model_dir

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import MULTIPART_FILE_SIZE, Env, RawBucket, make_tree, online, tree_hashes, use_backend
 from tests.servers.faultproxy import CredentialGate, FaultProxy, Reject, issuing_platform
-from wabucketref.transfer import RANGE_SIZE
+from wabucketref.ranges import RANGE_SIZE
 
 PART = ".wabucket-part"
 FAST_WANDB = {"WANDB_X_GRAPHQL_RETRY_MAX": "2", "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": "1"}

@@ -306,7 +306,8 @@ def test_download_prefetch_of_another_version_is_discarded(env, wandb_server, tm
 def test_longest_file_names_round_trip(env, tmp_path):
     """A 250-byte name (near the file system's 255) downloads: its part file is named by a digest,
     and a part file such a name left behind by a killed run is cleaned up."""
-    from wabucketref.transfer import PART_SUFFIX, _part_stem
+    from wabucketref.landing import PART_SUFFIX
+    from wabucketref.landing import part_stem as _part_stem
 
     src = tmp_path / "src"
     (src / "deep").mkdir(parents=True)

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from wabucketref.transfer import _InOrderHash, _Lanes
+from wabucketref.ranges import InOrderHash as _InOrderHash
+from wabucketref.ranges import Lanes as _Lanes
 
 SIZE = 5 * 1000 + 123
 PART = 1000
@@ -111,7 +112,7 @@ def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
 
     from wabucketref.manifest import FileEntry
     from wabucketref.storage.local import LocalStorage
-    from wabucketref.transfer import _stream_range
+    from wabucketref.ranges import stream_range as _stream_range
 
     data = random.Random(2).randbytes(3 * PART)
     (tmp_path / "bucket").mkdir()

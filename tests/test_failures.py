@@ -97,7 +97,7 @@ def test_a_refused_connection_is_transient_and_spends_the_clients_tries(seaweed)
     failure, e = _failure(storage, _get("k"))
     assert (failure.kind, failure.about) == (TRANSIENT, "bucket"), e
     assert failure.message.startswith("s3://anything: cannot connect to http://127.0.0.1:"), failure
-    assert failure.tries == 3  # obstore sent it 1 + max_retries times: the request's budget is spent
+    assert (failure.tries, failure.spent) == (3, True)  # obstore sent it 1 + max_retries times: budget spent
 
 
 def test_server_errors_are_transient_and_retried_once_per_budget(seaweed):
@@ -107,7 +107,7 @@ def test_server_errors_are_transient_and_retried_once_per_budget(seaweed):
     with FaultProxy(seaweed.endpoint_url, error_rate=1.0, error_kinds=("slowdown",), max_consecutive=1000) as proxy:
         storage = _s3(seaweed, "b-slow", endpoint=proxy.url)
         failure, e = _failure(storage, _get("k"))
-        assert (failure.kind, failure.tries) == (TRANSIENT, 3), (failure, e)
+        assert (failure.kind, failure.tries, failure.spent) == (TRANSIENT, 3, True), (failure, e)
         assert failure.message.startswith("SlowDown"), failure
 
         async def fetch():
@@ -176,6 +176,21 @@ def test_rclone_ignoring_ranges_is_learned_once(rclone_s3):
 def test_classification_table(e, kind, about, message):
     failure = classify(e)
     assert (failure.kind, failure.about, failure.message) == (kind, about, message)
+
+
+@pytest.mark.parametrize("text, tries, spent", [
+    # obstore gave up on a POST whose connection broke (it does not retry those): not its budget
+    ("Generic S3 error: Error performing POST http://127.0.0.1:1/b?delete in 501.6ms, after 1 retries, "
+     "max_retries: 10, retry_timeout: 120s  - HTTP error: error sending request", 2, False),
+    ("Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 1.7s, after 10 retries, "
+     "max_retries: 10, retry_timeout: 120s  - HTTP error: error sending request", 11, True),
+    ("Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 121.2s, after 4 retries, "
+     "max_retries: 10, retry_timeout: 120s  - Server returned non-2xx status code: 503", 5, True),
+    ("Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 950µs - Server returned 500", 1, False),
+])
+def test_the_clients_own_tries_count_against_the_budget(text, tries, spent):
+    failure = classify(Exception(text))
+    assert (failure.kind, failure.tries, failure.spent) == (TRANSIENT, tries, spent)
 
 
 def test_wandb_and_platform_exceptions_are_classified_by_their_own_types():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import NotFoundError, UsageError, WaBucketError
 
@@ -43,7 +44,8 @@ class Failure:
     kind: str  # TRANSIENT, PERMANENT or USAGE
     message: str  # one line, fit to show a user
     about: str = "request"  # "request"; "bucket": the whole bucket; "disk": the local disk; "platform"
-    tries: int = 1  # how many times the client itself already sent the request
+    tries: int = 1  # how many times the client itself sent the request
+    spent: bool = False  # the client retried it until its budget ran out: not to be tried again
     missing: bool = False  # what was asked for does not exist
 
     def error(self) -> WaBucketError:
@@ -70,18 +72,18 @@ def classify(e: BaseException, bucket: Bucket | None = None) -> Failure:
     found = _bucket_failure(e, bucket) if bucket is not None else None
     if found is not None:
         return found
+    platform = _platform_failure(e)  # before the OS's errors: aiohttp's are OSErrors too
+    if platform is not None:
+        return platform
     if _is_missing(e) or _is_refused(e):
         return Failure(PERMANENT, one_line(e))
     if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)):
         # the local disk (full, read-only, a folder in the way): another try cannot fix it
         path = e.filename2 or e.filename
         return Failure(PERMANENT, (e.strerror or str(e)) + (f": {path}" if path else ""), about="disk")
-    platform = _platform_failure(e)
-    if platform is not None:
-        return platform
     if type(e).__module__.startswith("wandb") and type(e).__name__ == "UsageError":
         return Failure(USAGE, f"W&B: {first_line(e)}")
-    return Failure(TRANSIENT, one_line(e), tries=_client_tries(e))
+    return Failure(TRANSIENT, one_line(e), **_client_tries(e))
 
 
 def _is_missing(e: BaseException) -> bool:
@@ -119,11 +121,11 @@ def _bucket_failure(e: BaseException, bucket: Bucket) -> Failure | None:
     if re.search(r"\bkind: Timeout\b", text):  # connected, then no answer in time
         took = re.search(r"elapsed: ([\d.]+)s", text)
         said = f"{bucket.uri}: no answer from {server}" + (f" in {float(took.group(1)):.0f} s" if took else "")
-        return Failure(TRANSIENT, said, about="bucket", tries=_client_tries(e))
+        return Failure(TRANSIENT, said, about="bucket", **_client_tries(e))
     if re.search(r"\bkind: Connect\b", text):  # obstore's debug text of a failed connect
         reasons = re.findall(r'message: "([^"]+)"', text)
         said = f"{bucket.uri}: cannot connect to {server}" + (f" ({reasons[-1]})" if reasons else "")
-        return Failure(TRANSIENT, said, about="bucket", tries=_client_tries(e))
+        return Failure(TRANSIENT, said, about="bucket", **_client_tries(e))
     return None
 
 
@@ -148,10 +150,22 @@ def _platform_failure(e: BaseException) -> Failure | None:
     return None
 
 
-def _client_tries(e: BaseException) -> int:
-    """How many times obstore sent the request before it gave up (its own retries)."""
-    found = re.search(r"after (\d+) retries", str(e))
-    return int(found.group(1)) + 1 if found else 1
+def _client_tries(e: BaseException) -> dict[str, Any]:
+    """How many times obstore sent the request, and whether it stopped because its retry budget
+    (max_retries, retry_timeout) ran out rather than because it does not retry such a failure
+    (a POST whose connection broke)."""
+    text = str(e)
+    found = re.search(
+        r" in ([\d.]+)(ns|µs|us|ms|s), after (\d+) retries, max_retries: (\d+), retry_timeout: ([\d.]+)s", text
+    )
+    if not found:
+        return {"tries": 1, "spent": False}
+    elapsed = float(found.group(1)) * _UNITS[found.group(2)]
+    retries, most, window = int(found.group(3)), int(found.group(4)), float(found.group(5))
+    return {"tries": retries + 1, "spent": retries >= most or (retries > 0 and elapsed >= window)}
+
+
+_UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
 def ignores_ranges(e: BaseException) -> bool:

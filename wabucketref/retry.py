@@ -1,10 +1,12 @@
 """The retry budget: how often, and how long, one request is tried before the command fails.
 
 Each request has one budget. obstore sends it up to REQUEST_TRIES times (server errors,
-throttling, refused or reset connections; backoff 0.2 s doubling to 8 s, retrying for at most
-RETRY_WINDOW), each try limited to settings.request_timeout(). What obstore cannot retry itself
-(a response that breaks off mid-body, a part of a streamed file) is tried here, up to ATTEMPTS
-times in all, resuming where it stopped; a failure that obstore already retried is not tried again.
+throttling, refused or reset connections), waiting FIRST_BACKOFF, then a random time up to
+BACKOFF_GROWTH times the last wait (at most LONGEST_BACKOFF), retrying for at most RETRY_WINDOW:
+a server that restarts within ~10 s is ridden out. Each try is limited to
+settings.request_timeout(). What obstore cannot retry itself (a response that breaks off
+mid-body, a part of a streamed file) is tried here, up to ATTEMPTS times in all, resuming where it
+stopped; a failure that obstore already retried is not tried again.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ log = logging.getLogger("wabucketref")
 R = TypeVar("R")
 
 ATTEMPTS = 4
-REQUEST_TRIES = 7  # obstore's own tries of one request (storage/objectstore.py passes them on)
+REQUEST_TRIES = 11  # obstore's own tries of one request (storage/objectstore.py passes them on)
 RETRY_WINDOW = timedelta(seconds=120)
-FIRST_BACKOFF, LONGEST_BACKOFF = timedelta(milliseconds=200), timedelta(seconds=8)
+FIRST_BACKOFF, LONGEST_BACKOFF, BACKOFF_GROWTH = timedelta(milliseconds=500), timedelta(seconds=8), 4
 
 
 async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int = ATTEMPTS) -> R:
@@ -39,8 +41,8 @@ async def with_retries(fn: Callable[[], Awaitable[R]], what: str, attempts: int 
                 raise TransferError(f"{what} failed: {failure.message}") from e
             if failure.kind != TRANSIENT:
                 raise
-            if failure.tries > 1 or attempt == attempts:  # the request's budget is spent
-                tries = max(failure.tries, attempt)
+            if failure.spent or attempt == attempts:  # the request's budget is spent
+                tries = failure.tries if failure.spent else attempt
                 raise TransferError(f"{what} failed after {tries} tries: {failure.message}") from e
             delay = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random())
             log.warning("%s failed (%s); retrying in %.1f s", what, failure.message, delay)

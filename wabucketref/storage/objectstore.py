@@ -12,7 +12,7 @@ from obstore.exceptions import AlreadyExistsError, NotFoundError, NotSupportedEr
 
 from .. import settings
 from ..failures import MISSING_BUCKET_CODES, ignores_ranges, refuses_conditional_writes, s3_error
-from ..retry import FIRST_BACKOFF, LONGEST_BACKOFF, REQUEST_TRIES, RETRY_WINDOW, with_retries
+from ..retry import BACKOFF_GROWTH, FIRST_BACKOFF, LONGEST_BACKOFF, REQUEST_TRIES, RETRY_WINDOW, with_retries
 from .base import ObjectInfo, RangesIgnored, Storage
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ CHUNK = 256 << 10  # streamed chunks: written and hashed while still in cache
 RETRY_CONFIG: RetryConfig = {
     "max_retries": REQUEST_TRIES - 1,
     "retry_timeout": RETRY_WINDOW,
-    "backoff": {"init_backoff": FIRST_BACKOFF, "max_backoff": LONGEST_BACKOFF, "base": 2},
+    "backoff": {"init_backoff": FIRST_BACKOFF, "max_backoff": LONGEST_BACKOFF, "base": BACKOFF_GROWTH},
 }
 NO_RETRIES: RetryConfig = {**RETRY_CONFIG, "max_retries": 0}
 

@@ -95,8 +95,8 @@ def run_py(wb, tmp_path):
     yield run
     wb.clear_faults()
     assert not [e for e in wb.errors if "internal" in e], wb.errors
-    # Every field the SDK asked for is modelled (parquetHistory: the SDK falls back).
-    assert set(wb.unknown) <= {"Run.parquetHistory", "Mutation.doesNotExist"}, wb.unknown
+    # Every field the SDK asked for is modelled (tests that ask for unknown ones on purpose take them back).
+    assert wb.unknown_fields == [], wb.unknown_fields
 
 
 def _md5_b64(data: bytes) -> str:
@@ -443,7 +443,78 @@ def test_fault_injection_auth_and_unknown_mutation(wb):
     assert _post(wb, q, key="x" * 40)[0] == 401
     status, body = _post(wb, {"query": "mutation Nope { doesNotExist { ok } }"})
     assert status == 200 and body["data"] is None and "doesNotExist" in body["errors"][0]["message"]
+    assert wb.unknown_fields[-1:] == ["Mutation.doesNotExist"]
+    wb.unknown_fields.pop()  # asked on purpose: not a failure of this test
     assert len(wb.api_key) >= 40
     env = wb.env()
     assert env["WANDB_BASE_URL"] == wb.base_url and env["WANDB_MODE"] == "online"
     assert Path(wb.workdir).is_dir()
+
+
+def _get(wb: WandbBackend, path: str) -> int:
+    try:
+        with urllib.request.urlopen(wb.base_url + path, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_what_the_backend_does_not_implement_fails_the_request_and_is_recorded(wb):
+    n = len(wb.unknown_fields)
+    # a field of a known object and a root field: the whole request fails, each one named
+    status, body = _post(wb, {"query": "query V { viewer { entity noSuchField } nope: noSuchRoot { id } }",
+                              "operationName": "V"})
+    assert status == 200 and body["data"] is None, body
+    message = " ".join(e["message"] for e in body["errors"])
+    assert 'Cannot query field "noSuchField" on type "User"' in message, message
+    assert 'Cannot query field "noSuchRoot" on type "Query"' in message, message
+    # an operation the document does not define, an HTTP route the backend does not serve
+    status, body = _post(wb, {"query": "query A { viewer { entity } }", "operationName": "B"})
+    assert status == 400 and "Unknown operation named 'B'" in body["errors"][0]["message"]
+    assert _get(wb, "/api/v1/no-such-route") == 404
+    # the known part alone is answered
+    status, body = _post(wb, {"query": "query V { viewer { entity } }", "operationName": "V"})
+    assert status == 200 and body == {"data": {"viewer": {"entity": "test-entity"}}}
+    assert wb.unknown_fields[n:] == ["User.noSuchField", "Query.noSuchRoot", "operation B",
+                                     "HTTP GET /api/v1/no-such-route"]
+    del wb.unknown_fields[n:]  # asked on purpose: not a failure of this test
+
+
+def test_a_test_whose_client_swallowed_the_error_still_fails(tmp_path):
+    """The suite's autouse check (tests/conftest.py) fails the test during which a client asked the
+    backend for something it does not implement, naming it, even when the client ignored the error;
+    the other tests on the same backend pass."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.conftest"]\n')
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
+        import json, urllib.request
+
+        def ask(server, query):
+            req = urllib.request.Request(server.base_url + "/graphql", data=json.dumps({"query": query}).encode(),
+                                         headers={"Authorization": "Bearer " + server.api_key})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        def test_known(wandb_server):
+            assert ask(wandb_server, "query { viewer { entity } }")["data"]["viewer"]["entity"] == "test-entity"
+
+        def test_swallowed(wandb_server):
+            try:
+                ask(wandb_server, "query { viewer { entity newFieldOfANewRelease } }")["data"]["viewer"]
+            except Exception:
+                pass  # a client that ignores errors
+
+        def test_known_after(wandb_server):
+            assert ask(wandb_server, "query { viewer { entity } }")["data"]["viewer"]["entity"] == "test-entity"
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE", "--rootdir", str(tmp_path),
+         str(tmp_path / "test_inner.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # each test's call passed; the swallowed one fails at its teardown, the one after it is clean
+    assert proc.stdout.startswith("..E.") and "3 passed, 1 error" in proc.stdout, proc.stdout
+    assert "ERROR at teardown of test_swallowed" in proc.stdout, proc.stdout
+    assert "does not implement: User.newFieldOfANewRelease" in proc.stdout, proc.stdout

@@ -7,8 +7,12 @@ public API for ``wandb.Api()``) talks to this server over HTTP on loopback:
   walking its own selection set (aliases, fragments, inline fragments,
   ``__typename``, ``@include``/``@skip``, variables with defaults) against an
   in-memory model.  No schema is needed: the response has exactly the shape the
-  client asked for.  Unknown fields answer ``null`` and are recorded in
-  :attr:`WandbBackend.unknown`.
+  client asked for.  The backend is strict: a field, root field or operation
+  it does not implement is recorded in :attr:`WandbBackend.unknown_fields`
+  and the whole request is answered with GraphQL errors naming it (as a real
+  GraphQL server rejects a document that does not validate), so the client
+  fails; the suite's autouse fixture also fails the test that caused it.
+  An HTTP route it does not implement is recorded the same way.
 * ``PUT /_upload/{token}``: upload URLs handed out by CreateArtifactManifest,
   CreateArtifactFiles and CreateRunFiles.
 * ``GET /_files/{kind}/{key}``, ``GET /artifacts/{entity}/{md5hex}``,
@@ -426,9 +430,24 @@ class Run(GObj):
         return len(self.output_log)
 
     def f_history(self, a, b):
+        rows = [
+            r for i, r in enumerate(self.history)
+            if (a.get("minStep") is None or r.get("_step", i) >= int(a["minStep"]))
+            and (a.get("maxStep") is None or r.get("_step", i) < int(a["maxStep"]))
+        ]
         samples = a.get("samples")
-        rows = self.history if samples is None else self.history[: int(samples)]
+        rows = rows if samples is None else rows[: int(samples)]
         return [json.dumps(r) for r in rows]
+
+    def f_parquetHistory(self, a, b):
+        # No parquet exports here: the whole history is "live" data (the rows not yet exported on W&B),
+        # each row cut to the asked keys (and its step).
+        keys = a.get("liveKeys") or []
+        rows = [
+            {k: v for k, v in r.items() if not keys or k in keys or k == "_step"}
+            for r in self.history
+        ]
+        return Plain("RunParquetHistory", parquetUrls=[], liveData=rows)
 
     def f_sampledHistory(self, a, b):
         out = []
@@ -944,6 +963,9 @@ class MutationRoot(GObj):
 class WandbBackend:
     """An in-process W&B server model for tests (see module docstring)."""
 
+    # Every backend started in this process: tests/conftest.py checks their records after each test.
+    started: "list[WandbBackend]" = []
+
     def __init__(self, workdir: Path | None = None, entity: str = "test-entity") -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="wandb-backend-"))
@@ -955,12 +977,16 @@ class WandbBackend:
         self.port: int | None = None
         self.base_url = ""
         self.requests: list[str] = []
-        self.unknown: list[str] = []  # "Type.field" answered with null
+        # What a client asked for and this backend does not implement, one entry per request that
+        # asked ("Type.field", "operation Name", "HTTP METHOD /path"); the request was answered with errors.
+        self.unknown_fields: list[str] = []
+        self.strict = True  # False: answer unknown fields with null (still recorded)
         self.errors: list[str] = []  # GraphQL errors returned
         self.queries: list[tuple[str, str, dict[str, Any]]] = []  # (op, text, variables)
         self.require_auth = True
         self._faults: dict[str, list[int]] = {}
         self._lock = threading.RLock()
+        self._executing: list[str] | None = None  # unknown fields met by the request being answered
         self._entities: dict[str, Entity] = {}
         self._projects: dict[tuple[str, str], Project] = {}
         self._artifacts: dict[int, Artifact] = {}
@@ -998,6 +1024,7 @@ class WandbBackend:
             raise failure[0]
         if not self.port:
             raise RuntimeError("wandb backend did not start")
+        WandbBackend.started.append(self)
         return self
 
     async def _serve(self) -> None:
@@ -1160,11 +1187,18 @@ class WandbBackend:
         return f"{a.seq.name}:{v}"
 
     # ------------------------------------------------------------ model helpers
+    @property
+    def unknown(self) -> list[str]:
+        """The distinct entries of :attr:`unknown_fields`, in order."""
+        return list(dict.fromkeys(self.unknown_fields))
+
     def _note_unknown(self, typename: str, fieldname: str) -> None:
-        key = f"{typename}.{fieldname}"
-        if key not in self.unknown:
-            self.unknown.append(key)
-            log.warning("wandb backend: unknown field %s answered null", key)
+        key = f"{typename}.{fieldname}" if fieldname else typename
+        with self._lock:
+            self.unknown_fields.append(key)
+            if self._executing is not None:
+                self._executing.append(key)
+        log.warning("wandb backend: %s is not implemented", key)
 
     def _entity(self, name: str | None) -> Entity:
         name = name or self.entity
@@ -1690,6 +1724,7 @@ class WandbBackend:
         if not auth_ok:
             return 401, {"errors": [{"message": "permission denied: invalid API key"}]}
         if op is None:
+            self._note_unknown(f"operation {op_name}", "")
             return 400, {"errors": [{"message": f"Unknown operation named {op_name!r}"}]}
         for vd in op.variable_definitions or ():
             vname = vd.variable.name.value
@@ -1698,8 +1733,13 @@ class WandbBackend:
         root: GObj = MutationRoot() if op.operation.value == "mutation" else QueryRoot()
         with self._lock:
             ex = _Executor(self, doc, variables)
+            self._executing = unknown = []
             try:
                 data = ex.complete(root, [op.selection_set])
+                if unknown and self.strict:
+                    raise GraphQLError("; ".join(
+                        f'Cannot query field "{k.split(".", 1)[1]}" on type "{k.split(".", 1)[0]}" '
+                        "(not implemented by the test W&B backend)" for k in dict.fromkeys(unknown)))
             except GraphQLError as e:
                 msg = str(e)
                 self.errors.append(f"{op_name}: {msg}")
@@ -1709,6 +1749,8 @@ class WandbBackend:
                 log.exception("wandb backend: crash answering %s", op_name)
                 self.errors.append(f"{op_name}: internal {e!r}")
                 return 500, {"errors": [{"message": f"internal error: {e!r}"}]}
+            finally:
+                self._executing = None
         return 200, {"data": data}
 
     async def _h_upload(self, request: web.Request) -> web.Response:
@@ -1803,6 +1845,7 @@ class WandbBackend:
 
     async def _h_unknown(self, request: web.Request) -> web.Response:
         self.requests.append(f"{request.method} {request.path} (unhandled)")
+        self._note_unknown(f"HTTP {request.method} {request.path}", "")
         log.warning("wandb backend: unhandled %s %s", request.method, request.path)
         return web.Response(status=404, text="not found")
 

@@ -567,7 +567,21 @@ def test_image_platform_bucket_with_wandb_online(
         **_in_container_wandb_dirs(wandb_server.env()),
         **platform.env(config_dir=Path("/home/wabucket/.apolo-test")),
     }
-    _roundtrip_in_container(
+    project = f"image-test-{uuid.uuid4().hex[:8]}"  # the session's W&B backend is shared: one project here
+    outputs = _roundtrip_in_container(
         docker_client, image, data, src, env,
-        ["--bucket", name, "--project-name", "image-test"], working_dir="/data",
+        ["--bucket", name, "--project-name", project], working_dir="/data",
     )
+    # W&B recorded the version and its lineage: the upload run logged it, the download run used it
+    alias = outputs["artifact_alias"]
+    [v0] = wandb_server.artifact_versions(project, "img-model")
+    assert v0["version"] == "v0" and v0["type"] == "model", v0
+    assert v0["aliases"] == sorted([alias, "latest"]) and v0["metadata"].get("k") == "v", v0
+    ref = v0["entries"]["platform_blob"]["ref"]
+    assert ref.startswith("blob://") and ref.endswith(f"/{name}/model/img-model/{alias}"), ref
+    runs = {r["id"]: r for r in wandb_server.runs() if r["project"] == project}
+    [consumer] = v0["used_by"]
+    assert set(runs) == {v0["logged_by"], consumer}, runs
+    assert runs[v0["logged_by"]]["job_type"] == "upload" and runs[v0["logged_by"]]["outputs"] == ["img-model:v0"]
+    assert runs[consumer]["job_type"] == "download" and runs[consumer]["inputs"] == ["img-model:v0"]
+    assert all(r["state"] == "finished" for r in runs.values()), runs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tree, tree_hashes, use_backend
+from tests.conftest import RawBucket, make_tree, tree_hashes, use_backend
 
 
 @pytest.fixture
@@ -136,30 +136,54 @@ def test_cache_can_be_turned_off(plat_env, tmp_path):
 
 def test_commands_started_together_in_a_job_log_in_one_at_a_time(plat_env, tmp_path):
     """A job's first commands, started at once, all log in from the passed config: apolo_sdk
-    writing one config folder from several processes was seen to pick another project."""
+    writing one config folder from several processes was seen to pick another project. Another
+    project of the same login has a bucket of the same name: a command that picked that project
+    would succeed, into the wrong bucket."""
     import subprocess
     import sys
     import uuid
 
     env, plat = plat_env, plat_env.extra["platform"]
-    plat.add_project(f"other-{uuid.uuid4().hex[:6]}")  # a project to pick by mistake
+    raw = RawBucket(env)  # before the decoy exists: the test's own bucket
+    ours = plat.bucket(env.bucket)
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    plat.add_project(other)  # a project to pick by mistake
+    decoy = plat.bucket(plat.add_bucket(env.bucket, project=other))
     env.vars.update(WABUCKET_CACHE="0", WANDB_MODE="disabled")
     src = make_tree(tmp_path / "src", big=False)
-    failures = []
+    failures, aliases = [], []
+    plat.clear_calls()
     for round_ in range(4):
         config = tmp_path / f"apolo-{round_}"  # a fresh job: an empty config folder
         config.mkdir()
         env.vars.update(APOLO_CONFIG=str(config), NEUROMATION_CONFIG=str(config))
+        aliases += [f"r{round_}j{j}" for j in range(6)]
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", "p", "-q", "upload",
-                 str(src), "-n", "ds", "-t", "dataset", "-a", f"r{round_}j{j}"],
+                 str(src), "-n", "ds", "-t", "dataset", "-a", alias],
                 env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
-            for j in range(6)
+            for alias in aliases[-6:]
         ]
         failures += [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120) != 0]
     assert not failures, failures
+    # every upload is whole in the test's bucket; the other project's bucket of the same name is untouched
+    keys = raw.keys()
+    for alias in aliases:
+        assert f"dataset/ds/.wabucketref/{alias}.jsonl" in keys, (alias, keys)
+        got = {k.split(f"dataset/ds/{alias}/", 1)[1] for k in keys if k.startswith(f"dataset/ds/{alias}/")}
+        assert got == set(tree_hashes(src)), alias
+    assert raw.read(f"dataset/ds/{aliases[-1]}/a.txt") == (src / "a.txt").read_bytes()
+    assert plat.s3.client().list_objects_v2(Bucket=decoy.backing_name).get("KeyCount") == 0
+    # what each command asked the platform: credentials of the test's bucket, in the test's project
+    bucket_requests = [r for r in plat.requests if "/buckets" in r["path"]]
+    assert {r["query"].get("project_name") for r in bucket_requests} == {plat.project}, bucket_requests
+    assert not [r for r in bucket_requests if decoy.id in r["path"]], bucket_requests
+    creds = [r for r in bucket_requests if r["path"].endswith("/make_tmp_credentials")]
+    assert len(creds) >= len(aliases) and all(
+        r["method"] == "POST" and r["status"] == 200 and r["authorized"]
+        and r["path"].split("/")[-2] in (ours.id, ours.name) for r in creds), creds
 
 
 def test_a_cache_folder_that_cannot_be_made_only_costs_speed(plat_env, tmp_path):

@@ -257,9 +257,12 @@ def test_azure_bucket_with_the_account_key(azure_env, tmp_path):
 
 
 def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
-    """SAS tokens that live 2 s (Azurite enforces the expiry) and a transfer that takes longer: the
-    transfer asks the platform for new ones as it goes, and the next command does not trust the
-    cached, expired one."""
+    """SAS tokens that live 2 s (Azurite enforces the expiry) and a transfer that outlives them: the
+    upload is paused (SIGSTOP) mid-transfer until every token it was given has expired, then goes on
+    and asks the platform for new ones; the next command does not trust the cached, expired one."""
+    import signal
+    import subprocess
+    import sys
     import time
 
     env, plat = azure_env, azure_env.extra["platform"]
@@ -267,19 +270,40 @@ def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
     for i in range(1200):
         (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         (src / f"d{i % 4}" / f"f{i}.txt").write_text(f"file {i}\n" * 100)
+    container = plat.azure.container(plat.backing_bucket(env.bucket))
+
+    def stored() -> int:
+        return sum(1 for _ in container.list_blobs(name_starts_with="dataset/ds/r1/"))
+
     plat.credentials_ttl = 2
     plat.clear_calls()
     try:
-        started = time.monotonic()
-        env.wabucket("--concurrency", "1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1", check=True)
-        took = time.monotonic() - started
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", env.vars["WANDB_PROJECT"],
+             "--concurrency", "1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1"],
+            env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            while stored() == 0 and proc.poll() is None:  # under way, with its first token
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGSTOP)
+            stored_at_pause = stored()
+            tokens_before_pause = len(plat.calls_matching("make_tmp_credentials"))
+            time.sleep(plat.credentials_ttl + 1)  # every token issued so far has expired
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         uploads = len(plat.calls_matching("make_tmp_credentials"))
         dest = download(env, tmp_path, alias="r1")
     finally:
         plat.credentials_ttl = None
-    assert took > 3, f"the upload took {took:.1f} s: too short to outlive a token"
+    assert proc.returncode == 0, err
+    assert 0 < stored_at_pause < 1200, stored_at_pause  # paused mid-transfer
     assert tree_hashes(dest) == tree_hashes(src)
-    assert uploads > 1
+    assert uploads > tokens_before_pause >= 1  # new tokens after the pause
     assert len(plat.calls_matching("make_tmp_credentials")) > uploads
 
 

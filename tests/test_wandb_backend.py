@@ -230,7 +230,7 @@ def test_resolve_aliases_versions_and_unknown(wb, run_py):
     assert res["p/res:v7{}"] == "CommError"
     assert res["p/res:best{'type': 'dataset'}"] == "CommError"
 
-    t0 = time.monotonic()
+    ops_before = len(wb.operations())
     proc, _ = run_py(
         """
         run = wandb.init(project="p", job_type="eval")
@@ -241,7 +241,10 @@ def test_resolve_aliases_versions_and_unknown(wb, run_py):
     )
     assert proc.returncode != 0
     assert "not found" in proc.stderr
-    assert time.monotonic() - t0 < 30
+    # "not found" is an answer, not a failure to retry: the SDK asked for the artifact once
+    ops = wb.operations()[ops_before:]
+    lookups = [op for op in ops if "Artifact" in op and op not in ("ArtifactType",)]
+    assert len(lookups) == 1, ops
 
 
 # --------------------------------------------------------------------------- #
@@ -316,7 +319,7 @@ def test_commit_failures(wb, run_py):
 
     # Persistent 500s: bounded retries, then wait() raises; no hang.
     wb.fail_operation("CommitArtifact", times=50, status=500)
-    t0 = time.monotonic()
+    n0 = wb.operations().count("CommitArtifact")
     _, res = run_py(
         """
         run = wandb.init(project="p", job_type="train")
@@ -332,7 +335,7 @@ def test_commit_failures(wb, run_py):
         env={"WANDB_X_GRAPHQL_RETRY_MAX": "2", "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": "1"},
     )
     assert res["error"] == "ValueError" and "giving up after 3 attempt" in res["message"]
-    assert time.monotonic() - t0 < 30
+    assert wb.operations().count("CommitArtifact") - n0 == 3  # 1 + WANDB_X_GRAPHQL_RETRY_MAX, then no more
     assert [v["version"] for v in wb.artifact_versions("p", "faulty")] == ["v0"]
 
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -78,6 +79,7 @@ def hadolint_exe() -> str:
 def test_hadolint_error_level() -> None:
     proc = subprocess.run(
         [hadolint_exe(), "--no-color", "--failure-threshold", "error", str(DOCKERFILE)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -135,7 +137,7 @@ def test_dockerfile_policy() -> None:
     assert any(v.split()[0] == "." for v in by_kind["COPY"]), "package not copied from context"
 
     # No secrets baked in.
-    secret_re = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSED_CONFIG)", re.I)
+    secret_re = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSED_CONFIG)", re.IGNORECASE)
     for kind in ("ENV", "ARG"):
         for value in by_kind.get(kind, []):
             names = re.findall(r"(\w+)=", value) or [value.split()[0]]
@@ -230,6 +232,7 @@ def podman_env() -> dict[str, str]:
         pytest.skip("image tests run rootful podman: run them as root on Linux")
     proc = subprocess.run(
         ["bash", str(SETUP_SCRIPT)],
+        check=False,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -248,7 +251,7 @@ def docker_client(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathF
     sock_dir.mkdir(parents=True)
     sock = sock_dir / "podman.sock"
     log_path = tmp_path_factory.mktemp("podman") / "service.log"
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115 - the service writes it until the fixture ends
     proc = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{sock}"],
         env=podman_env,
@@ -268,7 +271,7 @@ def docker_client(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathF
                     client = docker.DockerClient(base_url=f"unix://{sock}", timeout=900)
                     client.version()
                     break
-                except Exception:
+                except Exception:  # noqa: BLE001 - the service is not up yet
                     if client is not None:
                         client.close()
                     client = None

@@ -291,7 +291,7 @@ def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
             tokens_before_pause = len(plat.calls_matching("make_tmp_credentials"))
             time.sleep(plat.credentials_ttl + 1)  # every token issued so far has expired
             os.kill(proc.pid, signal.SIGCONT)
-            out, err = proc.communicate(timeout=300)
+            _out, err = proc.communicate(timeout=300)
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -13,8 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -60,7 +60,7 @@ DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.S
 
 def ignored_signals(pid: int) -> set[int]:
     """The signals a process ignores (SigIgn in /proc/PID/status)."""
-    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M).group(1), 16)
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE).group(1), 16)
     return {n for n in range(1, 65) if mask & (1 << (n - 1))}
 
 
@@ -76,7 +76,7 @@ def wait_until(cond, timeout: float, what: str, proc: subprocess.Popen | None = 
     deadline = time.monotonic() + timeout
     while not cond():
         if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             raise AssertionError(f"process ended (rc {proc.returncode}) before {what}\n{err}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -86,7 +86,7 @@ def wait_until(cond, timeout: float, what: str, proc: subprocess.Popen | None = 
 def summary(stderr: str, verb: str) -> tuple[int, int]:
     """(files moved, files that were already there) from the closing summary line."""
     m = re.search(rf"^wabucket: {verb} (\d+) files? \(.*?\) in [\d.]+ s, [\d.]+ MB/s(?:; (\d+) files? \(.*?\) (?:was|were) already there)?$",
-                  stderr, re.M)
+                  stderr, re.MULTILINE)
     assert m, f"no '{verb}' summary line in:\n{stderr}"
     return int(m.group(1)), int(m.group(2) or 0)
 
@@ -168,7 +168,7 @@ def test_a_reset_range_of_a_large_file_is_retried_alone(s3_env, seaweed, tmp_pat
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(4 * RANGE_SIZE + 1000))  # 5 ranges
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1", check=True)
-    big_get = lambda req: req.method == "GET" and "big.bin" in req.target  # noqa: E731
+    big_get = lambda req: req.method == "GET" and "big.bin" in req.target
     with FaultProxy(seaweed.endpoint_url, reset_rate=1.0, reset_kinds=("reset_mid",), max_faults=1, only=big_get) as proxy:
         via(env, proxy)
         env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)
@@ -215,7 +215,7 @@ def _ride_out_short_outage(proc, seaweed, verb: str) -> None:
     """The server comes back after 2 s: the command finishes with every file moved."""
     time.sleep(2)
     seaweed.restart()
-    out, err = proc.communicate(timeout=240)
+    _out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert summary(err, verb)[0] == N_FILES
 
@@ -451,7 +451,7 @@ def test_full_disk_fails_cleanly(env, tmp_path):
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "f1", check=True)
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]).returncode:
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=False).returncode:
         pytest.skip("needs root and mount(8) for a 2 MiB tmpfs to fill up")
     try:
         proc = env.wabucket("download", "dataset", "ds", "f1", "-d", str(disk / "dl"))
@@ -734,7 +734,7 @@ def test_a_second_upload_to_an_alias_being_uploaded_is_refused(s3_env, seaweed, 
         wait_until(lambda: proxy.count("PUT", OK) >= 4, 60, "4 PUTs", first)
         direct(env, seaweed)
         second = env.wabucket("upload", str(other), "-n", "ds", "-t", "dataset", "-a", "same", "--overwrite")
-        out, err = first.communicate(timeout=120)
+        _out, err = first.communicate(timeout=120)
     assert second.returncode == 1 and "is running (host" in second.stderr, second.stderr
     assert first.returncode == 0, err
     env.wabucket("download", "dataset", "ds", "same", "-d", str(tmp_path / "dl"), check=True)

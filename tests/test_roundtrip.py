@@ -341,8 +341,8 @@ def test_no_reff_stores_the_files_in_wandb(env, wandb_server, tmp_path):
 
 def _wandb_script(env, body: str) -> None:
     """A user's own wandb script against the test's W&B backend and project."""
-    env.python("import wandb\nrun = wandb.init(project=%r, settings=wandb.Settings(silent=True))\n%s\nrun.finish()\n"
-               % (env.vars["WANDB_PROJECT"], body))
+    env.python(f"import wandb\nrun = wandb.init(project={env.vars['WANDB_PROJECT']!r}, "
+               f"settings=wandb.Settings(silent=True))\n{body}\nrun.finish()\n")
 
 
 def test_plain_wandb_artifacts_download_complete_or_fail(env, wandb_server, tmp_path):

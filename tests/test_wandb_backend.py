@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,14 +26,14 @@ from tests.servers.wandb_backend import WandbBackend
 BLOB = "blob://cluster/org/proj/bucket/wandb/model"
 
 # Helpers available to every subprocess script.
-PRELUDE = r'''
+PRELUDE = f"BLOB = {BLOB!r}\n" + r'''
 import json, os, sys, tempfile, time
 import wandb
 
 def emit(**kw):
     print("RESULT " + json.dumps(kw, default=str), flush=True)
 
-def make_artifact(name, content, *, ref="%(blob)s", metadata=None, type="model"):
+def make_artifact(name, content, *, ref=BLOB, metadata=None, type="model"):
     art = wandb.Artifact(name, type=type, metadata=metadata or {})
     art.add_reference(ref, name="platform_blob", checksum=False)
     path = os.path.join(tempfile.mkdtemp(), "x.json")
@@ -51,7 +50,7 @@ def log_artifact(name, content, aliases, *, project="p", wait=True, **kw):
         art.wait(timeout=30)
     run.finish()
     return run, art
-''' % {"blob": BLOB}
+'''
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +75,7 @@ def run_py(wb, tmp_path):
         full_env |= env or {}
         proc = subprocess.run(
             [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+            check=False,
             env=full_env,
             cwd=cwd,
             capture_output=True,
@@ -432,7 +432,7 @@ def test_graphql_walker_aliases_fragments_typename(wb):
             "r2": None,
         }
     }
-    assert [r for r in wb.runs() if r["id"] == "walker1"][0]["config"] == {"a": 1}
+    assert next(r for r in wb.runs() if r["id"] == "walker1")["config"] == {"a": 1}
 
 
 def test_fault_injection_auth_and_unknown_mutation(wb):
@@ -514,7 +514,7 @@ def test_a_test_whose_client_swallowed_the_error_still_fails(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE", "--rootdir", str(tmp_path),
          str(tmp_path / "test_inner.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     # each test's call passed; the swallowed one fails at its teardown, the one after it is clean

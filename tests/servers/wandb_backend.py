@@ -45,10 +45,11 @@ import socket
 import tempfile
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 from aiohttp import web
 from graphql import parse
@@ -56,7 +57,7 @@ from graphql.language import ast as gast
 
 log = logging.getLogger("wandb_backend")
 
-__all__ = ["WandbBackend", "GraphQLError"]
+__all__ = ["GraphQLError", "WandbBackend"]
 
 
 # --------------------------------------------------------------------------- #
@@ -83,7 +84,7 @@ def _parse_gid(gid: str | None) -> tuple[str, int] | None:
     try:
         kind, num = base64.b64decode(gid.encode(), validate=True).decode().split(":", 1)
         return kind, int(num)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not an id of ours: no such object
         return None
 
 
@@ -137,7 +138,7 @@ class GObj:
     def typename(self) -> str:
         return self.TYPENAME
 
-    def resolve(self, name: str, args: dict[str, Any], backend: "WandbBackend") -> Any:
+    def resolve(self, name: str, args: dict[str, Any], backend: WandbBackend) -> Any:
         meth = getattr(self, "f_" + name, None)
         if meth is not None:
             return meth(args, backend)
@@ -157,7 +158,7 @@ class Plain(GObj):
     def typename(self) -> str:
         return self._typename
 
-    def resolve(self, name: str, args: dict[str, Any], backend: "WandbBackend") -> Any:
+    def resolve(self, name: str, args: dict[str, Any], backend: WandbBackend) -> Any:
         if name in self._values:
             v = self._values[name]
             return v(args) if callable(v) else v
@@ -246,9 +247,9 @@ class Project(GObj):
     entity: Entity
     name: str
     created_at: str = field(default_factory=_now)
-    runs: dict[str, "Run"] = field(default_factory=dict)
-    types: dict[str, "ArtifactType"] = field(default_factory=dict)
-    sequences: dict[str, "ArtifactSequence"] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    types: dict[str, ArtifactType] = field(default_factory=dict)
+    sequences: dict[str, ArtifactSequence] = field(default_factory=dict)
 
     def f_id(self, a, b):
         return _gid("Project", self.num)
@@ -335,8 +336,8 @@ class Run(GObj):
     heartbeat_at: str = field(default_factory=_now)
     exitcode: int | None = None
     stopped: bool = False
-    inputs: list["Artifact"] = field(default_factory=list)
-    outputs: list["Artifact"] = field(default_factory=list)
+    inputs: list[Artifact] = field(default_factory=list)
+    outputs: list[Artifact] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # name -> object key
     output_log: list[str] = field(default_factory=list)
 
@@ -508,7 +509,7 @@ class ArtifactType(GObj):
     def f_project(self, a, b):
         return self.project
 
-    def _seqs(self) -> list["ArtifactSequence"]:
+    def _seqs(self) -> list[ArtifactSequence]:
         return [s for s in self.project.sequences.values() if s.type is self]
 
     def f_artifactCollection(self, a, b):
@@ -537,26 +538,26 @@ class ArtifactSequence(GObj):
     type: ArtifactType
     description: str | None = None
     created_at: str = field(default_factory=_now)
-    versions: list["Artifact"] = field(default_factory=list)  # committed, by index
-    aliases: dict[str, "Artifact"] = field(default_factory=dict)
-    pending: list["Artifact"] = field(default_factory=list)
+    versions: list[Artifact] = field(default_factory=list)  # committed, by index
+    aliases: dict[str, Artifact] = field(default_factory=dict)
+    pending: list[Artifact] = field(default_factory=list)
 
-    def set_alias(self, alias: str, art: "Artifact") -> None:
+    def set_alias(self, alias: str, art: Artifact) -> None:
         """An alias names at most one version of a collection."""
         self.aliases[alias] = art
 
-    def aliases_of(self, art: "Artifact") -> list[str]:
+    def aliases_of(self, art: Artifact) -> list[str]:
         return [al for al, x in self.aliases.items() if x is art]
 
-    def live(self) -> list["Artifact"]:
+    def live(self) -> list[Artifact]:
         """Committed, not deleted versions, oldest first."""
         return [a for a in self.versions if a.state == "COMMITTED"]
 
-    def latest(self) -> "Artifact | None":
+    def latest(self) -> Artifact | None:
         live = self.live()
         return self.aliases.get("latest") or (live[-1] if live else None)
 
-    def find(self, ref: str) -> "Artifact | None":
+    def find(self, ref: str) -> Artifact | None:
         m = re.fullmatch(r"v(\d+)", ref)
         if m:
             i = int(m.group(1))
@@ -639,14 +640,14 @@ class Alias(GObj):
     def f_artifactCollection(self, a, b):
         return self.seq
 
-    f_artifactCollectionName = lambda self, a, b: self.seq.name  # noqa: E731
+    f_artifactCollectionName = lambda self, a, b: self.seq.name
 
 
 @dataclass(eq=False)
 class Membership(GObj):
     TYPENAME = "ArtifactCollectionMembership"
     seq: ArtifactSequence
-    artifact: "Artifact"
+    artifact: Artifact
 
     def f_id(self, a, b):
         return _gid("ArtifactCollectionMembership", self.artifact.num)
@@ -694,7 +695,7 @@ class Artifact(GObj):
     created_by: Run | None = None
     used_by: list[Run] = field(default_factory=list)
     files: dict[str, ArtifactFile] = field(default_factory=dict)
-    manifest: "Manifest | None" = None
+    manifest: Manifest | None = None
     client_id: str | None = None
     sequence_client_id: str | None = None
     history_step: int | None = None
@@ -704,7 +705,7 @@ class Artifact(GObj):
     def aliases(self) -> list[str]:
         return self.seq.aliases_of(self)
 
-    def manifest_json(self, backend: "WandbBackend") -> dict[str, Any] | None:
+    def manifest_json(self, backend: WandbBackend) -> dict[str, Any] | None:
         if self.manifest is None or not self.manifest.uploaded:
             return None
         return json.loads(backend._read_object("manifest", self.manifest.key))
@@ -856,7 +857,7 @@ def _ast_value(node: gast.ValueNode, variables: dict[str, Any]) -> Any:
 
 
 class _Executor:
-    def __init__(self, backend: "WandbBackend", doc: gast.DocumentNode, variables: dict[str, Any]):
+    def __init__(self, backend: WandbBackend, doc: gast.DocumentNode, variables: dict[str, Any]):
         self.backend = backend
         self.variables = variables
         self.fragments = {
@@ -964,7 +965,7 @@ class WandbBackend:
     """An in-process W&B server model for tests (see module docstring)."""
 
     # Every backend started in this process: tests/conftest.py checks their records after each test.
-    started: "list[WandbBackend]" = []
+    started: ClassVar[list[WandbBackend]] = []
 
     def __init__(self, workdir: Path | None = None, entity: str = "test-entity") -> None:
         self._own_workdir = workdir is None
@@ -998,7 +999,7 @@ class WandbBackend:
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ life
-    def start(self) -> "WandbBackend":
+    def start(self) -> WandbBackend:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -1008,7 +1009,7 @@ class WandbBackend:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._serve())
-            except BaseException as e:  # pragma: no cover - startup failure
+            except BaseException as e:  # noqa: BLE001  # pragma: no cover - startup failure, raised by start()
                 failure.append(e)
                 ready.set()
                 return
@@ -1056,10 +1057,10 @@ class WandbBackend:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "WandbBackend":
+    def __enter__(self) -> WandbBackend:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def env(self) -> dict[str, str]:
@@ -1674,8 +1675,8 @@ class WandbBackend:
         h = request.headers.get("Authorization", "")
         if h.startswith("Basic "):
             try:
-                user, _, pw = base64.b64decode(h[6:]).decode().partition(":")
-            except Exception:
+                _user, _, pw = base64.b64decode(h[6:]).decode().partition(":")
+            except Exception:  # noqa: BLE001 - a malformed header is a failed login
                 return False
             return pw == self.api_key
         if h.startswith("Bearer "):
@@ -1704,7 +1705,7 @@ class WandbBackend:
         variables = dict(body.get("variables") or {})
         try:
             doc = parse(text)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - graphql-core's syntax errors, answered as a client error
             self.requests.append("gql <unparsable>")
             return 400, {"errors": [{"message": f"Syntax Error: {e}"}]}
         ops = [d for d in doc.definitions if isinstance(d, gast.OperationDefinitionNode)]

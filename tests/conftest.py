@@ -269,3 +269,21 @@ def backend_env(request, env, tmp_path) -> Env:
 def any_server_env(request, env, tmp_path) -> Env:
     """backend_env, plus S3 servers other than SeaweedFS: for the scenarios every user meets."""
     return use_backend(env, request.param, request, tmp_path)
+
+
+# ------------------------------------------------------------------ the W&B backend is strict
+
+
+@pytest.fixture(autouse=True)
+def _wandb_backend_knows_every_field_asked():
+    """A test fails when a client asked any W&B backend running during it for a GraphQL field,
+    operation or HTTP route the backend does not implement (the backend records each one and
+    answers with errors, but a client may swallow an error)."""
+    mod = sys.modules.get("tests.servers.wandb_backend")
+    before = {id(b): len(b.unknown_fields) for b in mod.WandbBackend.started} if mod else {}
+    yield
+    mod = sys.modules.get("tests.servers.wandb_backend")
+    asked = [f for b in (mod.WandbBackend.started if mod else ()) for f in b.unknown_fields[before.get(id(b), 0):]]
+    if asked:
+        pytest.fail("the W&B test backend was asked for what it does not implement: "
+                    + ", ".join(dict.fromkeys(asked)), pytrace=False)

@@ -186,7 +186,7 @@ def craft(env: Env, tmp_path: Path, **spec) -> None:
     script.write_text(CRAFT)
     spec.setdefault("project", env.vars["WANDB_PROJECT"])
     proc = subprocess.run([sys.executable, str(script), json.dumps(spec)], env=env.vars, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -325,7 +325,7 @@ def test_symlinks_inside_are_followed(env, linked_src):
     ("dangling", "outside/nope.txt"),
 ], ids=["file-outside", "dir-outside", "parent", "absolute-outside", "dangling"])
 def test_symlinks_outside_are_refused(env, linked_src, tmp_path, link, target):
-    src, outside = linked_src
+    src, _outside = linked_src
     dst = tmp_path / target if not target.startswith(("/", "..")) else target
     (src / link).symlink_to(dst)
     proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "l1")

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -78,6 +79,7 @@ def hadolint_exe() -> str:
 def test_hadolint_error_level() -> None:
     proc = subprocess.run(
         [hadolint_exe(), "--no-color", "--failure-threshold", "error", str(DOCKERFILE)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -135,7 +137,7 @@ def test_dockerfile_policy() -> None:
     assert any(v.split()[0] == "." for v in by_kind["COPY"]), "package not copied from context"
 
     # No secrets baked in.
-    secret_re = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSED_CONFIG)", re.I)
+    secret_re = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSED_CONFIG)", re.IGNORECASE)
     for kind in ("ENV", "ARG"):
         for value in by_kind.get(kind, []):
             names = re.findall(r"(\w+)=", value) or [value.split()[0]]
@@ -230,6 +232,7 @@ def podman_env() -> dict[str, str]:
         pytest.skip("image tests run rootful podman: run them as root on Linux")
     proc = subprocess.run(
         ["bash", str(SETUP_SCRIPT)],
+        check=False,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -248,7 +251,7 @@ def docker_client(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathF
     sock_dir.mkdir(parents=True)
     sock = sock_dir / "podman.sock"
     log_path = tmp_path_factory.mktemp("podman") / "service.log"
-    log = open(log_path, "wb")
+    log = open(log_path, "wb")  # noqa: SIM115 - the service writes it until the fixture ends
     proc = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{sock}"],
         env=podman_env,
@@ -268,7 +271,7 @@ def docker_client(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathF
                     client = docker.DockerClient(base_url=f"unix://{sock}", timeout=900)
                     client.version()
                     break
-                except Exception:
+                except Exception:  # noqa: BLE001 - the service is not up yet
                     if client is not None:
                         client.close()
                     client = None
@@ -567,7 +570,21 @@ def test_image_platform_bucket_with_wandb_online(
         **_in_container_wandb_dirs(wandb_server.env()),
         **platform.env(config_dir=Path("/home/wabucket/.apolo-test")),
     }
-    _roundtrip_in_container(
+    project = f"image-test-{uuid.uuid4().hex[:8]}"  # the session's W&B backend is shared: one project here
+    outputs = _roundtrip_in_container(
         docker_client, image, data, src, env,
-        ["--bucket", name, "--project-name", "image-test"], working_dir="/data",
+        ["--bucket", name, "--project-name", project], working_dir="/data",
     )
+    # W&B recorded the version and its lineage: the upload run logged it, the download run used it
+    alias = outputs["artifact_alias"]
+    [v0] = wandb_server.artifact_versions(project, "img-model")
+    assert v0["version"] == "v0" and v0["type"] == "model", v0
+    assert v0["aliases"] == sorted([alias, "latest"]) and v0["metadata"].get("k") == "v", v0
+    ref = v0["entries"]["platform_blob"]["ref"]
+    assert ref.startswith("blob://") and ref.endswith(f"/{name}/model/img-model/{alias}"), ref
+    runs = {r["id"]: r for r in wandb_server.runs() if r["project"] == project}
+    [consumer] = v0["used_by"]
+    assert set(runs) == {v0["logged_by"], consumer}, runs
+    assert runs[v0["logged_by"]]["job_type"] == "upload" and runs[v0["logged_by"]]["outputs"] == ["img-model:v0"]
+    assert runs[consumer]["job_type"] == "download" and runs[consumer]["inputs"] == ["img-model:v0"]
+    assert all(r["state"] == "finished" for r in runs.values()), runs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tree, tree_hashes, use_backend
+from tests.conftest import RawBucket, make_tree, tree_hashes, use_backend
 
 
 @pytest.fixture
@@ -136,30 +136,54 @@ def test_cache_can_be_turned_off(plat_env, tmp_path):
 
 def test_commands_started_together_in_a_job_log_in_one_at_a_time(plat_env, tmp_path):
     """A job's first commands, started at once, all log in from the passed config: apolo_sdk
-    writing one config folder from several processes was seen to pick another project."""
+    writing one config folder from several processes was seen to pick another project. Another
+    project of the same login has a bucket of the same name: a command that picked that project
+    would succeed, into the wrong bucket."""
     import subprocess
     import sys
     import uuid
 
     env, plat = plat_env, plat_env.extra["platform"]
-    plat.add_project(f"other-{uuid.uuid4().hex[:6]}")  # a project to pick by mistake
+    raw = RawBucket(env)  # before the decoy exists: the test's own bucket
+    ours = plat.bucket(env.bucket)
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    plat.add_project(other)  # a project to pick by mistake
+    decoy = plat.bucket(plat.add_bucket(env.bucket, project=other))
     env.vars.update(WABUCKET_CACHE="0", WANDB_MODE="disabled")
     src = make_tree(tmp_path / "src", big=False)
-    failures = []
+    failures, aliases = [], []
+    plat.clear_calls()
     for round_ in range(4):
         config = tmp_path / f"apolo-{round_}"  # a fresh job: an empty config folder
         config.mkdir()
         env.vars.update(APOLO_CONFIG=str(config), NEUROMATION_CONFIG=str(config))
+        aliases += [f"r{round_}j{j}" for j in range(6)]
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", "p", "-q", "upload",
-                 str(src), "-n", "ds", "-t", "dataset", "-a", f"r{round_}j{j}"],
+                 str(src), "-n", "ds", "-t", "dataset", "-a", alias],
                 env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
-            for j in range(6)
+            for alias in aliases[-6:]
         ]
         failures += [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120) != 0]
     assert not failures, failures
+    # every upload is whole in the test's bucket; the other project's bucket of the same name is untouched
+    keys = raw.keys()
+    for alias in aliases:
+        assert f"dataset/ds/.wabucketref/{alias}.jsonl" in keys, (alias, keys)
+        got = {k.split(f"dataset/ds/{alias}/", 1)[1] for k in keys if k.startswith(f"dataset/ds/{alias}/")}
+        assert got == set(tree_hashes(src)), alias
+    assert raw.read(f"dataset/ds/{aliases[-1]}/a.txt") == (src / "a.txt").read_bytes()
+    assert plat.s3.client().list_objects_v2(Bucket=decoy.backing_name).get("KeyCount") == 0
+    # what each command asked the platform: credentials of the test's bucket, in the test's project
+    bucket_requests = [r for r in plat.requests if "/buckets" in r["path"]]
+    assert {r["query"].get("project_name") for r in bucket_requests} == {plat.project}, bucket_requests
+    assert not [r for r in bucket_requests if decoy.id in r["path"]], bucket_requests
+    creds = [r for r in bucket_requests if r["path"].endswith("/make_tmp_credentials")]
+    assert len(creds) >= len(aliases) and all(
+        r["method"] == "POST" and r["status"] == 200 and r["authorized"]
+        and r["path"].split("/")[-2] in (ours.id, ours.name) for r in creds), creds
 
 
 def test_a_cache_folder_that_cannot_be_made_only_costs_speed(plat_env, tmp_path):
@@ -233,9 +257,12 @@ def test_azure_bucket_with_the_account_key(azure_env, tmp_path):
 
 
 def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
-    """SAS tokens that live 2 s (Azurite enforces the expiry) and a transfer that takes longer: the
-    transfer asks the platform for new ones as it goes, and the next command does not trust the
-    cached, expired one."""
+    """SAS tokens that live 2 s (Azurite enforces the expiry) and a transfer that outlives them: the
+    upload is paused (SIGSTOP) mid-transfer until every token it was given has expired, then goes on
+    and asks the platform for new ones; the next command does not trust the cached, expired one."""
+    import signal
+    import subprocess
+    import sys
     import time
 
     env, plat = azure_env, azure_env.extra["platform"]
@@ -243,19 +270,40 @@ def test_azure_sas_tokens_are_renewed(azure_env, tmp_path):
     for i in range(1200):
         (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         (src / f"d{i % 4}" / f"f{i}.txt").write_text(f"file {i}\n" * 100)
+    container = plat.azure.container(plat.backing_bucket(env.bucket))
+
+    def stored() -> int:
+        return sum(1 for _ in container.list_blobs(name_starts_with="dataset/ds/r1/"))
+
     plat.credentials_ttl = 2
     plat.clear_calls()
     try:
-        started = time.monotonic()
-        env.wabucket("--concurrency", "1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1", check=True)
-        took = time.monotonic() - started
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", env.vars["WANDB_PROJECT"],
+             "--concurrency", "1", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1"],
+            env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            while stored() == 0 and proc.poll() is None:  # under way, with its first token
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGSTOP)
+            stored_at_pause = stored()
+            tokens_before_pause = len(plat.calls_matching("make_tmp_credentials"))
+            time.sleep(plat.credentials_ttl + 1)  # every token issued so far has expired
+            os.kill(proc.pid, signal.SIGCONT)
+            _out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         uploads = len(plat.calls_matching("make_tmp_credentials"))
         dest = download(env, tmp_path, alias="r1")
     finally:
         plat.credentials_ttl = None
-    assert took > 3, f"the upload took {took:.1f} s: too short to outlive a token"
+    assert proc.returncode == 0, err
+    assert 0 < stored_at_pause < 1200, stored_at_pause  # paused mid-transfer
     assert tree_hashes(dest) == tree_hashes(src)
-    assert uploads > 1
+    assert uploads > tokens_before_pause >= 1  # new tokens after the pause
     assert len(plat.calls_matching("make_tmp_credentials")) > uploads
 
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,23 @@ def direct(env: Env, seaweed) -> Env:
     return env
 
 
+# A command started from a background job (`cmd &` in a script) inherits SIGINT ignored, and Python keeps that
+# disposition: Ctrl-C sent to it would be ignored, rightly. A command started here gets SIGINT at its default,
+# as one started from a terminal has, whatever the test run itself was started from.
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals a process ignores (SigIgn in /proc/PID/status)."""
+    mask = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE).group(1), 16)
+    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
 def spawn(env: Env, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", env.vars["WANDB_PROJECT"], *args],
+        [sys.executable, "-c", DEFAULT_SIGINT, "-m", "wabucketref", "--bucket", env.bucket,
+         "--project-name", env.vars["WANDB_PROJECT"], *args],
         env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -61,7 +76,7 @@ def wait_until(cond, timeout: float, what: str, proc: subprocess.Popen | None = 
     deadline = time.monotonic() + timeout
     while not cond():
         if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             raise AssertionError(f"process ended (rc {proc.returncode}) before {what}\n{err}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -71,7 +86,7 @@ def wait_until(cond, timeout: float, what: str, proc: subprocess.Popen | None = 
 def summary(stderr: str, verb: str) -> tuple[int, int]:
     """(files moved, files that were already there) from the closing summary line."""
     m = re.search(rf"^wabucket: {verb} (\d+) files? \(.*?\) in [\d.]+ s, [\d.]+ MB/s(?:; (\d+) files? \(.*?\) (?:was|were) already there)?$",
-                  stderr, re.M)
+                  stderr, re.MULTILINE)
     assert m, f"no '{verb}' summary line in:\n{stderr}"
     return int(m.group(1)), int(m.group(2) or 0)
 
@@ -153,7 +168,7 @@ def test_a_reset_range_of_a_large_file_is_retried_alone(s3_env, seaweed, tmp_pat
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(4 * RANGE_SIZE + 1000))  # 5 ranges
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1", check=True)
-    big_get = lambda req: req.method == "GET" and "big.bin" in req.target  # noqa: E731
+    big_get = lambda req: req.method == "GET" and "big.bin" in req.target
     with FaultProxy(seaweed.endpoint_url, reset_rate=1.0, reset_kinds=("reset_mid",), max_faults=1, only=big_get) as proxy:
         via(env, proxy)
         env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)
@@ -200,7 +215,7 @@ def _ride_out_short_outage(proc, seaweed, verb: str) -> None:
     """The server comes back after 2 s: the command finishes with every file moved."""
     time.sleep(2)
     seaweed.restart()
-    out, err = proc.communicate(timeout=240)
+    _out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert summary(err, verb)[0] == N_FILES
 
@@ -276,12 +291,15 @@ def test_storage_killed_mid_download(s3_env, restart_guard, tmp_path, outage):
 
 
 def _upload_while_wandb_fails(env, wandb_server, src: Path, alias: str, op: str, times: int, status: int):
-    """(the upload's process, its seconds) while W&B answers `status` to `op`, `times` times."""
+    """(the upload's process, how often it asked W&B for `op`, failures left unasked) while W&B answers `status`
+    to `op`, `times` times. The process is stopped after 120 s, a hang."""
     wandb_server.fail_operation(op, times=times, status=status)
+    asked = wandb_server.operations().count(op)
     try:
-        t0 = time.monotonic()
         proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", alias, timeout=120)
-        return proc, time.monotonic() - t0
+        with wandb_server._lock:
+            left = len(wandb_server._faults.get(op, []))
+        return proc, wandb_server.operations().count(op) - asked, left
     finally:
         wandb_server.clear_faults()
 
@@ -297,10 +315,12 @@ def test_wandb_fails_after_upload(env, request, wandb_server, tmp_path, kind, op
     env = online(use_backend(env, kind, request, tmp_path), wandb_server)
     env.vars.update(FAST_WANDB)
     src = make_tree(tmp_path / "src", big=False)
-    first, took = _upload_while_wandb_fails(env, wandb_server, src, "w1", op, times, status)
+    first, asked, _ = _upload_while_wandb_fails(env, wandb_server, src, "w1", op, times, status)
     assert first.returncode == 1, first.stderr
     assert_one_clear_line(first.stderr, "W&B")
-    assert first.stdout == "" and took < 60
+    assert first.stdout == ""
+    # a 400 is asked once; 500s as often as the SDK's bounded retries allow (FAST_WANDB: 2 retries)
+    assert asked == (1 if status == 400 else 1 + int(FAST_WANDB["WANDB_X_GRAPHQL_RETRY_MAX"])), asked
     assert summary(first.stderr, "uploaded") == (len(tree_hashes(src)), 0)  # the bytes were in
     assert wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds") == []
 
@@ -319,8 +339,9 @@ def test_a_wandb_that_keeps_failing_is_waited_for_a_bounded_time(env, wandb_serv
     env = online(env, wandb_server)
     env.vars["WABUCKET_WANDB_TIMEOUT"] = "6"
     src = make_tree(tmp_path / "src", big=False)
-    first, took = _upload_while_wandb_fails(env, wandb_server, src, "k1", "CommitArtifact", 10_000, 500)
-    assert first.returncode == 1 and took < 40, (took, first.stderr)
+    first, asked, _ = _upload_while_wandb_fails(env, wandb_server, src, "k1", "CommitArtifact", 10_000, 500)
+    assert first.returncode == 1, first.stderr
+    assert asked >= 1, asked  # the commit W&B kept failing is what the command gave up on
     assert "W&B did not register artifact ds:k1: no answer in 6 s" in first.stderr, first.stderr
     assert "Traceback" not in first.stderr, first.stderr  # nor from wandb giving up in the finishing thread
     rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
@@ -372,11 +393,12 @@ def test_credentials_expire_during_transfer(expiring_platform, tmp_path):
     env = expiring_platform
     gate, plat = env.extra["gate"], env.extra["platform"]
     src = make_files(tmp_path / "src", 24, 250_000)  # ~3 s each way through the throttled proxy, ttl 2 s
-    t0 = time.monotonic()
     env.wabucket("--concurrency", "4", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "c1", check=True)
     env.wabucket("--concurrency", "4", "download", "dataset", "ds", "c1", "-d", str(tmp_path / "dl"), check=True)
-    assert time.monotonic() - t0 > 2 * gate.ttl
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    # the transfers outlived credentials: several that signed requests have expired by now
+    expired_after_use = [k for k, n in gate.accepted.items() if n and gate.issued[k].expires <= time.time()]
+    assert len(expired_after_use) >= 2, gate.accepted
     refreshed = plat.calls_matching("make_tmp_credentials", "POST")
     assert len(refreshed) > 2
     # requests were signed with several credentials, none of them used after it expired
@@ -429,7 +451,7 @@ def test_full_disk_fails_cleanly(env, tmp_path):
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "f1", check=True)
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]).returncode:
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=False).returncode:
         pytest.skip("needs root and mount(8) for a 2 MiB tmpfs to fill up")
     try:
         proc = env.wabucket("download", "dataset", "ds", "f1", "-d", str(disk / "dl"))
@@ -448,18 +470,21 @@ def test_full_disk_fails_cleanly(env, tmp_path):
 
 # Ctrl-C, and SIGTERM (docker stop, a cancelled job): the same cleanup, and the exit status a shell reports
 STOPS = {"sigint": (signal.SIGINT, 130, "wabucket: interrupted"), "sigterm": (signal.SIGTERM, 143, "wabucket: terminated")}
+STOPPED_WITHIN = 3  # requests that may still complete after the signal: those in flight, at most --concurrency 3
 
 
-def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[float, str, str]:
-    t0 = time.monotonic()
+def _interrupt(proc: subprocess.Popen, sig: int, done: Callable[[], int]) -> tuple[int, str, str]:
+    """Send `sig` to the command; (requests that `done` counts completed after it, stdout, stderr)."""
+    assert sig not in ignored_signals(proc.pid), "the command ignores the signal the test sends"
+    before = done()
     proc.send_signal(sig)
     try:
         out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired:  # a guard against a hang
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"still running 30 s after SIGINT\n{err}")
-    return time.monotonic() - t0, out, err
+        raise AssertionError(f"still running 30 s after signal {sig}\n{err}")
+    return done() - before, out, err
 
 
 @pytest.mark.parametrize("stop", sorted(STOPS))
@@ -472,9 +497,9 @@ def test_ctrl_c_during_upload(s3_env, seaweed, tmp_path, stop):
         via(env, proxy)
         proc = spawn(env, "--concurrency", "3", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1")
         wait_until(lambda: proxy.count("PUT", OK) >= 8, 60, "8 PUTs", proc)
-        took, out, err = _interrupt(proc, sig)
+        after, out, err = _interrupt(proc, sig, lambda: proxy.count("PUT", OK))
     direct(env, seaweed)
-    assert took < 10, err
+    assert after <= STOPPED_WITHIN, (after, err)  # it stopped starting requests: at most those in flight ended
     assert proc.returncode == status and said in err, err
     assert "Traceback" not in err and out == "" and "wabucket: uploaded" not in err
     # no object under a final name is anything but a whole source file
@@ -508,9 +533,9 @@ def test_ctrl_c_during_download(s3_env, seaweed, tmp_path, stop):
         via(env, proxy)
         proc = spawn(env, "--concurrency", "3", "download", "dataset", "ds", "i1", "-d", str(dest))
         wait_until(lambda: proxy.count("GET", OK) >= 10, 60, "10 GETs", proc)
-        took, out, err = _interrupt(proc, sig)
+        after, out, err = _interrupt(proc, sig, lambda: proxy.count("GET", OK))
     direct(env, seaweed)
-    assert took < 10, err
+    assert after <= STOPPED_WITHIN, (after, err)
     assert proc.returncode == status and said in err, err
     assert "Traceback" not in err and out == "" and "wabucket: downloaded" not in err
     no_part_files(dest)
@@ -709,7 +734,7 @@ def test_a_second_upload_to_an_alias_being_uploaded_is_refused(s3_env, seaweed, 
         wait_until(lambda: proxy.count("PUT", OK) >= 4, 60, "4 PUTs", first)
         direct(env, seaweed)
         second = env.wabucket("upload", str(other), "-n", "ds", "-t", "dataset", "-a", "same", "--overwrite")
-        out, err = first.communicate(timeout=120)
+        _out, err = first.communicate(timeout=120)
     assert second.returncode == 1 and "is running (host" in second.stderr, second.stderr
     assert first.returncode == 0, err
     env.wabucket("download", "dataset", "ds", "same", "-d", str(tmp_path / "dl"), check=True)

@@ -14,13 +14,14 @@ import pytest
 from tests.conftest import RawBucket, make_tree, online, outputs, tree_hashes, use_backend
 
 
-def wandb_api(env):
-    """wandb.Api() in this process, configured like the test's CLI runs (never ~/.netrc or ~/.cache)."""
-    import os
-
+def wandb_api(env, monkeypatch):
+    """wandb.Api() in this process, configured like the test's CLI runs (never ~/.netrc or ~/.cache); the
+    WANDB_* variables it needs are set in this process's environment until the end of the test only."""
     import wandb
 
-    os.environ.update({k: v for k, v in env.vars.items() if k.startswith("WANDB_") and k != "WANDB_PROJECT"})
+    for k, v in env.vars.items():
+        if k.startswith("WANDB_") and k != "WANDB_PROJECT":
+            monkeypatch.setenv(k, v)
     return wandb.Api(api_key=env.vars["WANDB_API_KEY"], overrides={"base_url": env.vars["WANDB_BASE_URL"]})
 
 
@@ -77,7 +78,7 @@ print("wandb imported:", "wandb" in sys.modules)
     assert "WANDB_MODE=disabled" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_sdk_records_in_the_scripts_own_run_whatever_wandb_mode_says(env, wandb_server, tmp_path):
+def test_sdk_records_in_the_scripts_own_run_whatever_wandb_mode_says(env, wandb_server, tmp_path, monkeypatch):
     """A script that starts its own online run records the artifact there, even with WANDB_MODE=disabled
     in its environment (wandb.init(mode=...) wins over the variable)."""
     env = online(env, wandb_server)
@@ -93,7 +94,7 @@ run.finish()
 """
     env.python(code)
     del env.vars["WANDB_MODE"]  # wandb_api copies WANDB_* into this process
-    art = wandb_api(env).artifact(f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}/ds:u1", type="dataset")
+    art = wandb_api(env, monkeypatch).artifact(f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}/ds:u1", type="dataset")
     assert art.logged_by().name == "trainer"
 
 
@@ -119,7 +120,7 @@ def online_env(backend_env, wandb_server):
     return online(backend_env, wandb_server)
 
 
-def test_roundtrip_online_with_lineage(online_env, tmp_path):
+def test_roundtrip_online_with_lineage(online_env, tmp_path, monkeypatch):
     env = online_env
     src = make_tree(tmp_path / "src")
     out = upload(env, src, "-n", "mnist", "-t", "dataset", "-a", "v1data", "-m", "source=unit-test",
@@ -135,7 +136,7 @@ def test_roundtrip_online_with_lineage(online_env, tmp_path):
         line for line in proc.stderr.splitlines() if line.startswith(f"wabucket: downloaded {len(tree_hashes(src))} files")
     ] and proc.stderr.count("wabucket: downloaded ") == 1, proc.stderr
 
-    api = wandb_api(env)
+    api = wandb_api(env, monkeypatch)
     art = api.artifact(f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}/mnist:v1data", type="dataset")
     assert "latest" in art.aliases
     assert art.metadata["source"] == "unit-test"
@@ -153,7 +154,7 @@ def test_roundtrip_online_with_lineage(online_env, tmp_path):
     assert [r.name for r in art.used_by()] == ["consumer"]
 
 
-def test_version_follows_content(online_env, tmp_path):
+def test_version_follows_content(online_env, tmp_path, monkeypatch):
     """Same content under a new alias: no new version; changed content: a new one, `latest` moves."""
     env = online_env
     src = make_tree(tmp_path / "src", big=False)
@@ -161,7 +162,7 @@ def test_version_follows_content(online_env, tmp_path):
     upload(env, src, "-n", "ds", "-t", "dataset", "-a", "two")
     (src / "a.txt").write_text("changed")
     upload(env, src, "-n", "ds", "-t", "dataset", "-a", "three")
-    api = wandb_api(env)
+    api = wandb_api(env, monkeypatch)
     ent = env.vars["WANDB_ENTITY"]
     proj = env.vars["WANDB_PROJECT"]
     one, two, three = (api.artifact(f"{ent}/{proj}/ds:{a}") for a in ("one", "two", "three"))
@@ -341,8 +342,8 @@ def test_no_reff_stores_the_files_in_wandb(env, wandb_server, tmp_path):
 
 def _wandb_script(env, body: str) -> None:
     """A user's own wandb script against the test's W&B backend and project."""
-    env.python("import wandb\nrun = wandb.init(project=%r, settings=wandb.Settings(silent=True))\n%s\nrun.finish()\n"
-               % (env.vars["WANDB_PROJECT"], body))
+    env.python(f"import wandb\nrun = wandb.init(project={env.vars['WANDB_PROJECT']!r}, "
+               f"settings=wandb.Settings(silent=True))\n{body}\nrun.finish()\n")
 
 
 def test_plain_wandb_artifacts_download_complete_or_fail(env, wandb_server, tmp_path):

@@ -144,11 +144,12 @@ def test_the_api_follows_the_callers_current_run(sdk_online, tmp_path, wandb_ser
 
 
 @pytest.mark.parametrize("mode", ["offline", "disabled"])
-def test_the_callers_offline_or_disabled_run_decides_the_mode(sdk_online, tmp_path, mode):
+def test_the_callers_offline_or_disabled_run_decides_the_mode(sdk_online, tmp_path, mode, wandb_server):
     """WANDB_MODE says online, but the script's run is offline (or disabled): the API works as that
     run does, instead of waiting for a server the run never talks to."""
     env = sdk_online
     src = make_tree(tmp_path / "src", big=False)
+    requests_before = len(wandb_server.requests)
     run_script(env, f"""
         run = wandb.init(project=PROJECT, mode={mode!r})
         with api() as a:
@@ -159,6 +160,18 @@ def test_the_callers_offline_or_disabled_run_decides_the_mode(sdk_online, tmp_pa
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
     meta = Path(env.bucket) / "dataset" / "ds" / ".wabucketref"
     assert (meta / "a.jsonl").is_file() and not (meta / "a.partial").exists()
+    # the W&B server (online in the environment) received nothing: no request, no run, no version
+    project = env.vars["WANDB_PROJECT"]
+    assert wandb_server.requests[requests_before:] == []
+    assert [r for r in wandb_server.runs() if r["project"] == project] == []
+    assert wandb_server.artifact_versions(project, "ds") == []
+    # an offline run keeps the upload for `wandb sync`; a disabled one records nothing anywhere
+    offline_runs = list((env.cwd / "wandb").glob("offline-run-*/run-*.wandb"))
+    if mode == "offline":
+        [record] = offline_runs
+        assert b"ds" in record.read_bytes() and b"dataset" in record.read_bytes()
+    else:
+        assert offline_runs == [] and not list(env.cwd.rglob("*.wandb"))
 
 
 def test_sdk_errors_are_wabucketref_errors_raised_before_bytes_move(env, tmp_path):

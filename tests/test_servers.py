@@ -132,13 +132,11 @@ def test_seaweed_auth_empty_object_and_restart(seaweed: SeaweedS3) -> None:
         lambda request, **_: sent_expect.append(request.headers.get("Expect")),
     )
     # the assertion client never sends Expect: 100-continue (SeaweedFS quirk),
-    # and the request after an empty PUT must not stall
+    # and the request after an empty PUT must not stall: a stalled one would time out and be sent again
     client.put_object(Bucket="quirk-check", Key="dir/empty", Body=b"")
-    t0 = time.monotonic()
     client.put_object(Bucket="quirk-check", Key="dir/full", Body=b"x" * 10)
     assert seaweed.list_keys("quirk-check", "dir/") == ["dir/empty", "dir/full"]
-    assert time.monotonic() - t0 < 5
-    assert sent_expect == [None, None]
+    assert sent_expect == [None, None]  # each PUT sent once
 
     env = seaweed.env()
     assert env["AWS_ENDPOINT_URL_S3"] == env["AWS_S3_ENDPOINT_URL"] == seaweed.endpoint_url

@@ -7,8 +7,12 @@ public API for ``wandb.Api()``) talks to this server over HTTP on loopback:
   walking its own selection set (aliases, fragments, inline fragments,
   ``__typename``, ``@include``/``@skip``, variables with defaults) against an
   in-memory model.  No schema is needed: the response has exactly the shape the
-  client asked for.  Unknown fields answer ``null`` and are recorded in
-  :attr:`WandbBackend.unknown`.
+  client asked for.  The backend is strict: a field, root field or operation
+  it does not implement is recorded in :attr:`WandbBackend.unknown_fields`
+  and the whole request is answered with GraphQL errors naming it (as a real
+  GraphQL server rejects a document that does not validate), so the client
+  fails; the suite's autouse fixture also fails the test that caused it.
+  An HTTP route it does not implement is recorded the same way.
 * ``PUT /_upload/{token}``: upload URLs handed out by CreateArtifactManifest,
   CreateArtifactFiles and CreateRunFiles.
 * ``GET /_files/{kind}/{key}``, ``GET /artifacts/{entity}/{md5hex}``,
@@ -41,10 +45,11 @@ import socket
 import tempfile
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 from aiohttp import web
 from graphql import parse
@@ -52,7 +57,7 @@ from graphql.language import ast as gast
 
 log = logging.getLogger("wandb_backend")
 
-__all__ = ["WandbBackend", "GraphQLError"]
+__all__ = ["GraphQLError", "WandbBackend"]
 
 
 # --------------------------------------------------------------------------- #
@@ -79,7 +84,7 @@ def _parse_gid(gid: str | None) -> tuple[str, int] | None:
     try:
         kind, num = base64.b64decode(gid.encode(), validate=True).decode().split(":", 1)
         return kind, int(num)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not an id of ours: no such object
         return None
 
 
@@ -133,7 +138,7 @@ class GObj:
     def typename(self) -> str:
         return self.TYPENAME
 
-    def resolve(self, name: str, args: dict[str, Any], backend: "WandbBackend") -> Any:
+    def resolve(self, name: str, args: dict[str, Any], backend: WandbBackend) -> Any:
         meth = getattr(self, "f_" + name, None)
         if meth is not None:
             return meth(args, backend)
@@ -153,7 +158,7 @@ class Plain(GObj):
     def typename(self) -> str:
         return self._typename
 
-    def resolve(self, name: str, args: dict[str, Any], backend: "WandbBackend") -> Any:
+    def resolve(self, name: str, args: dict[str, Any], backend: WandbBackend) -> Any:
         if name in self._values:
             v = self._values[name]
             return v(args) if callable(v) else v
@@ -242,9 +247,9 @@ class Project(GObj):
     entity: Entity
     name: str
     created_at: str = field(default_factory=_now)
-    runs: dict[str, "Run"] = field(default_factory=dict)
-    types: dict[str, "ArtifactType"] = field(default_factory=dict)
-    sequences: dict[str, "ArtifactSequence"] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    types: dict[str, ArtifactType] = field(default_factory=dict)
+    sequences: dict[str, ArtifactSequence] = field(default_factory=dict)
 
     def f_id(self, a, b):
         return _gid("Project", self.num)
@@ -331,8 +336,8 @@ class Run(GObj):
     heartbeat_at: str = field(default_factory=_now)
     exitcode: int | None = None
     stopped: bool = False
-    inputs: list["Artifact"] = field(default_factory=list)
-    outputs: list["Artifact"] = field(default_factory=list)
+    inputs: list[Artifact] = field(default_factory=list)
+    outputs: list[Artifact] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # name -> object key
     output_log: list[str] = field(default_factory=list)
 
@@ -426,9 +431,24 @@ class Run(GObj):
         return len(self.output_log)
 
     def f_history(self, a, b):
+        rows = [
+            r for i, r in enumerate(self.history)
+            if (a.get("minStep") is None or r.get("_step", i) >= int(a["minStep"]))
+            and (a.get("maxStep") is None or r.get("_step", i) < int(a["maxStep"]))
+        ]
         samples = a.get("samples")
-        rows = self.history if samples is None else self.history[: int(samples)]
+        rows = rows if samples is None else rows[: int(samples)]
         return [json.dumps(r) for r in rows]
+
+    def f_parquetHistory(self, a, b):
+        # No parquet exports here: the whole history is "live" data (the rows not yet exported on W&B),
+        # each row cut to the asked keys (and its step).
+        keys = a.get("liveKeys") or []
+        rows = [
+            {k: v for k, v in r.items() if not keys or k in keys or k == "_step"}
+            for r in self.history
+        ]
+        return Plain("RunParquetHistory", parquetUrls=[], liveData=rows)
 
     def f_sampledHistory(self, a, b):
         out = []
@@ -489,7 +509,7 @@ class ArtifactType(GObj):
     def f_project(self, a, b):
         return self.project
 
-    def _seqs(self) -> list["ArtifactSequence"]:
+    def _seqs(self) -> list[ArtifactSequence]:
         return [s for s in self.project.sequences.values() if s.type is self]
 
     def f_artifactCollection(self, a, b):
@@ -518,26 +538,26 @@ class ArtifactSequence(GObj):
     type: ArtifactType
     description: str | None = None
     created_at: str = field(default_factory=_now)
-    versions: list["Artifact"] = field(default_factory=list)  # committed, by index
-    aliases: dict[str, "Artifact"] = field(default_factory=dict)
-    pending: list["Artifact"] = field(default_factory=list)
+    versions: list[Artifact] = field(default_factory=list)  # committed, by index
+    aliases: dict[str, Artifact] = field(default_factory=dict)
+    pending: list[Artifact] = field(default_factory=list)
 
-    def set_alias(self, alias: str, art: "Artifact") -> None:
+    def set_alias(self, alias: str, art: Artifact) -> None:
         """An alias names at most one version of a collection."""
         self.aliases[alias] = art
 
-    def aliases_of(self, art: "Artifact") -> list[str]:
+    def aliases_of(self, art: Artifact) -> list[str]:
         return [al for al, x in self.aliases.items() if x is art]
 
-    def live(self) -> list["Artifact"]:
+    def live(self) -> list[Artifact]:
         """Committed, not deleted versions, oldest first."""
         return [a for a in self.versions if a.state == "COMMITTED"]
 
-    def latest(self) -> "Artifact | None":
+    def latest(self) -> Artifact | None:
         live = self.live()
         return self.aliases.get("latest") or (live[-1] if live else None)
 
-    def find(self, ref: str) -> "Artifact | None":
+    def find(self, ref: str) -> Artifact | None:
         m = re.fullmatch(r"v(\d+)", ref)
         if m:
             i = int(m.group(1))
@@ -620,14 +640,14 @@ class Alias(GObj):
     def f_artifactCollection(self, a, b):
         return self.seq
 
-    f_artifactCollectionName = lambda self, a, b: self.seq.name  # noqa: E731
+    f_artifactCollectionName = lambda self, a, b: self.seq.name
 
 
 @dataclass(eq=False)
 class Membership(GObj):
     TYPENAME = "ArtifactCollectionMembership"
     seq: ArtifactSequence
-    artifact: "Artifact"
+    artifact: Artifact
 
     def f_id(self, a, b):
         return _gid("ArtifactCollectionMembership", self.artifact.num)
@@ -675,7 +695,7 @@ class Artifact(GObj):
     created_by: Run | None = None
     used_by: list[Run] = field(default_factory=list)
     files: dict[str, ArtifactFile] = field(default_factory=dict)
-    manifest: "Manifest | None" = None
+    manifest: Manifest | None = None
     client_id: str | None = None
     sequence_client_id: str | None = None
     history_step: int | None = None
@@ -685,7 +705,7 @@ class Artifact(GObj):
     def aliases(self) -> list[str]:
         return self.seq.aliases_of(self)
 
-    def manifest_json(self, backend: "WandbBackend") -> dict[str, Any] | None:
+    def manifest_json(self, backend: WandbBackend) -> dict[str, Any] | None:
         if self.manifest is None or not self.manifest.uploaded:
             return None
         return json.loads(backend._read_object("manifest", self.manifest.key))
@@ -837,7 +857,7 @@ def _ast_value(node: gast.ValueNode, variables: dict[str, Any]) -> Any:
 
 
 class _Executor:
-    def __init__(self, backend: "WandbBackend", doc: gast.DocumentNode, variables: dict[str, Any]):
+    def __init__(self, backend: WandbBackend, doc: gast.DocumentNode, variables: dict[str, Any]):
         self.backend = backend
         self.variables = variables
         self.fragments = {
@@ -944,6 +964,9 @@ class MutationRoot(GObj):
 class WandbBackend:
     """An in-process W&B server model for tests (see module docstring)."""
 
+    # Every backend started in this process: tests/conftest.py checks their records after each test.
+    started: ClassVar[list[WandbBackend]] = []
+
     def __init__(self, workdir: Path | None = None, entity: str = "test-entity") -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="wandb-backend-"))
@@ -955,12 +978,16 @@ class WandbBackend:
         self.port: int | None = None
         self.base_url = ""
         self.requests: list[str] = []
-        self.unknown: list[str] = []  # "Type.field" answered with null
+        # What a client asked for and this backend does not implement, one entry per request that
+        # asked ("Type.field", "operation Name", "HTTP METHOD /path"); the request was answered with errors.
+        self.unknown_fields: list[str] = []
+        self.strict = True  # False: answer unknown fields with null (still recorded)
         self.errors: list[str] = []  # GraphQL errors returned
         self.queries: list[tuple[str, str, dict[str, Any]]] = []  # (op, text, variables)
         self.require_auth = True
         self._faults: dict[str, list[int]] = {}
         self._lock = threading.RLock()
+        self._executing: list[str] | None = None  # unknown fields met by the request being answered
         self._entities: dict[str, Entity] = {}
         self._projects: dict[tuple[str, str], Project] = {}
         self._artifacts: dict[int, Artifact] = {}
@@ -972,7 +999,7 @@ class WandbBackend:
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ life
-    def start(self) -> "WandbBackend":
+    def start(self) -> WandbBackend:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -982,7 +1009,7 @@ class WandbBackend:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._serve())
-            except BaseException as e:  # pragma: no cover - startup failure
+            except BaseException as e:  # noqa: BLE001  # pragma: no cover - startup failure, raised by start()
                 failure.append(e)
                 ready.set()
                 return
@@ -998,6 +1025,7 @@ class WandbBackend:
             raise failure[0]
         if not self.port:
             raise RuntimeError("wandb backend did not start")
+        WandbBackend.started.append(self)
         return self
 
     async def _serve(self) -> None:
@@ -1029,10 +1057,10 @@ class WandbBackend:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "WandbBackend":
+    def __enter__(self) -> WandbBackend:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def env(self) -> dict[str, str]:
@@ -1160,11 +1188,18 @@ class WandbBackend:
         return f"{a.seq.name}:{v}"
 
     # ------------------------------------------------------------ model helpers
+    @property
+    def unknown(self) -> list[str]:
+        """The distinct entries of :attr:`unknown_fields`, in order."""
+        return list(dict.fromkeys(self.unknown_fields))
+
     def _note_unknown(self, typename: str, fieldname: str) -> None:
-        key = f"{typename}.{fieldname}"
-        if key not in self.unknown:
-            self.unknown.append(key)
-            log.warning("wandb backend: unknown field %s answered null", key)
+        key = f"{typename}.{fieldname}" if fieldname else typename
+        with self._lock:
+            self.unknown_fields.append(key)
+            if self._executing is not None:
+                self._executing.append(key)
+        log.warning("wandb backend: %s is not implemented", key)
 
     def _entity(self, name: str | None) -> Entity:
         name = name or self.entity
@@ -1640,8 +1675,8 @@ class WandbBackend:
         h = request.headers.get("Authorization", "")
         if h.startswith("Basic "):
             try:
-                user, _, pw = base64.b64decode(h[6:]).decode().partition(":")
-            except Exception:
+                _user, _, pw = base64.b64decode(h[6:]).decode().partition(":")
+            except Exception:  # noqa: BLE001 - a malformed header is a failed login
                 return False
             return pw == self.api_key
         if h.startswith("Bearer "):
@@ -1670,7 +1705,7 @@ class WandbBackend:
         variables = dict(body.get("variables") or {})
         try:
             doc = parse(text)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - graphql-core's syntax errors, answered as a client error
             self.requests.append("gql <unparsable>")
             return 400, {"errors": [{"message": f"Syntax Error: {e}"}]}
         ops = [d for d in doc.definitions if isinstance(d, gast.OperationDefinitionNode)]
@@ -1690,6 +1725,7 @@ class WandbBackend:
         if not auth_ok:
             return 401, {"errors": [{"message": "permission denied: invalid API key"}]}
         if op is None:
+            self._note_unknown(f"operation {op_name}", "")
             return 400, {"errors": [{"message": f"Unknown operation named {op_name!r}"}]}
         for vd in op.variable_definitions or ():
             vname = vd.variable.name.value
@@ -1698,8 +1734,13 @@ class WandbBackend:
         root: GObj = MutationRoot() if op.operation.value == "mutation" else QueryRoot()
         with self._lock:
             ex = _Executor(self, doc, variables)
+            self._executing = unknown = []
             try:
                 data = ex.complete(root, [op.selection_set])
+                if unknown and self.strict:
+                    raise GraphQLError("; ".join(
+                        f'Cannot query field "{k.split(".", 1)[1]}" on type "{k.split(".", 1)[0]}" '
+                        "(not implemented by the test W&B backend)" for k in dict.fromkeys(unknown)))
             except GraphQLError as e:
                 msg = str(e)
                 self.errors.append(f"{op_name}: {msg}")
@@ -1709,6 +1750,8 @@ class WandbBackend:
                 log.exception("wandb backend: crash answering %s", op_name)
                 self.errors.append(f"{op_name}: internal {e!r}")
                 return 500, {"errors": [{"message": f"internal error: {e!r}"}]}
+            finally:
+                self._executing = None
         return 200, {"data": data}
 
     async def _h_upload(self, request: web.Request) -> web.Response:
@@ -1803,6 +1846,7 @@ class WandbBackend:
 
     async def _h_unknown(self, request: web.Request) -> web.Response:
         self.requests.append(f"{request.method} {request.path} (unhandled)")
+        self._note_unknown(f"HTTP {request.method} {request.path}", "")
         log.warning("wandb backend: unhandled %s %s", request.method, request.path)
         return web.Response(status=404, text="not found")
 

@@ -4,6 +4,7 @@ platform job tags: against the real apolo_sdk, the fake control plane and the W&
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -215,7 +216,7 @@ def test_reads_first_version_s3_references(env, request, tmp_path, wandb_server)
     no_boto3 = tmp_path / "no-boto3" / "boto3"
     no_boto3.mkdir(parents=True)
     (no_boto3 / "__init__.py").write_text("raise ImportError('boto3 is not installed')\n")
-    without_boto3 = {"PYTHONPATH": str(no_boto3.parent)}
+    without_boto3 = {"PYTHONPATH": os.pathsep.join(filter(None, [str(no_boto3.parent), os.environ.get("PYTHONPATH")]))}
 
     proc = env.wabucket("download", "dataset", "first", "s1", "-d", str(tmp_path / "dl"), env=without_boto3, check=True)
     assert tree_hashes(tmp_path / "dl") == tree_hashes(src)

@@ -125,8 +125,8 @@ def test_server_errors_are_transient_and_retried_once_per_budget(seaweed):
 
 
 def test_azure_failures_are_named_by_the_container(azurite):
-    from wabucketref.storage.azure import AzureStorage
     from tests.servers.azurite import ACCOUNT_KEY
+    from wabucketref.storage.azure import AzureStorage
 
     missing = AzureStorage("no-such-container", uri="blob://cl/o/p/no-such-container", endpoint=azurite.endpoint,
                            account_key=ACCOUNT_KEY, retry_config=FAST)

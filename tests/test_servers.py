@@ -23,11 +23,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
-from yarl import URL
-
 import apolo_sdk
+import pytest
 from apolo_sdk import Factory
+from yarl import URL
 
 from tests.servers.platform import FakePlatform
 from tests.servers.s3 import SeaweedS3

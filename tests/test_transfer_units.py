@@ -111,8 +111,8 @@ def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
     import threading
 
     from wabucketref.manifest import FileEntry
-    from wabucketref.storage.local import LocalStorage
     from wabucketref.ranges import stream_range as _stream_range
+    from wabucketref.storage.local import LocalStorage
 
     data = random.Random(2).randbytes(3 * PART)
     (tmp_path / "bucket").mkdir()

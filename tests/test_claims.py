@@ -1,0 +1,208 @@
+"""README claims, each tried through the CLI as a user runs it, against the suite's real servers:
+an offline upload sent later with `wandb sync`, --entity and --job-type, WABUCKET_BUCKET and
+WABUCKET_CONCURRENCY, a platform bucket given by id, `~/bucket`, WABUCKET_DEBUG, the upload
+marker's refresh and takeover, an interrupted --overwrite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env, make_tree, online, tree_hashes, use_backend
+from tests.servers.faultproxy import FaultProxy
+from tests.test_reliability import OK, direct, make_files, summary, via, wait_until
+
+
+def one_error_line(proc, *needles: str) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wabucket: error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], proc.stderr
+    return errors[0]
+
+
+def spawn(env: Env, *args: str) -> subprocess.Popen:
+    """The CLI in the background, with SIGINT at its default disposition: a child of a background
+    job inherits SIGINT ignored, and a test that sends it one must not depend on how it was started."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "wabucketref", "--bucket", env.bucket, "--project-name", env.vars["WANDB_PROJECT"], *args],
+        env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+@pytest.fixture
+def s3_env(env, request, tmp_path) -> Env:
+    return use_backend(env, "s3", request, tmp_path)
+
+
+# ------------------------------------------------------------------ offline, then `wandb sync`, then online
+
+
+def test_offline_upload_synced_later_then_downloaded_online_with_lineage(s3_env, wandb_server, tmp_path):
+    """README: with WANDB_MODE=offline uploads are recorded for `wandb sync`. The offline upload
+    is sent with `wandb sync`; W&B then has the version, logged by the synced run, and an online
+    download resolves it, brings the bytes and is recorded as its user."""
+    env = online(s3_env, wandb_server)
+    project = env.vars["WANDB_PROJECT"]
+    src = make_tree(tmp_path / "src", big=False)
+    env.wabucket("--run-name", "offline-producer", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "off1",
+                 "-m", "source=offline", check=True, env={"WANDB_MODE": "offline"})
+    assert wandb_server.artifact_versions(project, "ds") == []  # nothing reached W&B yet
+    [run_dir] = (env.cwd / "wandb").glob("offline-run-*")
+    sync = subprocess.run([sys.executable, "-m", "wandb", "sync", str(run_dir)], env=env.vars, cwd=env.cwd,
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+
+    [version] = wandb_server.artifact_versions(project, "ds")
+    assert version["state"] == "COMMITTED" and {"off1", "latest"} <= set(version["aliases"])
+    assert version["metadata"] == {"source": "offline"}
+    assert version["entries"]["platform_blob"]["ref"] == f"s3://{env.extra['s3_bucket']}/some/prefix/dataset/ds/off1"
+    producer = {r["id"]: r for r in wandb_server.runs()}[version["logged_by"]]
+    assert producer["name"] == "offline-producer" and producer["job_type"] == "upload" and producer["project"] == project
+
+    dest = tmp_path / "dl"
+    env.wabucket("--run-name", "online-consumer", "download", "dataset", "ds", "off1", "-d", str(dest), check=True)
+    assert tree_hashes(dest) == tree_hashes(src)
+    [version] = wandb_server.artifact_versions(project, "ds")
+    consumers = [r for r in wandb_server.runs() if r["id"] in version["used_by"]]
+    assert [(r["name"], r["job_type"]) for r in consumers] == [("online-consumer", "download")]
+    assert consumers[0]["inputs"] == [f"ds:{version['version']}"]
+    assert producer["id"] != consumers[0]["id"]
+
+
+# ------------------------------------------------------------------ --entity and --job-type
+
+
+def test_entity_and_job_type_options(env, wandb_server, tmp_path):
+    """--entity puts the runs and the artifact under that entity (not WANDB_ENTITY's), --job-type
+    names the runs' job type (default: the command's name); downloading with --entity finds it there."""
+    env = online(env, wandb_server)
+    project = env.vars["WANDB_PROJECT"]
+    assert env.vars["WANDB_ENTITY"] != "team-x"
+    src = make_tree(tmp_path / "src", big=False)
+    env.wabucket("--entity", "team-x", "--job-type", "prepare-data", "--run-name", "producer",
+                 "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "e1", check=True)
+    env.wabucket("--entity", "team-x", "--run-name", "consumer", "download", "dataset", "ds", "e1",
+                 "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    runs = {r["name"]: r for r in wandb_server.runs() if r["project"] == project}
+    assert (runs["producer"]["entity"], runs["producer"]["job_type"]) == ("team-x", "prepare-data")
+    assert (runs["consumer"]["entity"], runs["consumer"]["job_type"]) == ("team-x", "download")
+    [version] = wandb_server.artifact_versions(project, "ds", entity="team-x")
+    assert "e1" in version["aliases"] and version["used_by"] == [runs["consumer"]["id"]]
+    assert wandb_server.artifact_versions(project, "ds") == []  # not under WANDB_ENTITY's entity
+
+
+# ------------------------------------------------------------------ WABUCKET_BUCKET and WABUCKET_CONCURRENCY
+
+
+def test_bucket_from_wabucket_bucket(env, tmp_path):
+    """--bucket's variable: WABUCKET_BUCKET names the bucket when the option is not given, and the
+    option wins over it."""
+    src = make_tree(tmp_path / "src", big=False)
+    from_env, from_option = tmp_path / "env-bucket", tmp_path / "option-bucket"
+    env.vars["WABUCKET_BUCKET"] = str(from_env)
+    env.run("--project-name", "proj", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "b1", check=True)
+    assert tree_hashes(from_env / "dataset" / "ds" / "b1") == tree_hashes(src)
+    env.run("--project-name", "proj", "download", "dataset", "ds", "b1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    env.run("--bucket", str(from_option), "--project-name", "proj", "upload", str(src), "-n", "ds", "-t", "dataset",
+            "-a", "b2", check=True)
+    assert tree_hashes(from_option / "dataset" / "ds" / "b2") == tree_hashes(src)
+    assert not (from_env / "dataset" / "ds" / "b2").exists()
+
+
+class InFlight(FaultProxy):
+    """A FaultProxy that records how many requests of each method were in flight at once."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    async def _one(self, req, reader, writer) -> bool:
+        m = req.method
+        self.now[m] = self.now.get(m, 0) + 1
+        self.peak[m] = max(self.peak.get(m, 0), self.now[m])
+        try:
+            return await super()._one(req, reader, writer)
+        finally:
+            self.now[m] -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrency_from_wabucket_concurrency(s3_env, seaweed, tmp_path, concurrency):
+    """WABUCKET_CONCURRENCY bounds the files moving at once: with a slow link (so that transfers
+    overlap), the S3 server sees exactly that many uploads, and downloads, in flight at most."""
+    env = s3_env
+    env.vars.update(WABUCKET_CONCURRENCY=str(concurrency), WANDB_MODE="disabled")
+    src = make_files(tmp_path / "src", 12, 40_000)
+    with InFlight(seaweed.endpoint_url, bandwidth=400_000) as proxy:
+        via(env, proxy)
+        env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "c1", check=True)
+        env.wabucket("download", "dataset", "ds", "c1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    assert proxy.peak["PUT"] == concurrency, proxy.peak
+    assert proxy.peak["GET"] == concurrency, proxy.peak
+
+
+# ------------------------------------------------------------------ a platform bucket given by id; ~/bucket
+
+
+def test_platform_bucket_by_id(env, request, tmp_path):
+    """README: --bucket accepts a platform bucket's id as well as its name: the same bucket."""
+    env = use_backend(env, "platform", request, tmp_path)
+    plat = env.extra["platform"]
+    bucket_id = plat.bucket(env.bucket).id
+    assert bucket_id != env.bucket
+    src = make_tree(tmp_path / "src", big=False)
+    env.run("--bucket", bucket_id, "--project-name", "proj", "upload", str(src), "-n", "ds", "-t", "dataset",
+            "-a", "i1", check=True)
+    stored = plat.s3.list_keys(plat.backing_bucket(env.bucket), "dataset/ds/i1/")
+    assert sorted(k.removeprefix("dataset/ds/i1/") for k in stored) == sorted(tree_hashes(src))
+    env.run("--bucket", env.bucket, "--project-name", "proj", "download", "dataset", "ds", "i1",  # by name
+            "-d", str(tmp_path / "by-name"), check=True)
+    env.run("--bucket", bucket_id, "--project-name", "proj", "download", "dataset", "ds", "i1",
+            "-d", str(tmp_path / "by-id"), check=True, env={"WABUCKET_CACHE": "0"})
+    assert tree_hashes(tmp_path / "by-name") == tree_hashes(tmp_path / "by-id") == tree_hashes(src)
+    assert plat.calls_matching(f"/buckets/buckets/{bucket_id}", "GET")  # the platform was asked by id
+
+
+def test_tilde_bucket_is_under_home(env, tmp_path):
+    """`~/bucket` is a folder bucket under $HOME (the tool expands it, as a shell would not when
+    the argument is quoted or comes from a flow's YAML)."""
+    home = Path(env.vars["HOME"])
+    src = make_tree(tmp_path / "src", big=False)
+    env.run("--bucket", "~/bucket", "--project-name", "proj", "upload", str(src), "-n", "ds", "-t", "dataset",
+            "-a", "h1", check=True)
+    assert tree_hashes(home / "bucket" / "dataset" / "ds" / "h1") == tree_hashes(src)
+    assert not (env.cwd / "~").exists()
+    dest = tmp_path / "dl"
+    env.run("--bucket", "~/bucket", "--project-name", "proj", "download", "dataset", "ds", "h1", "-d", str(dest), check=True)
+    assert tree_hashes(dest) == tree_hashes(src)
+
+
+# ------------------------------------------------------------------ WABUCKET_DEBUG
+
+
+def test_wabucket_debug_shows_the_traceback(env, tmp_path):
+    """README: any failure is one line, never a traceback; WABUCKET_DEBUG=1 prints the full traceback."""
+    args = ("download", "dataset", "nothing", "here", "-d", str(tmp_path / "dl"))
+    plain = env.wabucket(*args)
+    assert plain.returncode == 1
+    line = one_error_line(plain, "no manifest for dataset/nothing:here")
+    debug = env.wabucket(*args, env={"WABUCKET_DEBUG": "1"})
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr, debug.stderr
+    assert 'File "' in debug.stderr and "wabucketref" in debug.stderr
+    assert line.removeprefix("wabucket: error: ") in debug.stderr.strip().splitlines()[-1]  # the same error, at the end

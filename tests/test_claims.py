@@ -206,3 +206,118 @@ def test_wabucket_debug_shows_the_traceback(env, tmp_path):
     assert "Traceback (most recent call last)" in debug.stderr, debug.stderr
     assert 'File "' in debug.stderr and "wabucketref" in debug.stderr
     assert line.removeprefix("wabucket: error: ") in debug.stderr.strip().splitlines()[-1]  # the same error, at the end
+
+
+# ------------------------------------------------------------------ the upload marker: refreshed while it runs, taken over when stale
+
+
+def _marker(seaweed, env: Env, alias: str) -> dict | None:
+    client = seaweed.client()
+    try:
+        body = client.get_object(Bucket=env.extra["s3_bucket"], Key=f"some/prefix/dataset/ds/.wabucketref/{alias}.partial")["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)
+
+
+@pytest.mark.slow
+def test_the_upload_marker_is_refreshed_while_the_upload_runs(s3_env, seaweed, tmp_path):
+    """README: the marker names the upload's host and process and is refreshed every 15 s while it
+    runs. A slow upload (~25 s): the marker's `beat` advances, always by the same upload; once the
+    upload is done the marker is gone."""
+    import socket
+
+    env = s3_env
+    env.vars["WANDB_MODE"] = "disabled"
+    src = make_files(tmp_path / "src", 8, 300_000)
+    seen = []
+    with FaultProxy(seaweed.endpoint_url, bandwidth=100_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "2", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "r1")
+        while proc.poll() is None:
+            if (m := _marker(seaweed, env, "r1")) is not None:
+                seen.append(m)
+            time.sleep(0.5)
+        out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert seen, "the marker was never seen"
+    assert {(m["token"], m["host"], m["pid"]) for m in seen} == {(seen[0]["token"], socket.gethostname(), proc.pid)}
+    beats = sorted({m["beat"] for m in seen})
+    assert len(beats) >= 2, beats  # refreshed at least once
+    assert 10 <= beats[1] - beats[0] <= 30, beats  # about every 15 s
+    assert _marker(seaweed, env, "r1") is None
+    direct(env, seaweed)
+    env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the stopped upload's marker refresh (an unconditional PUT) writes its marker "
+                   "back after the takeover, so its final check passes: both uploads exit 0, the first registers its "
+                   "manifest over the second's files, and verify/download of the alias then fail (size 1000 vs 300000)")
+def test_a_stale_marker_is_taken_over_and_the_stopped_upload_registers_nothing(s3_env, seaweed, tmp_path):
+    """An upload stopped without a word (a machine suspended, a frozen job): once its marker is over
+    a minute old, another upload to the alias takes over and completes. When the first one wakes
+    up it must find that out and register nothing; the alias keeps the second upload's content."""
+    env = s3_env
+    env.vars["WANDB_MODE"] = "disabled"
+    first_src = make_files(tmp_path / "first", 8, 300_000)  # ~25 s through the slow link
+    second_src = make_files(tmp_path / "second", 3, 1000, seed=7)
+    with FaultProxy(seaweed.endpoint_url, bandwidth=100_000) as proxy:
+        via(env, proxy)
+        first = spawn(env, "--concurrency", "2", "upload", str(first_src), "-n", "ds", "-t", "dataset", "-a", "t1")
+        wait_until(lambda: proxy.count("PUT", OK) >= 2 and _marker(seaweed, env, "t1") is not None, 60, "the first upload", first)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            marker = _marker(seaweed, env, "t1")
+            marker["beat"] -= 120  # as if it had been stopped for two minutes
+            seaweed.client().put_object(Bucket=env.extra["s3_bucket"], Key="some/prefix/dataset/ds/.wabucketref/t1.partial",
+                                        Body=json.dumps(marker).encode())
+            direct(env, seaweed)
+            second = env.wabucket("upload", str(second_src), "-n", "ds", "-t", "dataset", "-a", "t1")
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert "resuming an interrupted upload" in second.stderr, second.stderr
+    assert first.returncode == 1, err
+    one_error_line(first, "took over while this one ran")
+    env.wabucket("verify", "dataset", "ds", "t1", check=True)
+    env.wabucket("download", "dataset", "ds", "t1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(second_src)
+    assert _marker(seaweed, env, "t1") is None
+
+
+# ------------------------------------------------------------------ an interrupted --overwrite, finished by rerunning it
+
+
+def test_an_interrupted_overwrite_is_finished_by_rerunning_it(s3_env, seaweed, tmp_path):
+    """--overwrite help: the old content is unusable from the start; an interrupted overwrite is
+    finished by rerunning it. Ctrl-C mid-overwrite: the alias serves neither the old content nor a
+    mix; the rerun moves only what is missing, removes the old files, and the alias is the new folder."""
+    env = s3_env
+    old_src = make_tree(tmp_path / "old", big=False)
+    new_src = make_files(tmp_path / "new", 40, 100_000)
+    env.wabucket("upload", str(old_src), "-n", "ds", "-t", "dataset", "-a", "o1", check=True)
+    with FaultProxy(seaweed.endpoint_url, bandwidth=1_000_000) as proxy:
+        via(env, proxy)
+        proc = spawn(env, "--concurrency", "3", "upload", str(new_src), "-n", "ds", "-t", "dataset", "-a", "o1", "--overwrite")
+        wait_until(lambda: proxy.count("PUT", OK) >= 8, 60, "8 PUTs", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    direct(env, seaweed)
+    assert proc.returncode == 130 and "wabucket: interrupted" in err, err
+    for cmd in (("download", "dataset", "ds", "o1", "-d", str(tmp_path / "between")), ("verify", "dataset", "ds", "o1")):
+        between = env.wabucket(*cmd)
+        assert between.returncode == 1, between.stderr
+        one_error_line(between, "no manifest for dataset/ds:o1")
+    assert not [p for p in (tmp_path / "between").rglob("*") if p.is_file()]
+
+    rerun = env.wabucket("upload", str(new_src), "-n", "ds", "-t", "dataset", "-a", "o1", "--overwrite", check=True)
+    moved, there = summary(rerun.stderr, "uploaded")
+    assert there >= 7 and moved + there == 40, rerun.stderr
+    raw = seaweed.list_keys(env.extra["s3_bucket"], "some/prefix/dataset/ds/")
+    assert sorted(k.removeprefix("some/prefix/dataset/ds/o1/") for k in raw if "/o1/" in k) == sorted(tree_hashes(new_src))
+    assert [k for k in raw if "/.wabucketref/" in k] == ["some/prefix/dataset/ds/.wabucketref/o1.jsonl"]
+    env.wabucket("download", "dataset", "ds", "o1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(new_src)

@@ -5,20 +5,25 @@ marker's refresh and takeover, an interrupted --overwrite."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, make_tree, online, tree_hashes, use_backend
+from tests.conftest import MULTIPART_FILE_SIZE, Env, make_tree, online, tree_hashes, use_backend
 from tests.servers.faultproxy import FaultProxy
-from tests.test_reliability import OK, direct, make_files, summary, via, wait_until
+from tests.servers.platform import FakePlatform
+from tests.test_reliability import (  # noqa: F401 - restart_guard is a fixture
+    FILE_SIZE, N_FILES, OK, STOPS, _interrupt, direct, final_files_are_whole, make_files, no_part_files, restart_guard, summary,
+    via, wait_until,
+)
 
 
 def one_error_line(proc, *needles: str) -> str:
@@ -321,3 +326,224 @@ def test_an_interrupted_overwrite_is_finished_by_rerunning_it(s3_env, seaweed, t
     assert [k for k in raw if "/.wabucketref/" in k] == ["some/prefix/dataset/ds/.wabucketref/o1.jsonl"]
     env.wabucket("download", "dataset", "ds", "o1", "-d", str(tmp_path / "dl"), check=True)
     assert tree_hashes(tmp_path / "dl") == tree_hashes(new_src)
+
+
+# ------------------------------------------------------------------ Ctrl-C, SIGTERM and a killed server on platform buckets (S3 and Azure)
+
+
+CREATED = (200, 201)  # a PUT's answer: S3 says 200, Azure 201
+
+
+class ProxiedPlatform(FakePlatform):
+    """A platform whose temporary credentials send the bytes through a proxy in front of the
+    storage server (a slow link; a server killed behind it)."""
+
+    s3_url = ""
+    azure_url = ""
+
+    def _s3_creds(self, bucket):
+        return {**super()._s3_creds(bucket), "endpoint_url": self.s3_url}
+
+    def _azure_creds(self, bucket):
+        return {**super()._azure_creds(bucket), "storage_endpoint": self.azure_url}
+
+
+@dataclass
+class Stage:
+    """A platform bucket whose bytes pass a FaultProxy, and the storage server behind it."""
+
+    env: Env
+    kind: str
+    proxy: "InFlight"
+    plat: ProxiedPlatform
+    seaweed: object
+    azurite: object = None
+
+    def keys(self, prefix: str) -> dict[str, bytes]:
+        """Objects under prefix in the bucket, read straight from the storage server."""
+        backing = self.plat.backing_bucket(self.env.bucket)
+        if self.kind == "platform-azure":
+            container = self.azurite.container(backing)
+            names = [b.name for b in container.list_blobs(name_starts_with=prefix)]
+            return {n[len(prefix):]: container.download_blob(n).readall() for n in names}
+        client = self.seaweed.client()
+        return {k[len(prefix):]: client.get_object(Bucket=backing, Key=k)["Body"].read()
+                for k in self.seaweed.list_keys(backing, prefix)}
+
+    def quiet(self) -> None:
+        """Full speed, once the requests in flight have ended (a stopped client may have sent a
+        whole request that the slow link is still carrying to the server)."""
+        wait_until(lambda: not any(self.proxy.now.values()), 60, "the requests in flight to end")
+        self.proxy.bandwidth = None
+
+    def kill(self) -> None:
+        if self.kind == "platform-azure":
+            os.killpg(self.azurite.proc.pid, signal.SIGKILL)
+            self.azurite.proc.wait()
+            self.azurite.proc = None
+        else:
+            self.seaweed.kill()
+
+    def restart(self) -> None:
+        if self.kind == "platform-azure":
+            self.azurite.start()  # the same data folder, on a new port: the proxy follows it
+            self.proxy.upstream_port = self.azurite.port
+        else:
+            self.seaweed.restart()
+
+
+@contextlib.contextmanager
+def staged(env: Env, kind: str, tmp_path: Path, seaweed, azurite) -> Stage:
+    upstream = seaweed.endpoint_url if kind == "platform" else f"http://127.0.0.1:{azurite.port}"
+    with InFlight(upstream) as proxy:
+        plat = ProxiedPlatform(seaweed)
+        plat.azure = azurite
+        plat.s3_url, plat.azure_url = proxy.url, f"{proxy.url}/devstoreaccount1"
+        plat.start()
+        try:
+            env.bucket = f"b-{os.urandom(5).hex()}"
+            plat.add_bucket(env.bucket, provider="azure" if kind == "platform-azure" else "aws")
+            env.vars.update(plat.env(config_dir=tmp_path / "apolo-config"))
+            env.vars["WANDB_MODE"] = "disabled"
+            yield Stage(env, kind, proxy, plat, seaweed, azurite)
+        finally:
+            plat.stop()
+
+
+@pytest.fixture(params=["platform", "platform-azure"])
+def platform_stage(request, env, seaweed, tmp_path):
+    azurite = request.getfixturevalue("azurite") if request.param == "platform-azure" else None
+    with staged(env, request.param, tmp_path, seaweed, azurite) as stage:
+        yield stage
+
+
+def _with_a_big_file(tmp_path: Path) -> Path:
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    (src / "big.bin").write_bytes(os.urandom(MULTIPART_FILE_SIZE))
+    return src
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_ctrl_c_and_sigterm_during_upload_to_a_platform_bucket(platform_stage, tmp_path, stop):
+    """README: Ctrl-C exits 130 and SIGTERM 143, after the same cleanup, and a rerun resumes;
+    nothing half-written is left under a final name. On platform buckets of both providers."""
+    sig, status, said = STOPS[stop]
+    st, env = platform_stage, platform_stage.env
+    src = _with_a_big_file(tmp_path)
+    st.proxy.bandwidth = 1_000_000
+    proc = spawn(env, "--concurrency", "3", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1")
+    wait_until(lambda: st.proxy.count("PUT", CREATED) >= 8, 60, "8 PUTs", proc)
+    _, out, err = _interrupt(proc, sig)
+    st.quiet()
+    assert proc.returncode == status and said in err, err
+    assert "Traceback" not in err and out == "" and "wabucket: uploaded" not in err
+    stored = st.keys("dataset/ds/i1/")
+    want = {p: (src / p).read_bytes() for p in tree_hashes(src)}
+    assert 0 < len(stored) < len(want)
+    for key, data in stored.items():
+        assert want.get(key) == data, f"partial object under a final name: {key}"
+    assert set(st.keys("dataset/ds/.wabucketref/")) == {"i1.partial"}
+    rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1", check=True)
+    assert summary(rerun.stderr, "uploaded") == (len(want) - len(stored), len(stored))
+    env.wabucket("download", "dataset", "ds", "i1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_ctrl_c_and_sigterm_during_download_from_a_platform_bucket(platform_stage, tmp_path, stop):
+    sig, status, said = STOPS[stop]
+    st, env = platform_stage, platform_stage.env
+    src = _with_a_big_file(tmp_path)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1", check=True)
+    dest = tmp_path / "dl"
+    st.proxy.bandwidth = 1_000_000
+    proc = spawn(env, "--concurrency", "3", "download", "dataset", "ds", "i1", "-d", str(dest))
+    wait_until(lambda: st.proxy.count("GET", OK) >= 10, 60, "10 GETs", proc)
+    _, out, err = _interrupt(proc, sig)
+    st.quiet()
+    assert proc.returncode == status and said in err, err
+    assert "Traceback" not in err and out == "" and "wabucket: downloaded" not in err
+    no_part_files(dest)
+    done = final_files_are_whole(dest, src)
+    assert 0 < done < N_FILES + 1
+    rerun = env.wabucket("download", "dataset", "ds", "i1", "-d", str(dest), check=True)
+    assert summary(rerun.stderr, "downloaded") == (N_FILES + 1 - done, done)
+    assert tree_hashes(dest) == tree_hashes(src)
+
+
+@pytest.fixture
+def killable_stage(request, env, restart_guard, tmp_path):
+    """platform_stage, with a storage server of the test's own for Azure (it is killed)."""
+    kind = request.param
+    azurite = None
+    if kind == "platform-azure":
+        from tests.servers.azurite import Azurite
+
+        request.getfixturevalue("azurite")  # the same check that Azurite is installed
+        azurite = Azurite(tmp_path / "azurite").start()
+    try:
+        with staged(env, kind, tmp_path, restart_guard, azurite) as stage:
+            yield stage
+    finally:
+        if azurite is not None:
+            azurite.stop()
+
+
+AZURITE_SAVES = 6  # s: Azurite keeps its metadata in memory and saves it every 5 s; a kill loses what is newer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killable_stage", ["platform", "platform-azure"], indirect=True)
+def test_storage_killed_mid_upload_to_a_platform_bucket(killable_stage, tmp_path):
+    """kill -9 of the storage server mid-upload, for good: exit 1 with one clear line, nothing
+    registered (only the marker); once it is back, the rerun completes the upload."""
+    st, env = killable_stage, killable_stage.env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    if st.kind == "platform-azure":
+        time.sleep(AZURITE_SAVES)  # the container must outlive the kill
+    st.proxy.bandwidth = 1_000_000
+    proc = spawn(env, "--concurrency", "2", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1")
+    wait_until(lambda: st.proxy.count("PUT", CREATED) >= 8, 60, "8 PUTs", proc)
+    st.kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    one_error_line(subprocess.CompletedProcess(proc.args, 1, out, err), "failed after")
+    assert out == ""
+    st.proxy.bandwidth = None
+    st.restart()
+    assert set(st.keys("dataset/ds/.wabucketref/")) <= {"k1.partial"}  # nothing registered
+    rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+    moved, there = summary(rerun.stderr, "uploaded")
+    assert moved + there == N_FILES and moved >= 1
+    if st.kind == "platform":
+        assert there >= 6  # what was written before the kill is kept
+    assert set(st.keys("dataset/ds/.wabucketref/")) == {"k1.jsonl"}
+    env.wabucket("download", "dataset", "ds", "k1", "-d", str(tmp_path / "dl"), check=True)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killable_stage", ["platform", "platform-azure"], indirect=True)
+def test_storage_killed_mid_download_from_a_platform_bucket(killable_stage, tmp_path):
+    st, env = killable_stage, killable_stage.env
+    src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
+    if st.kind == "platform-azure":
+        time.sleep(AZURITE_SAVES)  # the upload must outlive the kill
+    dest = tmp_path / "dl"
+    st.proxy.bandwidth = 1_000_000
+    proc = spawn(env, "--concurrency", "2", "download", "dataset", "ds", "k1", "-d", str(dest))
+    wait_until(lambda: st.proxy.count("GET", OK) >= 10, 60, "10 GETs", proc)
+    st.kill()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    one_error_line(subprocess.CompletedProcess(proc.args, 1, out, err), "failed after")
+    assert out == ""
+    no_part_files(dest)
+    done = final_files_are_whole(dest, src)
+    assert 0 < done < N_FILES
+    st.proxy.bandwidth = None
+    st.restart()
+    rerun = env.wabucket("download", "dataset", "ds", "k1", "-d", str(dest), check=True)
+    assert summary(rerun.stderr, "downloaded") == (N_FILES - done, done)
+    assert tree_hashes(dest) == tree_hashes(src)

@@ -430,7 +430,7 @@ def test_ctrl_c_and_sigterm_during_upload_to_a_platform_bucket(platform_stage, t
     sig, status, said = STOPS[stop]
     st, env = platform_stage, platform_stage.env
     src = _with_a_big_file(tmp_path)
-    st.proxy.bandwidth = 1_000_000
+    st.proxy.bandwidth = 3_000_000  # ~7 s for the whole upload
     proc = spawn(env, "--concurrency", "3", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1")
     wait_until(lambda: st.proxy.count("PUT", CREATED) >= 8, 60, "8 PUTs", proc)
     _, out, err = _interrupt(proc, sig)

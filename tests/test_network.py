@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,8 @@ from tests.servers.faultproxy import FaultProxy
 from tests.servers.netproxy import CertificateAuthority, ForwardProxy, TLSFront
 
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_S3_ENDPOINT_URL")
+# Where clients look for trusted CAs besides the system store (this machine's environment sets several)
+CA_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -35,6 +38,15 @@ def endpoint(env: Env, url: str | None, only: str | None = None) -> Env:
     for var in ([only] if only else ENDPOINT_VARS):
         if url is not None:
             env.vars[var] = url
+    return env
+
+
+def trust(env: Env, ca_pem: Path | None, *names: str) -> Env:
+    """Only these variables name a CA file (ca_pem); none does when names is empty."""
+    for var in CA_VARS:
+        env.vars.pop(var, None)
+    for var in names:
+        env.vars[var] = str(ca_pem)
     return env
 
 
@@ -61,8 +73,7 @@ def tls_s3(seaweed, tmp_path):
 def test_https_endpoint_with_a_private_ca(s3_env, tls_s3, tmp_path, ca_var):
     """An s3:// bucket behind https:// whose certificate a private CA signed: with the CA named in
     the environment every command works, over TLS; the bytes are the source's."""
-    env = endpoint(s3_env, tls_s3.url)
-    env.vars[ca_var] = str(tls_s3.ca.pem)
+    env = trust(endpoint(s3_env, tls_s3.url), tls_s3.ca.pem, ca_var)
     src = make_tree(tmp_path / "src")
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "tls1", check=True)
     env.wabucket("verify", "dataset", "ds", "tls1", check=True)
@@ -74,7 +85,7 @@ def test_https_endpoint_with_a_private_ca(s3_env, tls_s3, tmp_path, ca_var):
 def test_https_endpoint_without_the_ca_fails_in_one_line(s3_env, tls_s3, tmp_path):
     """The same endpoint without the CA: the certificate is not trusted; one clear line, exit 1,
     nothing written (the TLS front never completed a handshake)."""
-    env = endpoint(s3_env, tls_s3.url)
+    env = trust(endpoint(s3_env, tls_s3.url), None)
     src = make_tree(tmp_path / "src", big=False)
     proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "tls2", timeout=120)
     assert proc.returncode == 1, proc.stderr
@@ -87,12 +98,38 @@ def test_https_endpoint_without_the_ca_fails_in_one_line(s3_env, tls_s3, tmp_pat
 @pytest.mark.xfail(strict=True, reason="the line says 'cannot connect to https://...' and drops obstore's reason "
                    "(InvalidCertificate(UnknownIssuer)): nothing tells the user the certificate is not trusted")
 def test_https_endpoint_without_the_ca_says_the_certificate_is_not_trusted(s3_env, tls_s3, tmp_path):
-    env = endpoint(s3_env, tls_s3.url)
+    env = trust(endpoint(s3_env, tls_s3.url), None)
     src = make_tree(tmp_path / "src", big=False)
     proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "tls3", timeout=120)
     assert proc.returncode == 1, proc.stderr
     line = one_error_line(proc, tls_s3.url)
     assert "certificate" in line.lower(), line
+
+
+@pytest.mark.parametrize("ca_vars", [
+    pytest.param(("SSL_CERT_FILE",), id="SSL_CERT_FILE"),
+    pytest.param(("REQUESTS_CA_BUNDLE",), id="REQUESTS_CA_BUNDLE", marks=pytest.mark.xfail(strict=True, reason=(
+        "wandb-core (Go) trusts SSL_CERT_FILE, not REQUESTS_CA_BUNDLE: the tool's check passes, the bytes move, then "
+        "'cannot start a W&B run: ... x509: certificate signed by unknown authority'"))),
+    pytest.param(("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), id="both"),
+])
+def test_wandb_behind_https_with_a_private_ca(env, wandb_server, tmp_path, ca_vars):
+    """W&B (a server of one's own) at an https:// URL whose certificate a private CA signed: with
+    the CA named, the tool's check, wandb's service and its Python API all trust it; the upload is
+    registered and the download resolves it."""
+    env = online(env, wandb_server)
+    ca = CertificateAuthority(tmp_path / "ca")
+    with TLSFront(wandb_server.port, *ca.issue(tmp_path / "server")) as tls:
+        env.vars["WANDB_BASE_URL"] = tls.url
+        trust(env, ca.pem, *ca_vars)
+        src = make_tree(tmp_path / "src", big=False)
+        env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "w1", check=True, timeout=180)
+        env.wabucket("verify", "dataset", "ds", "w1", check=True, timeout=180)
+        env.wabucket("download", "dataset", "ds", "w1", "-d", str(tmp_path / "dl"), check=True, timeout=180)
+    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
+    [version] = wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "ds")
+    assert "w1" in version["aliases"] and len(version["used_by"]) == 1
+    assert tls.handshakes >= 3 and tls.failed == 0
 
 
 # ------------------------------------------------------------------ HTTP(S)_PROXY and NO_PROXY

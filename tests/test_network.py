@@ -272,69 +272,29 @@ def test_the_metadata_variable_is_the_one_obstore_asks(env, seaweed, tmp_path):
 
 
 def test_in_process_clients_use_the_loopback_endpoints(monkeypatch, seaweed):
-    """Clients inside pytest's process: boto3 without keys never asks the instance metadata
-    service (it fails at once without credentials); google-auth's metadata server is the closed port."""
+    """Clients inside pytest's process: boto3 is told not to ask the instance metadata service (and
+    where it would be: the closed port), so without keys it fails at once; google-auth's metadata
+    server is the closed port."""
     import boto3
     import botocore.exceptions
+    import botocore.session
     from botocore.config import Config
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    session = botocore.session.Session()
+    assert session.get_config_variable("ec2_metadata_service_endpoint") == f"http://127.0.0.1:{closed_port()}/"
+    assert os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
+    assert session.get_credentials() is None
     client = boto3.session.Session().client("s3", endpoint_url=seaweed.endpoint_url, region_name="us-east-1",
                                             config=Config(retries={"max_attempts": 1}))
-    t0 = time.monotonic()
     with pytest.raises(botocore.exceptions.NoCredentialsError):
         client.list_buckets()
-    assert time.monotonic() - t0 < 5
 
     from google.auth.compute_engine import _metadata
 
     for root in (_metadata._get_metadata_root(False), _metadata._get_metadata_ip_root(False)):
         assert root.startswith(f"http://127.0.0.1:{closed_port()}"), root
-
-
-def _platform_through_a_proxy(env: Env, seaweed, tmp_path):
-    """Upload and download a platform bucket with HTTP(S)_PROXY set (no NO_PROXY); returns
-    (forward proxy, S3 request counter, platform), all stopped."""
-    from tests.test_claims import ProxiedPlatform
-
-    src = make_tree(tmp_path / "src", big=False)
-    with FaultProxy(seaweed.endpoint_url) as s3_counter, ForwardProxy() as proxy:
-        plat = ProxiedPlatform(seaweed)
-        plat.s3_url = s3_counter.url
-        plat.start()
-        try:
-            env.bucket = f"b-{os.urandom(5).hex()}"
-            plat.add_bucket(env.bucket)
-            env.vars.update(plat.env(config_dir=tmp_path / "apolo-config"))
-            env.vars.update(WANDB_MODE="disabled", WABUCKET_CACHE="0")
-            proxied(env, proxy, None)
-            plat.clear_calls()
-            env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "pp", check=True)
-            env.wabucket("download", "dataset", "ds", "pp", "-d", str(tmp_path / "dl"), check=True)
-        finally:
-            plat.stop()
-    assert tree_hashes(tmp_path / "dl") == tree_hashes(src)
-    assert proxy.refused == []
-    return proxy, s3_counter, plat
-
-
-def test_proxy_carries_a_platform_buckets_bytes(env, seaweed, tmp_path):
-    """A platform bucket's bytes (obstore, with the platform's temporary credentials) go through
-    HTTP(S)_PROXY like an s3:// bucket's: every request the S3 server saw came by the proxy."""
-    proxy, s3_counter, _ = _platform_through_a_proxy(env, seaweed, tmp_path)
-    s3_host = s3_counter.url.split("//", 1)[1]
-    assert len(s3_counter.log) > 0 and proxy.count(s3_host) == len(s3_counter.log)
-
-
-@pytest.mark.xfail(strict=True, reason="apolo_sdk's aiohttp session is made without trust_env: the platform's control "
-                   "plane (bucket lookup, temporary credentials) ignores HTTP(S)_PROXY and goes direct")
-def test_proxy_carries_the_platform_control_plane(env, seaweed, tmp_path):
-    """README: HTTP(S)_PROXY is honoured by the storage clients. For a platform bucket that starts
-    with the platform itself (which bucket, which credentials): those requests go by the proxy too."""
-    proxy, _, plat = _platform_through_a_proxy(env, seaweed, tmp_path)
-    plat_host = plat.base_url.split("//", 1)[1]
-    assert len(plat.requests) > 0
-    assert proxy.count(plat_host) == len(plat.requests), (proxy.count(plat_host), len(plat.requests))

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, closed_port, make_tree, metadata_environ, online, tree_hashes, use_backend
+from tests.conftest import (
+    Env,
+    closed_port,
+    make_tree,
+    metadata_environ,
+    online,
+    tree_hashes,
+    use_backend,
+)
 from tests.servers.faultproxy import FaultProxy
 from tests.servers.netproxy import CertificateAuthority, ForwardProxy, TLSFront
 

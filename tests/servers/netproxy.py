@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["CertificateAuthority", "TLSFront", "ForwardProxy"]
+__all__ = ["CertificateAuthority", "ForwardProxy", "TLSFront"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 CHUNK = 1 << 16
@@ -204,7 +204,7 @@ class TLSFront:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self) -> "TLSFront":
+    def start(self) -> TLSFront:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         threading.Thread(target=self._accept, name="TLSFront", daemon=True).start()
@@ -219,7 +219,7 @@ class TLSFront:
         for s in live:
             _shut(s)
 
-    def __enter__(self) -> "TLSFront":
+    def __enter__(self) -> TLSFront:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -273,7 +273,7 @@ def test_the_upload_marker_is_refreshed_while_the_upload_runs(s3_env, seaweed, t
     assert {(m["token"], m["host"], m["pid"]) for m in seen} == {(seen[0]["token"], socket.gethostname(), proc.pid)}
     beats = sorted({m["beat"] for m in seen})
     assert len(beats) >= 2, beats  # refreshed at least once
-    assert 10 <= beats[1] - beats[0] <= 30, beats  # about every 15 s
+    assert 10 <= beats[1] - beats[0] < 60, beats  # every 15 s: well before others may take it as stale (60 s)
     assert _marker(seaweed, env, "r1") is None
     direct(env, seaweed)
     env.wabucket("download", "dataset", "ds", "r1", "-d", str(tmp_path / "dl"), check=True)

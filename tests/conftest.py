@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -77,16 +78,58 @@ def wandb_server(tmp_path_factory):
 # ------------------------------------------------------------------ environment
 
 
+_CLOSED: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens, for the whole test session: a socket bound to it and
+    never listening keeps any other process from taking it, and connections to it are refused at once."""
+    if not _CLOSED:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        _CLOSED.append(sock)
+    return _CLOSED[0].getsockname()[1]
+
+
+def metadata_environ() -> dict[str, str]:
+    """The cloud credential chains' metadata endpoints, pointed at a closed loopback port: a client
+    that finds no keys asks there (and is refused at once) instead of an address outside loopback."""
+    port = closed_port()
+    url, host = f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"
+    return {
+        "AWS_METADATA_ENDPOINT": url,  # obstore's S3 client (EC2 instance metadata, IMDSv2)
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": url + "/",  # boto3
+        "AWS_EC2_METADATA_DISABLED": "true",  # boto3: never ask it at all
+        "GCE_METADATA_HOST": host,  # google-auth, and obstore's GCS client
+        "GCE_METADATA_IP": host,
+        "GCE_METADATA_ROOT": host,
+        "AZURE_MSI_ENDPOINT": url + "/metadata/identity/oauth2/token",  # obstore's Azure client (managed identity)
+        "WANDB_X_STATS_COREWEAVE_METADATA_BASE_URL": url,  # wandb-core's system monitor probes CoreWeave's metadata
+    }
+
+
 def clean_environ(home: Path) -> dict[str, str]:
-    """os.environ without anything that could point the tool at a real service or account."""
+    """os.environ without anything that could point the tool at a real service or account; the
+    cloud metadata endpoints point at a closed loopback port."""
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("WANDB_", "AWS_", "APOLO_", "NEURO_", "WABUCKET_"))
+        if not k.startswith(("WANDB_", "AWS_", "APOLO_", "NEURO_", "WABUCKET_", "GCE_METADATA_", "AZURE_", "GOOGLE_"))
     }
     home.mkdir(parents=True, exist_ok=True)
     env.update(HOME=str(home), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
                PYTHONUNBUFFERED="1")
+    env.update(metadata_environ())
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def metadata_endpoints_on_loopback():
+    """The same endpoints for clients that run inside pytest's own process (boto3 in RawBucket and
+    the servers' helpers, azure-storage-blob): restored when the session ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in metadata_environ().items():
+            mp.setenv(key, value)
+        yield
 
 
 @dataclass

@@ -74,9 +74,7 @@ def tls_s3(seaweed, tmp_path):
         yield tls
 
 
-@pytest.mark.parametrize("ca_var", ["SSL_CERT_FILE", pytest.param("REQUESTS_CA_BUNDLE", marks=pytest.mark.xfail(
-    strict=True, reason="obstore's S3 client reads SSL_CERT_FILE, not REQUESTS_CA_BUNDLE: 'cannot connect to https://...' "
-    "(only the W&B preflight reads REQUESTS_CA_BUNDLE)"))])
+@pytest.mark.parametrize("ca_var", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "AWS_CA_BUNDLE"])
 def test_https_endpoint_with_a_private_ca(s3_env, tls_s3, tmp_path, ca_var):
     """An s3:// bucket behind https:// whose certificate a private CA signed: with the CA named in
     the environment every command works, over TLS; the bytes are the source's."""
@@ -102,22 +100,18 @@ def test_https_endpoint_without_the_ca_fails_in_one_line(s3_env, tls_s3, tmp_pat
     assert env.extra["s3"].list_keys(env.extra["s3_bucket"], "") == []
 
 
-@pytest.mark.xfail(strict=True, reason="the line says 'cannot connect to https://...' and drops obstore's reason "
-                   "(InvalidCertificate(UnknownIssuer)): nothing tells the user the certificate is not trusted")
 def test_https_endpoint_without_the_ca_says_the_certificate_is_not_trusted(s3_env, tls_s3, tmp_path):
     env = trust(endpoint(s3_env, tls_s3.url), None)
     src = make_tree(tmp_path / "src", big=False)
     proc = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "tls3", timeout=120)
     assert proc.returncode == 1, proc.stderr
     line = one_error_line(proc, tls_s3.url)
-    assert "certificate" in line.lower(), line
+    assert "certificate" in line.lower() and "not trusted" in line and "SSL_CERT_FILE" in line, line
 
 
 @pytest.mark.parametrize("ca_vars", [
     pytest.param(("SSL_CERT_FILE",), id="SSL_CERT_FILE"),
-    pytest.param(("REQUESTS_CA_BUNDLE",), id="REQUESTS_CA_BUNDLE", marks=pytest.mark.xfail(strict=True, reason=(
-        "wandb-core (Go) trusts SSL_CERT_FILE, not REQUESTS_CA_BUNDLE: the tool's check passes, the bytes move, then "
-        "'cannot start a W&B run: ... x509: certificate signed by unknown authority'"))),
+    pytest.param(("REQUESTS_CA_BUNDLE",), id="REQUESTS_CA_BUNDLE"),
     pytest.param(("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), id="both"),
 ])
 def test_wandb_behind_https_with_a_private_ca(env, wandb_server, tmp_path, ca_vars):

@@ -122,6 +122,12 @@ def _bucket_failure(e: BaseException, bucket: Bucket) -> Failure | None:
         took = re.search(r"elapsed: ([\d.]+)s", text)
         said = f"{bucket.uri}: no answer from {server}" + (f" in {float(took.group(1)):.0f} s" if took else "")
         return Failure(TRANSIENT, said, about="bucket", **_client_tries(e))
+    if untrusted := re.search(r"InvalidCertificate\(\s*(\w+)", text):
+        said = (
+            f"{bucket.uri}: the certificate of {server} is not trusted ({untrusted.group(1)}): "
+            "name its CA in SSL_CERT_FILE, REQUESTS_CA_BUNDLE or AWS_CA_BUNDLE"
+        )
+        return Failure(PERMANENT, said, about="bucket")
     if re.search(r"\bkind: Connect\b", text):  # obstore's debug text of a failed connect
         reasons = re.findall(r'message: "([^"]+)"', text)
         said = f"{bucket.uri}: cannot connect to {server}" + (f" ({reasons[-1]})" if reasons else "")

@@ -15,12 +15,15 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .errors import WaBucketError
 from .storage import Storage
 
 log = logging.getLogger("wabucketref")
+T = TypeVar("T")
 
 BEAT = 15.0
 STALE = 60.0
@@ -44,21 +47,46 @@ class Marker:
             }
         ).encode()
 
-    async def keep_alive(self) -> None:
-        """Refresh the marker until cancelled (a failed refresh is tried again at the next beat)."""
+    async def hold_during(self, work: Coroutine[Any, Any, T], where: str) -> T:
+        """Run `work` while the marker is refreshed. An upload that was stopped for a while (a
+        suspended machine, a frozen job) may find on waking that another upload took the alias
+        over: it then stops writing at once, and says so."""
+        task = asyncio.ensure_future(work)
+        beat = asyncio.ensure_future(self._keep_alive())
+        try:
+            await asyncio.wait([task, beat], return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():  # the beat ended: the marker is no longer ours
+                raise self._taken_over(where, beat.result())
+            return task.result()
+        finally:
+            for t in (task, beat):
+                t.cancel()
+            await asyncio.gather(task, beat, return_exceptions=True)
+
+    async def _keep_alive(self) -> dict[str, Any] | None:
+        """Refresh the marker while it is ours; return its holder once it is not (a failed
+        refresh is tried again at the next beat)."""
         while True:
             await asyncio.sleep(BEAT)
             try:
-                await self.storage.put_bytes(self.key, self.body())
+                found = await self.storage.read(self.key)
+                holder = _holder(found[0]) if found is not None else None
+                if found is None or holder is None or holder.get("token") != self.token:
+                    return holder
+                if not await self.storage.put_if_unchanged(self.key, self.body(), found[1]):
+                    return _holder(await self.storage.get_bytes(self.key))
             except Exception as e:
                 log.debug("could not refresh %s: %s", self.key, e)
 
     async def check_still_ours(self, where: str) -> None:
         holder = _holder(await self.storage.get_bytes(self.key))
         if holder is None or holder.get("token") != self.token:
-            raise WaBucketError(
-                f"another upload to {where} took over while this one ran ({_describe(holder)}); nothing was registered"
-            )
+            raise self._taken_over(where, holder)
+
+    def _taken_over(self, where: str, holder: dict[str, Any] | None) -> WaBucketError:
+        return WaBucketError(
+            f"another upload to {where} took over while this one ran ({_describe(holder)}); nothing was registered"
+        )
 
 
 async def claim(storage: Storage, key: str, found: tuple[bytes, str | None] | None, where: str) -> Marker:

@@ -54,6 +54,23 @@ def s3_region(endpoint: str | None) -> str | None:
     return region or ("us-east-1" if endpoint else None)
 
 
+CA_BUNDLE_VARS = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def ca_bundle() -> bytes | None:
+    """The CA certificates a user named for TLS (a private CA in front of S3 or W&B), as one PEM
+    blob: trusted besides the system's roots."""
+    paths = dict.fromkeys(os.environ[v] for v in CA_BUNDLE_VARS if os.environ.get(v))
+    pems = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                pems.append(f.read())
+        except OSError:  # a wrong path: the TLS error that follows says what is not trusted
+            continue
+    return b"\n".join(pems) or None
+
+
 def platform_job_env(suffix: str) -> str | None:
     """JOB_ID, JOB_NAME or JOB_OWNER of the platform job this process runs in: the original tool
     read NEURO_*; newer platforms set APOLO_* as well."""

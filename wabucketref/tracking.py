@@ -198,6 +198,13 @@ def finish_run(run: Any, exit_code: int) -> None:
         )
 
 
+def _share_ca_with_wandb_service() -> None:
+    """wandb's service (in Go) trusts SSL_CERT_FILE only; its Python side and our own check read
+    REQUESTS_CA_BUNDLE: a CA named there must reach the service (a child process) too."""
+    if os.environ.get("REQUESTS_CA_BUNDLE") and not os.environ.get("SSL_CERT_FILE"):
+        os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"]
+
+
 def start_run(
     *,
     project: str | None,
@@ -210,6 +217,7 @@ def start_run(
     check_credentials()
     import wandb
 
+    _share_ca_with_wandb_service()
     try:
         return wandb.init(
             project=project,
@@ -374,6 +382,7 @@ def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: 
     check_credentials()
     import wandb
 
+    _share_ca_with_wandb_service()
     try:
         art = wandb.Api().artifact(artifact_path(name, alias, project, entity), type=type)
     except (wandb.errors.CommError, ValueError) as e:

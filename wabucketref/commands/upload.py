@@ -10,7 +10,6 @@ link: data already in a bucket, registered the same way.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import uuid
@@ -142,18 +141,18 @@ async def _upload_bytes(
         log.info("resuming an interrupted upload to %s", where)
     if complete:
         await storage.delete([keys.record])
-    beat = asyncio.ensure_future(marker.keep_alive())
-    try:
+
+    async def move() -> Manifest:
         # Stale files go first: where keys are paths on a disk (rclone, a local folder), an old
         # file `a` is in the way of a new `a/b`.
         stale = sorted({o.key for o in listing} - {f.path for f in files})
         await storage.delete([join(keys.data, k) for k in stale])
         manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options)
         await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
-        await marker.check_still_ours(where)
-    finally:
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
+        return manifest
+
+    manifest = await marker.hold_during(move(), where)
+    await marker.check_still_ours(where)
     return manifest
 
 

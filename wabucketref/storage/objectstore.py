@@ -37,6 +37,8 @@ def client_options(endpoint: str | None = None) -> ClientConfig:
     options: ClientConfig = {"connect_timeout": "10s", "timeout": timeout, "pool_idle_timeout": "30s"}
     if endpoint and endpoint.startswith("http:"):
         options["allow_http"] = True
+    if (roots := settings.ca_bundle()) is not None:
+        options["root_certificate"] = roots
     return options
 
 

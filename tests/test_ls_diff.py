@@ -100,6 +100,7 @@ def test_ls_online_then_offline_after_aliases_move_and_a_version_is_deleted(back
 
 def test_ls_of_unknown_artifacts_and_without_wandb(env, wandb_server, request, tmp_path):
     env = online(use_backend(env, "local", request, tmp_path), wandb_server)
+    unknown = list(wandb_server.unknown)
     upload(env, write_tree(tmp_path / "v0", V0), "ds", "one")
     for args in (["dataset", "nope"], ["model", "ds"]):
         proc = env.wabucket("ls", *args)
@@ -108,6 +109,7 @@ def test_ls_of_unknown_artifacts_and_without_wandb(env, wandb_server, request, t
         assert len(err) == 1 and f"no artifact {args[1]} of type {args[0]}" in err[0], proc.stderr
     proc = env.wabucket("ls", "nosuchtype")
     assert proc.returncode == 1 and "nosuchtype" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert wandb_server.unknown == unknown
 
     env.vars["WANDB_MODE"] = "disabled"
     code = f"""

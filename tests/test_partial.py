@@ -76,7 +76,8 @@ def test_partial_download_then_the_rest_online_and_offline(backend_env, wandb_se
     assert summary(proc.stderr).endswith("; 3 of 10 files selected")
 
 
-V1_CHANGES = {"b.txt": b"BEE", "g/i.bin": b"i" * 51, "new.txt": b"new"}  # same size, new size, new file
+# same size, new size, a new file, and a file that v0 has at another path (found by its content)
+V1_CHANGES = {"b.txt": b"BEE", "g/i.bin": b"i" * 51, "new.txt": b"new", "moved/a-copy.bin": TREE["a.bin"]}
 
 
 def test_reuse_takes_matching_files_from_an_earlier_version(backend_env, wandb_server, tmp_path):
@@ -98,16 +99,17 @@ def test_reuse_takes_matching_files_from_an_earlier_version(backend_env, wandb_s
                             "--reuse", str(old), check=True)
         assert tree_hashes(dest) == tree_hashes(src1), mode
         line = summary(proc.stderr)
-        reused = sum(len(d) for p, d in TREE.items() if p not in V1_CHANGES)
+        reused = sum(len(d) for p, d in TREE.items() if p not in V1_CHANGES) + len(TREE["a.bin"])
         assert re.match(r"wabucket: downloaded 3 files \(57 B\) in ", line), line
-        assert line.endswith(f"; 8 files ({reused} B) reused from local folders"), line
+        assert line.endswith(f"; 9 files ({reused} B) reused from local folders"), line
         # the same file system: hard links, not copies
         assert (dest / "sub/deep/d.bin").stat().st_ino == (old / "sub/deep/d.bin").stat().st_ino
+        assert (dest / "moved/a-copy.bin").stat().st_ino == (old / "a.bin").stat().st_ino
         assert (dest / "b.txt").stat().st_ino != (old / "b.txt").stat().st_ino
         assert tree_hashes(old) == tree_hashes(src0)  # the reused folder is untouched
 
     only_decoy = env.wabucket("download", "dataset", "ds", "two", "-d", str(tmp_path / "d2"), "--reuse", str(decoy), check=True)
-    assert "reused" not in only_decoy.stderr and summary(only_decoy.stderr).startswith("wabucket: downloaded 11 files")
+    assert "reused" not in only_decoy.stderr and summary(only_decoy.stderr).startswith("wabucket: downloaded 12 files")
     assert tree_hashes(tmp_path / "d2") == tree_hashes(src1)
 
     missing = env.wabucket("download", "dataset", "ds", "two", "-d", str(tmp_path / "d3"), "--reuse", str(tmp_path / "nope"))

@@ -152,21 +152,25 @@ class Reuse:
         self._scan: asyncio.Future[None] | None = None
         self._by_size: dict[int, list[Path]] = {}
         self._by_path: dict[str, list[Path]] = {}
+        self._size: dict[Path, int] = {}
         self._hashes: dict[Path, asyncio.Future[str | None]] = {}
+        self._by_sha: dict[str, Path] = {}
+        self._sizes_hashed: set[int] = set()
 
     async def find(self, f: FileEntry) -> Path | None:
         """A file with f's size and sha256, if one of the folders has it."""
         if self._scan is None or self._scan.cancelled():
             self._scan = asyncio.ensure_future(asyncio.to_thread(self._index))
         await asyncio.shield(self._scan)
-        same_size = self._by_size.get(f.size, [])
-        if not same_size:
+        if f.size not in self._by_size:
             return None
-        at_path = [p for p in self._by_path.get(f.path, []) if p in same_size]
-        for candidate in dict.fromkeys(at_path + same_size):
-            if await self._sha256(candidate) == f.sha256:
+        for candidate in self._by_path.get(f.path, []):  # usually the one: an earlier version's file
+            if self._size[candidate] == f.size and await self._sha256(candidate) == f.sha256:
                 return candidate
-        return None
+        if f.size not in self._sizes_hashed:  # every file of that size, side by side, each once
+            await asyncio.gather(*map(self._sha256, self._by_size[f.size]))
+            self._sizes_hashed.add(f.size)
+        return self._by_sha.get(f.sha256)
 
     def _index(self) -> None:
         for folder in self.folders:
@@ -180,6 +184,7 @@ class Reuse:
                         continue
                     if not os.path.isfile(path) or path.is_symlink() or name.endswith(PART_SUFFIX):
                         continue
+                    self._size[path] = st.st_size
                     self._by_size.setdefault(st.st_size, []).append(path)
                     self._by_path.setdefault(path.relative_to(folder).as_posix(), []).append(path)
 
@@ -187,7 +192,10 @@ class Reuse:
         fut = self._hashes.get(path)
         if fut is None or fut.cancelled():
             fut = self._hashes[path] = asyncio.ensure_future(asyncio.to_thread(_sha256_or_none, path))
-        return await asyncio.shield(fut)
+        sha = await asyncio.shield(fut)
+        if sha is not None:
+            self._by_sha.setdefault(sha, path)
+        return sha
 
     @staticmethod
     def place(src: Path, final: Path, f: FileEntry) -> bool:

@@ -155,7 +155,7 @@ class Reuse:
         self._size: dict[Path, int] = {}
         self._hashes: dict[Path, asyncio.Future[str | None]] = {}
         self._by_sha: dict[str, Path] = {}
-        self._sizes_hashed: set[int] = set()
+        self._of_size: dict[int, asyncio.Future[None]] = {}
 
     async def find(self, f: FileEntry) -> Path | None:
         """A file with f's size and sha256, if one of the folders has it."""
@@ -167,10 +167,17 @@ class Reuse:
         for candidate in self._by_path.get(f.path, []):  # usually the one: an earlier version's file
             if self._size[candidate] == f.size and await self._sha256(candidate) == f.sha256:
                 return candidate
-        if f.size not in self._sizes_hashed:  # every file of that size, side by side, each once
-            await asyncio.gather(*map(self._sha256, self._by_size[f.size]))
-            self._sizes_hashed.add(f.size)
+        every = self._of_size.get(f.size)
+        if every is None or every.cancelled():  # every file of that size, side by side, each once
+            every = self._of_size[f.size] = asyncio.ensure_future(self._hash_all(self._by_size[f.size]))
+        await asyncio.shield(every)
         return self._by_sha.get(f.sha256)
+
+    async def _hash_all(self, paths: list[Path]) -> None:
+        hashes = await asyncio.gather(*map(self._hashing, paths))  # futures: no task per file
+        for path, sha in zip(paths, hashes, strict=True):
+            if sha is not None:
+                self._by_sha.setdefault(sha, path)
 
     def _index(self) -> None:
         for folder in self.folders:
@@ -188,11 +195,15 @@ class Reuse:
                     self._by_size.setdefault(st.st_size, []).append(path)
                     self._by_path.setdefault(path.relative_to(folder).as_posix(), []).append(path)
 
-    async def _sha256(self, path: Path) -> str | None:
+    def _hashing(self, path: Path) -> asyncio.Future[str | None]:
+        """The one hashing of path (started on first use)."""
         fut = self._hashes.get(path)
         if fut is None or fut.cancelled():
             fut = self._hashes[path] = asyncio.ensure_future(asyncio.to_thread(_sha256_or_none, path))
-        sha = await asyncio.shield(fut)
+        return fut
+
+    async def _sha256(self, path: Path) -> str | None:
+        sha = await asyncio.shield(self._hashing(path))
         if sha is not None:
             self._by_sha.setdefault(sha, path)
         return sha

@@ -109,6 +109,10 @@ def test_ls_of_unknown_artifacts_and_without_wandb(env, wandb_server, request, t
         assert len(err) == 1 and f"no artifact {args[1]} of type {args[0]}" in err[0], proc.stderr
     proc = env.wabucket("ls", "nosuchtype")
     assert proc.returncode == 1 and "nosuchtype" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # a version stored in W&B itself (--no-reff) lists its files, and W&B as where they are
+    env.wabucket("upload", str(tmp_path / "v0"), "-n", "raw", "-t", "dataset", "-a", "r1", "--no-reff", check=True)
+    assert by_version(ls(env, "dataset", "raw")) == [("v0", ["latest", "r1"], 4, 317)]
+    assert ls(env, "dataset", "raw")["versions"][0]["location"] == "wandb"
     assert wandb_server.unknown == unknown
 
     env.vars["WANDB_MODE"] = "disabled"

@@ -99,6 +99,36 @@ jobs:
       name: imagenet
       alias: v3
       path: /mnt/models/data
+  ls:
+    action: @ACTION@
+    args:
+      command: ls
+      type: dataset
+      name: imagenet
+  ls_project:
+    action: @ACTION@
+    args:
+      command: ls
+      type: ""
+      name: ""
+      extra_args: --json
+  diff:
+    action: @ACTION@
+    args:
+      command: diff
+      type: dataset
+      name: imagenet
+      alias: v3
+      other: v4
+      path: /mnt/models/ignored
+      extra_args: --exit-code
+  diff_local:
+    action: @ACTION@
+    args:
+      command: diff
+      type: dataset
+      name: imagenet
+      path: /mnt/models/data
   platform_image:
     action: @ACTION@
     args:
@@ -332,6 +362,12 @@ CLI_PARSE = {
               "type_": "dataset", "suffix": "data", "metadata": ("rows=1000",)}),
     "verify": ("verify", {"project_name": "demo_ws"},
                {"type_": "dataset", "name": "imagenet", "alias": "v3", "local": Path("/mnt/models/data")}),
+    "ls": ("ls", {"project_name": "demo_ws"}, {"type_": "dataset", "name": "imagenet"}),
+    "ls_project": ("ls", {"project_name": "demo_ws"}, {"as_json": True}),
+    "diff": ("diff", {"project_name": "demo_ws"},
+             {"type_": "dataset", "name": "imagenet", "a": "v3", "b": "v4", "exit_code": True}),
+    "diff_local": ("diff", {"project_name": "demo_ws"},
+                   {"type_": "dataset", "name": "imagenet", "a": "latest", "local": Path("/mnt/models/data")}),
     "platform_image": ("download", {"project_name": "demo_ws"},
                        {"type_": "model", "name": "my-model", "alias": "best", "dest": "/mnt/models/restored"}),
 }

@@ -33,7 +33,7 @@ def test_cli_reference_is_current():
     gen = runpy.run_path(str(ROOT / "scripts" / "cli_reference.py"))
     readme = (ROOT / "README.md").read_text()
     assert gen["updated"](readme) == readme, "README CLI reference is stale: run `python scripts/cli_reference.py`"
-    for command in ("upload", "download", "link", "verify"):
+    for command in ("upload", "download", "link", "verify", "ls", "diff"):
         assert f"### `wabucket {command}`" in readme
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from . import checks, jobs, tracking
-from .commands import download, upload, verify
+from .commands import diff, download, ls, upload, verify
+from .commands.diff import Side
 from .errors import UsageError
+from .landing import Reuse
 from .manifest import Manifest
 from .progress import ProgressCallback
 from .runtime import Buckets, Context, LoopThread
@@ -196,6 +199,9 @@ class WaBucketRefAPI:
         retries: int | None = None,
         *,
         run_config: dict[str, Any] | str | None = None,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        reuse: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
     ) -> Path:
         """Resolve NAME:ALIAS, bring its files into dst_folder (a fresh temporary folder if None), verified.
 
@@ -204,6 +210,12 @@ class WaBucketRefAPI:
         config of a run this API starts (a dict, or the path of a YAML file, as wandb reads it).
         On failure, a temporary folder is removed; in dst_folder, the folders this call created and
         left empty are removed, and verified files stay for a rerun to resume.
+
+        include / exclude: globs on the path in the artifact (huggingface_hub's rules: `*` also
+        matches `/`, so "*.bin" is every .bin file; "dir/" is everything under dir): only the
+        files matching an include (all, if none) and no exclude come; a pattern matching no file
+        is a UsageError. reuse: folders (e.g. an earlier version's download) whose files of the
+        same size and sha256 are hard-linked (or copied) instead of fetched.
         """
         name = checks.check_qualified_name(art_name)
         checks.check_name(art_type, "type")
@@ -211,8 +223,13 @@ class WaBucketRefAPI:
         options = self.options
         if retries is not None:
             options = dataclasses.replace(options, attempts=checks.check_count(retries, "retries", 1))
+        plan = download.Plan(
+            include=checks.check_patterns(include, "--include"),
+            exclude=checks.check_patterns(exclude, "--exclude"),
+            reuse=Reuse(folders) if (folders := checks.check_folders(reuse, "--reuse")) else None,
+        )
         dest = Path(dst_folder) if dst_folder is not None else None
-        return download.download(self._context(options), art_name, name, art_type, art_alias, dest, run_config)
+        return download.download(self._context(options), art_name, name, art_type, art_alias, dest, run_config, plan)
 
     def verify(
         self, art_name: str, art_type: str, art_alias: str, local: str | os.PathLike[str] | None = None
@@ -224,6 +241,51 @@ class WaBucketRefAPI:
         checks.check_alias(art_alias, for_upload=False)
         local_path = Path(local) if local is not None else None
         return verify.verify(self._context(), art_name, name, art_type, art_alias, local_path)
+
+    def ls(self, art_type: str | None = None, art_name: str | None = None) -> dict[str, Any]:
+        """What the project holds, as plain data (what `wabucket ls --json` prints).
+
+        No arguments: {"artifacts": [{"type", "name", "versions"}, ...]} (art_type alone: of that
+        type). art_type and art_name: {"versions": [{"version", "aliases", "files", "bytes",
+        "created", "location"}, ...]}, newest first. "source" says where it was read: "wandb", or
+        "bucket" offline (the records kept beside the data; "version" is then the one W&B gave at
+        upload, or None). Nothing is recorded in W&B.
+        """
+        if art_name is not None and art_type is None:
+            raise UsageError("ls NAME needs its TYPE: ls TYPE NAME")
+        if art_type is not None:
+            checks.check_name(art_type, "type")
+        name = checks.check_qualified_name(art_name) if art_name is not None else None
+        return ls.ls(self._context(), art_name, name, art_type)
+
+    def diff(
+        self,
+        art_name: str,
+        art_type: str,
+        a: str,
+        b: str | None = None,
+        *,
+        local: str | os.PathLike[str] | None = None,
+    ) -> dict[str, Any]:
+        """What differs from version `a` to version `b` (an alias or vN; `OTHER:ALIAS` names another
+        artifact of the project), or to the folder `local`, from their manifests: not a byte of
+        data moves. Returns {"a", "b", "added", "removed", "changed", "unchanged", "same"}; the
+        lists hold {"path", "size"} ({"path", "size_a", "size_b"} for changed files). A folder's
+        files are hashed only where size and path match. Nothing is recorded in W&B."""
+        if (b is None) == (local is None):
+            raise UsageError("diff compares version A with a version B or with a local folder: give one of them")
+        checks.check_name(art_type, "type")
+        side_a = self._side(art_name, a)
+        side_b = self._side(art_name, b) if b is not None else None
+        return diff.diff(self._context(), art_type, side_a, side_b, Path(local) if local is not None else None)
+
+    def _side(self, art_name: str, version: str) -> Side:
+        """ALIAS (of art_name) or NAME:ALIAS."""
+        qualified, _, alias = version.rpartition(":") if isinstance(version, str) else ("", "", version)
+        qualified = qualified or art_name
+        name = checks.check_qualified_name(qualified)
+        checks.check_alias(alias, for_upload=False)
+        return Side(qualified, name, alias)
 
     # ------------------------------------------------------------ what commands run on
 

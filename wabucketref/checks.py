@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
@@ -98,3 +101,22 @@ def check_project(project: str | None) -> str:
             "or run `wandb init` here to name one (with WANDB_MODE=disabled none is needed)"
         )
     return project
+
+
+def check_patterns(patterns: str | Iterable[str] | None, option: str) -> tuple[str, ...]:
+    """--include / --exclude globs: a string or several."""
+    found = (patterns,) if isinstance(patterns, str) else tuple(patterns or ())
+    for p in found:
+        if not isinstance(p, str) or not p.strip():
+            raise UsageError(f"invalid {option} pattern {p!r}: a glob on the path in the artifact, as in '*.bin'")
+    return found
+
+
+def check_folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None, option: str) -> list[Path]:
+    """Folders that must exist (--reuse)."""
+    found = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders or [])
+    paths = [Path(f) for f in found]
+    for p in paths:
+        if not p.is_dir():
+            raise UsageError(f"{option} {p}: {'not a folder' if p.exists() else 'no such folder'}")
+    return paths

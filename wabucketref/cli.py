@@ -166,16 +166,37 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
     "run_args",
     help="Run config for the W&B run: a YAML file, KEY=VALUE pairs (space or comma separated) or a JSON object.",
 )
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only files whose path in the artifact matches this glob ('*' matches '/' too: '*.bin'); repeatable.",
+)
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out files matching this glob; repeatable.")
+@click.option(
+    "--reuse",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="Take files of the same size and sha256 from DIR (an earlier version's) instead of fetching; repeatable.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def download(ctx, type_, name, alias, dest, run_args, quiet) -> None:
+def download(ctx, type_, name, alias, dest, run_args, include, exclude, reuse, quiet) -> None:
     """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path.
 
     NAME may be qualified as PROJECT/NAME or ENTITY/PROJECT/NAME to read another project's artifact."""
     config = parse_run_args(run_args)
     with _api(ctx, quiet) as api:
         path = api.download_artifact(
-            name, type_, alias, Path(dest) if dest else Path(type_, name, alias), run_config=config
+            name,
+            type_,
+            alias,
+            Path(dest) if dest else Path(type_, name, alias),
+            run_config=config,
+            include=include,
+            exclude=exclude,
+            reuse=reuse,
         )
     click.echo(str(path))
 
@@ -213,6 +234,99 @@ def verify(ctx, type_, name, alias, local, quiet) -> None:
     if not (quiet or ctx.obj["quiet"]):
         n = len(manifest.files)
         click.echo(f"ok: {n} file{'s' * (n != 1)}, {manifest.total_size} bytes match the manifest", err=True)
+
+
+@cli.command("ls", context_settings=CONTEXT)
+@click.argument("type_", metavar="[TYPE", required=False)
+@click.argument("name", metavar="[NAME]]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors.")
+@click.pass_context
+def ls_(ctx, type_, name, as_json, quiet) -> None:
+    """List the project's artifacts (of TYPE), or the versions of TYPE NAME, newest first.
+
+    Read from W&B; offline (or WANDB_MODE=disabled) from the records kept in the bucket."""
+    with _api(ctx, quiet) as api:
+        doc = api.ls(type_, name)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif "versions" in doc:
+        rows = [
+            [
+                v["version"] or "-",
+                ",".join(v["aliases"]) or "-",
+                v["files"],
+                v["bytes"],
+                v["created"][:19].replace("T", " "),
+                v["location"],
+            ]
+            for v in doc["versions"]
+        ]
+        _table(["VERSION", "ALIASES", "FILES", "BYTES", "CREATED", "LOCATION"], rows)
+    else:
+        _table(["TYPE", "NAME", "VERSIONS"], [[a["type"], a["name"], a["versions"]] for a in doc["artifacts"]])
+        if not doc["artifacts"]:
+            logging.getLogger("wabucketref").info("no artifacts found")
+
+
+@cli.command("diff", context_settings=CONTEXT)
+@click.argument("type_", metavar="TYPE")
+@click.argument("name")
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option(
+    "--local",
+    type=click.Path(path_type=Path),
+    help="Compare A with this folder instead of a version B (its files hashed only where sizes match).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--exit-code", is_flag=True, help="Exit 1 if they differ, 0 if not (as git diff --exit-code).")
+@click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors.")
+@click.pass_context
+def diff_(ctx, type_, name, a, b, local, as_json, exit_code, quiet) -> None:
+    """Files added, removed and changed from version A to version B of NAME, from their manifests.
+
+    A and B are aliases or versions (vN); OTHER:ALIAS names another artifact of the project."""
+    if (b is None) == (local is None):
+        raise UsageError("diff needs a version B or --local DIR (one of them)")
+    with _api(ctx, quiet) as api:
+        doc = api.diff(name, type_, a, b, local=local)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        for what, mark in (("added", "+"), ("removed", "-")):
+            for f in doc[what]:
+                click.echo(f"{mark} {f['path']}  ({f['size']} bytes)")
+        for f in doc["changed"]:
+            click.echo(f"~ {f['path']}  ({f['size_a']} -> {f['size_b']} bytes)")
+        click.echo(_diff_totals(doc))
+    if exit_code and not doc["same"]:
+        raise click.exceptions.Exit(1)
+
+
+def _diff_totals(doc: dict[str, Any]) -> str:
+    def side(s: dict[str, Any]) -> str:
+        what = s["local"] if "local" in s else f"{s['name']}:{s['alias']}"
+        return f"{what} {s['files']} files, {s['bytes']} bytes"
+
+    added = sum(f["size"] for f in doc["added"])
+    removed = sum(f["size"] for f in doc["removed"])
+    return (
+        f"{len(doc['added'])} added (+{added} bytes), {len(doc['removed'])} removed (-{removed} bytes), "
+        f"{len(doc['changed'])} changed, {doc['unchanged']} unchanged; {side(doc['a'])} -> {side(doc['b'])}"
+    )
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> None:
+    """Columns aligned, two spaces apart (numbers to the right); the header only above rows."""
+    if not rows:
+        return
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    for r in cells:
+        line = "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True))
+        click.echo(line.rstrip())
 
 
 class Terminated(KeyboardInterrupt):
@@ -259,8 +373,8 @@ def run(argv: list[str] | None = None) -> int:
     if args[:1] == ["wabucket"]:  # flows written for the original image pass `wabucket ...` to the entrypoint
         args = args[1:]
     try:
-        cli.main(args=args, prog_name="wabucket", standalone_mode=False)
-        return 0
+        code = cli.main(args=args, prog_name="wabucket", standalone_mode=False)
+        return code if isinstance(code, int) else 0  # a command's ctx.exit(N) (diff --exit-code)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:

@@ -6,6 +6,7 @@ sha256), then renamed into place; part files a killed run left are removed by th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, WaBucketError
-from .manifest import FileEntry, safe_relpath
+from .manifest import FileEntry, safe_relpath, sha256_file
 
 STREAM_CHUNK = 8 << 20
 PART_SUFFIX = ".wabucket-part"
@@ -137,3 +138,107 @@ def pwrite_all(fd: int, data: Any, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+class Reuse:
+    """Files of other folders (`--reuse`, typically an earlier version's) that stand in for a
+    download: same size and sha256. Only files of a wanted size are ever hashed, each once; the
+    file at the same path is tried first. A reused file is hard-linked into place where the file
+    system allows (a later download replaces files, never writes into them), else copied and
+    checked."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self.folders = folders
+        self._scan: asyncio.Future[None] | None = None
+        self._by_size: dict[int, list[Path]] = {}
+        self._by_path: dict[str, list[Path]] = {}
+        self._size: dict[Path, int] = {}
+        self._hashes: dict[Path, asyncio.Future[str | None]] = {}
+        self._by_sha: dict[str, Path] = {}
+        self._of_size: dict[int, asyncio.Future[None]] = {}
+
+    async def find(self, f: FileEntry) -> Path | None:
+        """A file with f's size and sha256, if one of the folders has it."""
+        if self._scan is None or self._scan.cancelled():
+            self._scan = asyncio.ensure_future(asyncio.to_thread(self._index))
+        await asyncio.shield(self._scan)
+        if f.size not in self._by_size:
+            return None
+        for candidate in self._by_path.get(f.path, []):  # usually the one: an earlier version's file
+            if self._size[candidate] == f.size and await self._sha256(candidate) == f.sha256:
+                return candidate
+        every = self._of_size.get(f.size)
+        if every is None or every.cancelled():  # every file of that size, side by side, each once
+            every = self._of_size[f.size] = asyncio.ensure_future(self._hash_all(self._by_size[f.size]))
+        await asyncio.shield(every)
+        return self._by_sha.get(f.sha256)
+
+    async def _hash_all(self, paths: list[Path]) -> None:
+        hashes = await asyncio.gather(*map(self._hashing, paths))  # futures: no task per file
+        for path, sha in zip(paths, hashes, strict=True):
+            if sha is not None:
+                self._by_sha.setdefault(sha, path)
+
+    def _index(self) -> None:
+        for folder in self.folders:
+            for top, dirs, names in os.walk(folder):
+                dirs.sort()
+                for name in sorted(names):
+                    path = Path(top, name)
+                    try:
+                        st = path.lstat()
+                    except OSError:
+                        continue
+                    if not os.path.isfile(path) or path.is_symlink() or name.endswith(PART_SUFFIX):
+                        continue
+                    self._size[path] = st.st_size
+                    self._by_size.setdefault(st.st_size, []).append(path)
+                    self._by_path.setdefault(path.relative_to(folder).as_posix(), []).append(path)
+
+    def _hashing(self, path: Path) -> asyncio.Future[str | None]:
+        """The one hashing of path (started on first use)."""
+        fut = self._hashes.get(path)
+        if fut is None or fut.cancelled():
+            fut = self._hashes[path] = asyncio.ensure_future(asyncio.to_thread(_sha256_or_none, path))
+        return fut
+
+    async def _sha256(self, path: Path) -> str | None:
+        sha = await asyncio.shield(self._hashing(path))
+        if sha is not None:
+            self._by_sha.setdefault(sha, path)
+        return sha
+
+    @staticmethod
+    def place(src: Path, final: Path, f: FileEntry) -> bool:
+        """Put src's content at final (under a part file first); False if a copy did not match f."""
+        tmp = final.with_name(f".{part_stem(final.name)}.{os.urandom(4).hex()}{PART_SUFFIX}")
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:  # another file system, no hard links there, or too many links
+                if not _copy_checked(src, tmp, f):
+                    tmp.unlink(missing_ok=True)
+                    return False
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return True
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:  # vanished or unreadable: not a candidate
+        return None
+
+
+def _copy_checked(src: Path, tmp: Path, f: FileEntry) -> bool:
+    sha = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as r, open(tmp, "xb") as w:
+        while chunk := r.read(STREAM_CHUNK):
+            sha.update(chunk)
+            w.write(chunk)
+            size += len(chunk)
+    return size == f.size and sha.hexdigest() == f.sha256

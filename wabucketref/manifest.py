@@ -14,6 +14,7 @@ content gives an equal digest whatever the alias or the time.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -52,6 +53,20 @@ class Manifest:
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
+
+    def select(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Manifest:
+        """The files whose path matches an `include` pattern (all, if none) and no `exclude`
+        pattern: huggingface_hub's rules (fnmatch, where `*` also matches `/`; a pattern ending
+        in `/` matches what is under that folder). A pattern that matches no file is a UsageError."""
+        include, exclude = [_pattern(p) for p in include], [_pattern(p) for p in exclude]
+        for option, patterns in (("--include", include), ("--exclude", exclude)):
+            for p in patterns:
+                if not any(fnmatch.fnmatchcase(f.path, p) for f in self.files):
+                    raise UsageError(f"{option} {p!r} matches no file of the artifact ({len(self.files)} files)")
+        files = [f for f in self.files if selected(f.path, include, exclude)]
+        if not files:
+            raise UsageError("--include and --exclude together leave no file of the artifact")
+        return Manifest(files, dict(self.header), self.verified)
 
     def lines(self, header: dict[str, Any] | None = None) -> Iterator[bytes]:
         yield _dump({"format": FORMAT, **(self.header if header is None else header)})
@@ -94,6 +109,58 @@ class Manifest:
         check_unique(f.path for f in files)
         header.pop("format")
         return cls(files, header)
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    size_a: int | None  # None: not in A (added)
+    size_b: int | None  # None: not in B (removed)
+
+
+@dataclass
+class ManifestDiff:
+    """What differs from manifest A to manifest B, each list sorted by path."""
+
+    added: list[Change]
+    removed: list[Change]
+    changed: list[Change]
+    unchanged: int
+
+    @property
+    def same(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def diff(a: Manifest, b: Manifest) -> ManifestDiff:
+    """Files added, removed and changed (size, else sha256) from a to b. An entry without a hash
+    (NO_HASH) on either side is compared by size only: a folder's files of another size than
+    their counterpart are not hashed."""
+    in_a, in_b = a.by_path(), b.by_path()
+    added = [Change(p, None, in_b[p].size) for p in sorted(in_b.keys() - in_a.keys())]
+    removed = [Change(p, in_a[p].size, None) for p in sorted(in_a.keys() - in_b.keys())]
+    changed, unchanged = [], 0
+    for p in sorted(in_a.keys() & in_b.keys()):
+        fa, fb = in_a[p], in_b[p]
+        if fa.size != fb.size or (NO_HASH not in (fa.sha256, fb.sha256) and fa.sha256 != fb.sha256):
+            changed.append(Change(p, fa.size, fb.size))
+        else:
+            unchanged += 1
+    return ManifestDiff(added, removed, changed, unchanged)
+
+
+def selected(path: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    """Does `path` match an include pattern (or are there none) and no exclude pattern?"""
+    include, exclude = [_pattern(p) for p in include], [_pattern(p) for p in exclude]
+    return (not include or any(fnmatch.fnmatchcase(path, p) for p in include)) and not any(
+        fnmatch.fnmatchcase(path, p) for p in exclude
+    )
+
+
+def _pattern(p: str) -> str:
+    if not isinstance(p, str) or not p:
+        raise UsageError(f"invalid pattern {p!r}: a glob on the path in the artifact, as in '*.bin' or 'images/'")
+    return p + "*" if p.endswith("/") else p
 
 
 def _dump(obj: dict) -> bytes:

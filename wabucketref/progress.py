@@ -77,6 +77,9 @@ class Stats:
     bytes: int = 0
     skipped_files: int = 0
     skipped_bytes: int = 0
+    reused_files: int = 0  # taken from --reuse folders
+    reused_bytes: int = 0
+    of_files: int | None = None  # the version's file count, when only some were selected
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -89,6 +92,11 @@ class Stats:
         if self.skipped_files:
             were = "was" if self.skipped_files == 1 else "were"
             text += f"; {_files(self.skipped_files)} ({_human(self.skipped_bytes)}) {were} already there"
+        if self.reused_files:
+            text += f"; {_files(self.reused_files)} ({_human(self.reused_bytes)}) reused from local folders"
+        if self.of_files is not None:
+            selected = self.files + self.skipped_files + self.reused_files
+            text += f"; {selected} of {_files(self.of_files)} selected"
         return text
 
 

@@ -10,6 +10,7 @@ import netrc
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,8 +318,8 @@ def use_artifact(
     return _resolved(art, name, type, alias)
 
 
-def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
-    if art.type != type:
+def _resolved(art: Any, name: str, type: str | None, alias: str) -> Resolved:
+    if type is not None and art.type != type:
         raise NotFoundError(f"artifact {name}:{alias} has type {art.type!r}, not {type!r}")
     entries = art.manifest.entries
     ref_entry = entries.get(REFERENCE_NAME)
@@ -342,7 +343,7 @@ def _resolved(art: Any, name: str, type: str, alias: str) -> Resolved:
         )
     return Resolved(
         name=name.rsplit("/", 1)[-1],
-        type=type,
+        type=art.type,
         version=art.version,
         aliases=list(art.aliases),
         ref=ref,
@@ -377,8 +378,9 @@ def _s3_references(entries: dict) -> tuple[str, Manifest, dict[str, str]] | None
     return roots.pop(), Manifest(files, verified=False), etags
 
 
-def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: str, alias: str) -> Resolved:
-    """Resolve name:alias without a run (nothing is recorded as used): for verify."""
+def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: str | None, alias: str) -> Resolved:
+    """Resolve name:alias without a run (nothing is recorded as used): for verify, diff.
+    type None: whatever type it has (Resolved.type says which)."""
     check_credentials()
     import wandb
 
@@ -386,7 +388,8 @@ def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: 
     try:
         art = wandb.Api().artifact(artifact_path(name, alias, project, entity), type=type)
     except (wandb.errors.CommError, ValueError) as e:
-        raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {first_line(e)}") from e
+        of_type = f" of type {type}" if type else ""
+        raise NotFoundError(f"artifact {name}:{alias}{of_type} not found in W&B: {first_line(e)}") from e
     return _resolved(art, name, type, alias)
 
 
@@ -406,16 +409,17 @@ def download_files(resolved: Resolved, dest: Path) -> None:
             raise IntegrityError(f"{f.path}: downloaded from W&B but does not match the manifest")
 
 
-def download_stored_files(resolved: Resolved, dest: Path) -> None:
+def download_stored_files(resolved: Resolved, dest: Path, wanted: Callable[[str], bool] = lambda p: True) -> None:
     """The files of a bucket-referencing version that W&B itself stores (added to it in W&B)."""
-    entries = {p: resolved.artifact.manifest.entries[p] for p in resolved.stored_files}
+    entries = {p: resolved.artifact.manifest.entries[p] for p in resolved.stored_files if wanted(p)}
     in_bucket = resolved.manifest.by_path() if resolved.manifest is not None else {}
     if clash := next((p for p in entries if p in in_bucket), None):
         raise IntegrityError(f"{clash}: both in the bucket and stored in W&B for {resolved.name}:{resolved.version}")
     for path in entries:
         resolved.artifact.get_entry(path).download(root=str(dest))
     _check_sizes(dest, entries)
-    log.info("also downloaded %d file(s) stored in W&B itself, checked by W&B's digests", len(entries))
+    if entries:
+        log.info("also downloaded %d file(s) stored in W&B itself, checked by W&B's digests", len(entries))
 
 
 def _check_sizes(root: Path, entries: dict) -> None:
@@ -423,3 +427,83 @@ def _check_sizes(root: Path, entries: dict) -> None:
         p = root / path
         if not p.is_file() or (entry.size is not None and p.stat().st_size != entry.size):
             raise IntegrityError(f"{path}: W&B did not bring it as a file of {entry.size} bytes")
+
+
+# ---------------------------------------------------------------- listing (ls)
+
+
+def _api() -> Any:
+    check_credentials()
+    import wandb
+
+    return wandb.Api()
+
+
+def project_path(project: str | None, entity: str | None) -> str | None:
+    """entity/project, or the project alone (W&B's default entity)."""
+    if not project:
+        return None
+    return f"{entity}/{project}" if entity and "/" not in project else project
+
+
+def list_artifacts(project: str | None, entity: str | None, type_: str | None = None) -> list[dict[str, Any]]:
+    """The project's artifacts (of one type, if given): name, type and number of versions, by type then name."""
+    import wandb
+
+    api = _api()
+    path = project_path(project, entity)
+    out: list[dict[str, Any]] = []
+    try:
+        types = [api.artifact_type(type_, path)] if type_ else list(api.artifact_types(path))
+        for t in types:
+            for c in t.collections():
+                out.append({"type": t.name, "name": c.name, "versions": len(c.artifacts())})
+    except (wandb.errors.CommError, ValueError) as e:
+        what = f"artifacts of type {type_}" if type_ else "artifacts"
+        raise NotFoundError(f"no {what} found in W&B project {path}: {first_line(e)}") from e
+    return sorted(out, key=lambda a: (a["type"], a["name"]))
+
+
+def list_versions(project: str | None, entity: str | None, *, type: str, name: str) -> list[dict[str, Any]]:
+    """The versions of one artifact, newest first: version, aliases, files, bytes, created, where the data is."""
+    import wandb
+
+    api = _api()
+    path = project_path(project, entity)
+    qualified = f"{path}/{name}" if path and "/" not in name else name
+    try:
+        if not api.artifact_collection_exists(qualified, type):
+            raise NotFoundError(f"no artifact {name} of type {type} in W&B project {path}")
+        arts = list(api.artifacts(type, qualified))
+    except (wandb.errors.CommError, ValueError) as e:
+        raise NotFoundError(f"no artifact {name} of type {type} in W&B project {path}: {first_line(e)}") from e
+    rows = [_version_row(art) for art in arts]
+    return sorted(rows, key=lambda r: -int(r["version"][1:]) if r["version"][1:].isdigit() else 0)
+
+
+def _version_row(art: Any) -> dict[str, Any]:
+    entries = art.manifest.entries
+    ref_entry = entries.get(REFERENCE_NAME)
+    stored = {p: e for p, e in entries.items() if p not in (REFERENCE_NAME, MANIFEST_NAME)}
+    files, size = len(stored), sum(e.size or 0 for e in stored.values())
+    location = "wandb"
+    if MANIFEST_NAME in entries:
+        with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
+            path = art.get_entry(MANIFEST_NAME).download(root=tmp)
+            manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {art.name}")
+        if ref_entry is not None:  # the bucket's files, plus any stored in W&B beside them
+            files, size = files + len(manifest.files), size + manifest.total_size
+        else:  # --no-reff: the manifest lists the stored files
+            files, size = len(manifest.files), manifest.total_size
+    elif (s3 := _s3_references(entries)) is not None:
+        location, files, size = s3[0], len(s3[1].files), s3[1].total_size
+    if ref_entry is not None:
+        location = ref_entry.ref
+    return {
+        "version": art.version,
+        "aliases": (["latest"] if "latest" in art.aliases else []) + sorted(a for a in art.aliases if a != "latest"),
+        "files": files,
+        "bytes": size,
+        "created": art.created_at,
+        "location": location,
+    }

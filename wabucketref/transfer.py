@@ -10,6 +10,7 @@ place only after its size and sha256 matched the manifest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import IntegrityError, NotFoundError, WaBucketError
-from .landing import hash_local, land, local_matches, prepare_dest
+from .landing import Reuse, hash_local, land, local_matches, prepare_dest
 from .manifest import FileEntry, LocalFile, Manifest, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges, in_thread
@@ -63,15 +64,19 @@ class _Tracker:
     def advance(self, nbytes: int) -> None:
         self.callback.advance(nbytes)
 
-    def file_done(self, size: int, skipped: bool = False) -> None:
-        if skipped:
+    def file_done(self, size: int, skipped: bool = False, reused: bool = False) -> None:
+        if reused:
+            self.stats.reused_files += 1
+            self.stats.reused_bytes += size
+            self.callback.advance(size)
+        elif skipped:
             self.stats.skipped_files += 1
             self.stats.skipped_bytes += size
             self.callback.advance(size)
         else:
             self.stats.files += 1
             self.stats.bytes += size
-        self.callback.file_done(self.stats.files + self.stats.skipped_files, self.files)
+        self.callback.file_done(self.stats.files + self.stats.skipped_files + self.stats.reused_files, self.files)
 
     def __enter__(self) -> _Tracker:
         return self
@@ -250,14 +255,24 @@ async def download(
     trusted: Set[str] = frozenset(),
     done: set[str] | None = None,
     skip_existing: bool = False,
+    reuse: Reuse | None = None,
+    of_files: int | None = None,
+    carried: Stats | None = None,
 ) -> Stats:
     """Bring every manifest file into dest, verified; files already there and equal are kept.
 
     trusted: paths already verified in dest (not hashed again). done: filled with the paths
     this call wrote. skip_existing: leave any file already in dest alone, and leave the summary
-    line to the caller (a speculative pass, which may yet be discarded).
+    line to the caller (a speculative pass, which may yet be discarded). reuse: folders whose
+    files of the same size and sha256 are taken instead of fetched. of_files: the version's
+    file count, when `manifest` is a selection of its files (said in the summary). carried:
+    what an earlier pass of this command did (its files are the trusted ones): the summary
+    counts on from it.
     """
     progress = _Tracker("downloaded", len(manifest.files), manifest.total_size, opts, summary=not skip_existing)
+    progress.stats.of_files = of_files
+    if carried is not None:
+        progress.stats = dataclasses.replace(carried, ended=None)
     lanes = Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
     verify = manifest.verified
     present = await asyncio.to_thread(prepare_dest, dest, [f.path for f in manifest.files])
@@ -265,7 +280,10 @@ async def download(
     async def one(f: FileEntry) -> None:
         final = dest / f.path
         if f.path in trusted:
-            progress.file_done(f.size, skipped=True)
+            if carried is None:
+                progress.file_done(f.size, skipped=True)
+            else:  # counted by the earlier pass
+                progress.advance(f.size)
             return
         if f.path in present:
             if skip_existing:
@@ -273,6 +291,12 @@ async def download(
             if await asyncio.to_thread(local_matches, final, f, verify):
                 progress.file_done(f.size, skipped=True)
                 return
+        src = await reuse.find(f) if reuse is not None and verify else None
+        if src is not None and await asyncio.to_thread(Reuse.place, src, final, f):
+            if done is not None:
+                done.add(f.path)
+            progress.file_done(f.size, reused=True)
+            return
         key = key_under(prefix, f.path)
 
         async def get() -> None:

@@ -4,8 +4,9 @@
 2. resolve the version: W&B (recorded as the run's input) or, offline, the bucket's records;
    online, the copy the bucket's record names is fetched meanwhile (the prefetch), and kept
    only if W&B's manifest has the same content
-3. fetch what the destination lacks from where the version's data is, verified (transfer.py)
-4. files W&B itself stores for the version
+3. plan: the files selected (--include/--exclude), those --reuse folders hold already
+4. fetch what the destination lacks from where the version's data is, verified (transfer.py)
+5. files W&B itself stores for the version
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 
 from .. import tracking, transfer
 from ..errors import IntegrityError, NotFoundError, UsageError
+from ..landing import Reuse
 from ..layout import ArtifactKeys
-from ..manifest import NO_HASH, FileEntry, Manifest, check_unique, sha256_file
+from ..manifest import NO_HASH, FileEntry, Manifest, check_unique, selected, sha256_file
 from ..runtime import Context
 from ..storage import ObjectInfo, Storage
 from .resolve import bucket_record, locate, resolve_offline
@@ -33,8 +35,34 @@ from .resolve import bucket_record, locate, resolve_offline
 log = logging.getLogger("wabucketref")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Which of the version's files come, and where else they may be found."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    reuse: Reuse | None = None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.include or self.exclude)
+
+    def select(self, manifest: Manifest) -> Manifest:
+        return manifest.select(self.include, self.exclude) if self.partial else manifest
+
+    def of_files(self, manifest: Manifest) -> int | None:
+        return len(manifest.files) if self.partial else None
+
+
 def download(
-    ctx: Context, qualified_name: str, name: str, type_: str, alias: str, dest: Path | None, run_config: Any
+    ctx: Context,
+    qualified_name: str,
+    name: str,
+    type_: str,
+    alias: str,
+    dest: Path | None,
+    run_config: Any,
+    plan: Plan = Plan(),
 ) -> Path:
     """Returns the folder the files are in (a new temporary folder if `dest` is None)."""
     folder = dest if dest is not None else Path(tempfile.mkdtemp(prefix=f"wabucket-{name}-"))
@@ -49,9 +77,9 @@ def download(
         try:
             if tracking.is_offline():
                 resolved, storage, key = resolve_offline(ctx, name, type_, alias)
-                ctx.while_run_starts(_fetch(storage, key, resolved, folder, ctx.options), "download", run_config)
+                ctx.while_run_starts(_fetch(storage, key, resolved, folder, ctx.options, plan), "download", run_config)
             else:
-                _download_online(ctx, qualified_name, name, type_, alias, folder, run_config)
+                _download_online(ctx, qualified_name, name, type_, alias, folder, run_config, plan)
         except BaseException:
             if dest is None:  # its name was never given out: nothing could resume into it
                 shutil.rmtree(folder, ignore_errors=True)
@@ -72,11 +100,11 @@ class _Prefetch:
 
 
 def _download_online(
-    ctx: Context, qualified_name: str, name: str, type_: str, alias: str, dest: Path, run_config: Any
+    ctx: Context, qualified_name: str, name: str, type_: str, alias: str, dest: Path, run_config: Any, plan: Plan
 ) -> None:
     tracking.preflight()  # W&B must answer before anything lands in dest
     pre = _Prefetch()
-    prefetch = ctx.io.submit(_prefetch(ctx, name, type_, alias, dest, pre))
+    prefetch = ctx.io.submit(_prefetch(ctx, name, type_, alias, dest, pre, plan))
     try:
         run = ctx.start_run("download", run_config)
         resolved = tracking.use_artifact(
@@ -89,24 +117,29 @@ def _download_online(
     manifest = resolved.manifest
     if manifest is not None and pre.digest == manifest.digest():
         ctx.io.wait(prefetch)
-        complete = pre.done == {f.path for f in manifest.files}
+        complete = pre.done == {f.path for f in plan.select(manifest).files}
         if complete and pre.stats is not None and not ctx.options.quiet:  # its summary waited for W&B's word
             log.info(pre.stats.summary())
-        trusted = set(pre.done)
+        trusted, carried = set(pre.done), pre.stats
     else:
         _stop_prefetch(ctx, prefetch, pre)
-        complete, trusted = False, _keep_matching(dest, pre.done, manifest)
+        complete, trusted, carried = False, _keep_matching(dest, pre.done, manifest), None
     if resolved.ref is None and resolved.has_files:
+        if plan.partial or plan.reuse is not None:
+            raise UsageError(
+                f"{qualified_name}:{alias} is stored in W&B itself (--no-reff): "
+                "--include, --exclude and --reuse apply to versions kept in a bucket"
+            )
         tracking.download_files(resolved, dest)
         return
     if not complete:
         storage, key = locate(ctx, resolved, alias)
-        ctx.run(_fetch(storage, key, resolved, dest, ctx.options, trusted))
+        ctx.run(_fetch(storage, key, resolved, dest, ctx.options, plan, trusted, carried))
     if resolved.has_files:  # files added to this version in W&B itself (a draft of it, `add_file`)
-        tracking.download_stored_files(resolved, dest)
+        tracking.download_stored_files(resolved, dest, lambda p: selected(p, plan.include, plan.exclude))
 
 
-async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path, pre: _Prefetch) -> None:
+async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path, pre: _Prefetch, plan: Plan) -> None:
     pre.task = asyncio.current_task()
     try:
         storage, base = await ctx.buckets.open(ctx.bucket)
@@ -117,8 +150,19 @@ async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path,
         pre.digest = manifest.digest()
         # Listing 10k objects takes as long as fetching hundreds of them: do both at once. Every
         # file is checked against the manifest as it lands, and the confirmed pass lists again.
+        wanted = plan.select(manifest)
         copy = asyncio.ensure_future(
-            transfer.download(storage, record.root, manifest, dest, ctx.options, done=pre.done, skip_existing=True)
+            transfer.download(
+                storage,
+                record.root,
+                wanted,
+                dest,
+                ctx.options,
+                done=pre.done,
+                skip_existing=True,
+                reuse=plan.reuse,
+                of_files=plan.of_files(manifest),
+            )
         )
         try:
             transfer.check_listing(manifest, await storage.list_objects(record.root), storage.uri_for(record.root))
@@ -162,7 +206,9 @@ async def _fetch(
     resolved: tracking.Resolved,
     dest: Path,
     options: transfer.Options,
+    plan: Plan,
     trusted: Set[str] = frozenset(),
+    carried: transfer.Stats | None = None,
 ) -> None:
     """Check the bucket holds the version's files, then bring them into dest, verified."""
     listing = await storage.list_objects(key)
@@ -185,7 +231,17 @@ async def _fetch(
             manifest, listing = await _named_objects(storage, key, manifest, listing)
             _check_etags(resolved.s3_etags, listing, where)
         transfer.check_listing(manifest, listing, where)
-    await transfer.download(storage, key, manifest, dest, options, trusted=trusted)
+    await transfer.download(
+        storage,
+        key,
+        plan.select(manifest),
+        dest,
+        options,
+        trusted=trusted,
+        reuse=plan.reuse,
+        of_files=plan.of_files(manifest),
+        carried=carried,
+    )
 
 
 async def _named_objects(

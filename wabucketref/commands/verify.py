@@ -18,6 +18,8 @@ from .resolve import locate, resolve_offline
 
 log = logging.getLogger("wabucketref")
 
+MAX_NAMED = 10  # absent files named in the error
+
 
 def verify(ctx: Context, qualified_name: str, name: str, type_: str, alias: str, local: Path | None) -> Manifest:
     """Raise IntegrityError naming the first file that differs; return the manifest checked against."""
@@ -51,9 +53,12 @@ def _compare_folder(manifest: Manifest, root: Path, stored: frozenset[str]) -> N
         raise UsageError(f"not a folder: {root}")
     actual = {f.path: f for f in scan_folder(root) if f.path not in stored}
     expected = manifest.by_path()
+    if absent := sorted(set(expected) - set(actual)):  # a partial download (--include) says which
+        shown = ", ".join(absent[:MAX_NAMED]) + (
+            f", and {len(absent) - MAX_NAMED} more" if len(absent) > MAX_NAMED else ""
+        )
+        raise IntegrityError(f"{len(absent)} of {len(expected)} files absent from {root}: {shown}")
     for path in sorted(set(actual) | set(expected)):
-        if path not in actual:
-            raise IntegrityError(f"{path}: missing from {root}")
         if path not in expected:
             raise IntegrityError(f"{path}: in {root} but not in the artifact's manifest")
         f = actual[path]

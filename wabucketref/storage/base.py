@@ -113,6 +113,10 @@ class Storage(ABC):
 
     # ---------------------------------------------------------------- built on the door
 
+    async def list_folders(self, prefix: str) -> list[str]:
+        """The names of the folders right under `prefix/` (one level, sorted)."""
+        return sorted({o.key.split("/", 1)[0] for o in await self.list_objects(prefix) if "/" in o.key})
+
     async def get_bytes(self, key: str) -> bytes | None:
         found = await self.read(key)
         return None if found is None else found[0]

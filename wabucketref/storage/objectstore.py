@@ -62,6 +62,13 @@ class ObjectStoreStorage(Storage):
                         out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
         return _without_folder_markers(out)
 
+    async def list_folders(self, prefix: str) -> list[str]:
+        prefix = prefix.strip("/")
+        with self.explained():
+            found = await obs.list_with_delimiter_async(self._store, prefix + "/" if prefix else None)
+        start = len(prefix) + 1 if prefix else 0
+        return sorted({p[start:].strip("/") for p in found["common_prefixes"]} - {""})
+
     async def exists(self, key: str) -> bool:
         with self.explained():
             try:

@@ -36,7 +36,7 @@ def by_version(doc: dict) -> list[tuple]:
     return [(v["version"], v["aliases"], v["files"], v["bytes"]) for v in doc["versions"]]
 
 
-def test_ls_online_then_offline_after_aliases_move_and_a_version_is_deleted(backend_env, wandb_server, tmp_path):
+def test_ls_online_then_offline_after_aliases_move_and_a_version_is_deleted(backend_env, wandb_server, tmp_path, monkeypatch):
     env = online(backend_env, wandb_server)
     unknown = list(wandb_server.unknown)
     v0 = write_tree(tmp_path / "v0", V0)
@@ -49,7 +49,7 @@ def test_ls_online_then_offline_after_aliases_move_and_a_version_is_deleted(back
     upload(env, v2, "ds", "four")
 
     proj = f"{env.vars['WANDB_ENTITY']}/{env.vars['WANDB_PROJECT']}"
-    api = wandb_api(env)
+    api = wandb_api(env, monkeypatch)
     # through W&B itself: `best` added to v0, `two` moved to v1, v2 deleted (with its aliases)
     first = api.artifact(f"{proj}/ds:v0")
     first.aliases.append("best")

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import online, use_backend
+from wabucketref.retry import REQUEST_TRIES
 
 FAST_WANDB_INIT = {"WANDB_INIT_TIMEOUT": "8"}
 # Root reads any file whatever its mode: run the CLI as a root that has dropped CAP_DAC_OVERRIDE and
@@ -286,7 +287,8 @@ CASES = [
          max_seconds=20),
     Case("s3-endpoint-silent", up(*OK), 1, "no answer from http://127.0.0.1:",
          setup=_s3(AWS_ENDPOINT_URL=_silent_endpoint, AWS_ENDPOINT_URL_S3=_silent_endpoint, AWS_S3_ENDPOINT_URL=_silent_endpoint,
-                   WABUCKET_REQUEST_TIMEOUT="1"), max_seconds=40),
+                   WABUCKET_REQUEST_TIMEOUT="1"), max_seconds=60,
+         max_connections=REQUEST_TRIES),  # each try of the one listing request, then the one-line error
     # ---- Azure platform buckets the server refuses
     Case("azure-container-gone", up(*OK), 1, "no such bucket at http://127.0.0.1:", setup=_azure(container_gone=True)),
     Case("azure-sas-expired", up(*OK), 1, "refused the request: AuthorizationFailure: Server failed to authenticate the request.",

@@ -538,6 +538,7 @@ def bench_dataset(
     ds: Dataset, contenders: list[str], repeat: int, work: Path, args: argparse.Namespace, runs: list[Run]
 ) -> None:
     stack_dir = work / f"stack-{ds.name}"
+    shutil.rmtree(stack_dir, ignore_errors=True)  # a --keep run's stack: its platform config names a dead port
     stack = Stack(stack_dir)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)

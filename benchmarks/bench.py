@@ -10,13 +10,14 @@ order), with the page cache dropped before each timed run when that is allowed.
     python benchmarks/bench.py --small            # CI smoke size, about two minutes
     python benchmarks/bench.py                    # A = 10,000 x 100 KiB, B = 4 x 256 MiB, 5 repeats
 
-Prints a markdown report (medians, ratios to wabucketref, W&B bookkeeping, --help time, peak RSS,
-targets with PASS/FAIL) on stdout; --json FILE also writes every run.
+Prints a markdown report (medians, ratios to wabucketref, partial and reusing downloads of A, W&B
+bookkeeping, --help time, peak RSS, targets with PASS/FAIL) on stdout; --json FILE also writes every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -65,6 +66,11 @@ PLATFORM_BUCKET = "bench-plat"
 S3_BUCKET = "bench-s3"
 WANDB_PROJECT = "bench"
 SUMMARY_RE = re.compile(r"(uploaded|downloaded) (\d+) files? \(([^)]*)\) in ([\d.]+) s")
+REUSED_RE = re.compile(r"(\d+) files? \([^)]*\) reused from local folders")
+# Partial and reusing downloads (dataset A, the reference only): the target is "about their share of
+# the work, a few times the time of 1% of a full download": a few = this many times the share.
+SHARE = 0.01
+SHARE_FACTOR = 5
 TIME_BIN = "/usr/bin/time"
 
 SDK_SCRIPT = r"""
@@ -144,6 +150,39 @@ def make_dataset(root: Path, name: str, count: int, size: int) -> Dataset:
         ds.hashes[rel] = sha.hexdigest()
     marker.write_text(json.dumps(ds.hashes))
     return ds
+
+
+def make_changed(root: Path, ds: Dataset, share: float) -> Dataset:
+    """The next version of `ds`: the same files (hard links) except `share` of them, spread over the
+    folders (every 1/share-th file), rewritten with new content of the same size."""
+    step = round(1 / share)
+    new = Dataset(ds.name, ds.count, ds.size, root / f"{ds.path.name}-changed{step}", dict(ds.hashes))
+    changed = {_rel_path(ds.name, i, ds.count) for i in range(0, ds.count, step)}
+    marker = new.path.parent / f".{new.path.name}.json"
+    if marker.exists() and new.path.is_dir():
+        new.hashes = json.loads(marker.read_text())
+        return new
+    shutil.rmtree(new.path, ignore_errors=True)
+    for rel in ds.hashes:
+        (new.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel not in changed:
+            os.link(ds.path / rel, new.path / rel)
+    for rel in sorted(changed):
+        data = random.Random(f"wabucketref-bench/{ds.name}/changed/{rel}").randbytes(ds.size)
+        (new.path / rel).write_bytes(data)
+        new.hashes[rel] = hashlib.sha256(data).hexdigest()
+    marker.write_text(json.dumps(new.hashes))
+    return new
+
+
+def share_pattern(count: int, share: float) -> tuple[str, int]:
+    """An --include glob selecting `share` of A's `count` files (its first ones), and how many:
+    one leaf folder of 100 files at full size (`part00/shard00/*`), a run of sample names otherwise."""
+    n = max(1, round(count * share))
+    digits = len(str(n - 1)) if n > 1 else 0
+    if n == 100:
+        return "part00/shard00/*", n
+    return f"part00/shard00/sample{'0' * (5 - digits)}{'?' * digits}.bin", n
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -264,6 +303,8 @@ class Run:
     peak_rss_main: int = 0  # VmHWM of the command's main process (python for the wabucketref rows)
     server_cpu: float = float("nan")  # SeaweedFS CPU seconds during the run
     transfer_s: float | None = None  # from wabucketref's summary line
+    files_moved: int | None = None  # files fetched or sent, from wabucketref's summary line
+    files_reused: int | None = None  # files taken from --reuse folders, from the summary line
     cold_cache: bool = False
 
 
@@ -323,6 +364,9 @@ def measure(
     found = SUMMARY_RE.findall(text)
     if found:
         run.transfer_s = float(found[-1][3])
+        run.files_moved = int(found[-1][1])
+        reused = REUSED_RE.findall(text)
+        run.files_reused = int(reused[-1]) if reused else 0
     run.ok = True
     return run
 
@@ -538,6 +582,7 @@ def bench_dataset(
     ds: Dataset, contenders: list[str], repeat: int, work: Path, args: argparse.Namespace, runs: list[Run]
 ) -> None:
     stack_dir = work / f"stack-{ds.name}"
+    shutil.rmtree(stack_dir, ignore_errors=True)  # a --keep run's stack: its platform config names a dead port
     stack = Stack(stack_dir)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
@@ -614,10 +659,108 @@ def bench_dataset(
                 shutil.rmtree(dest, ignore_errors=True)
                 runs.append(run)
                 _progress(run)
+        if ds.name == "A" and REFERENCE in contenders:
+            bench_partial(ds, cs, uploads[REFERENCE].get(0), work, args, runs)
     finally:
         stack.stop()
         if not args.keep:
             shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+PARTIAL_OPS = {
+    # op: what the row measures
+    "download-1%": "the version, `--include PATTERN` selecting 1% of its files",
+    "download-next": "the next version (1% of the files changed) into an empty folder",
+    "download-next-reuse": "the next version with `--reuse DIR`, DIR = a full download of the previous version",
+}
+
+
+def bench_partial(
+    ds: Dataset, cs: Contenders, source: Remote | None, work: Path, args: argparse.Namespace, runs: list[Run]
+) -> None:
+    """The reference's partial and reusing downloads of A, each run alternating with the others.
+
+    Not timed: the next version (A with 1% of its files changed) is uploaded as a new version of the
+    reference's first upload, and that first version is downloaded once in full (the local copy)."""
+    env, logs, cwd = cs.env[REFERENCE], work / "logs", cs.work
+    wab = cs._wab(REFERENCE)
+    pattern, n = share_pattern(ds.count, SHARE)
+    subset = {p: h for p, h in ds.hashes.items() if fnmatch.fnmatchcase(p, pattern)}
+    new = make_changed(work / "data", ds, SHARE)
+    prev = work / "dl" / f"{ds.name}-previous"
+    shutil.rmtree(prev, ignore_errors=True)
+    error = ""
+    if len(subset) != n:
+        error = f"{pattern!r} selects {len(subset)} of {ds.name}'s files, not {n}"
+    elif source is None:
+        error = "no successful upload of the reference to start from"
+    else:
+        setups = {
+            "upload-next": [*wab, "upload", str(new.path), "-n", source.artifact, "-t", "dataset", "-a", "next"],
+            "download-previous": [*wab, "download", "dataset", source.artifact, source.alias, "-d", str(prev)],
+        }
+        for what, argv in setups.items():
+            setup = Run(ds.name, what, REFERENCE, 0)
+            measure(
+                argv,
+                env,
+                logs / f"{ds.name}-setup-{what}.log",
+                setup,
+                server_pid=None,
+                cold=False,
+                timeout=args.timeout,
+                cwd=cwd,
+            )
+            print(
+                f"  {ds.name} set-up {what}: {setup.wall:.2f} s (not timed) {setup.error}", file=sys.stderr, flush=True
+            )
+            if not setup.ok:
+                error = f"set-up {what} failed: {setup.error}"
+                break
+        else:
+            if tree_stats(prev) != (ds.count, ds.total):
+                error = (
+                    f"set-up: the previous version's download holds {tree_stats(prev)}, expected {(ds.count, ds.total)}"
+                )
+    for rep in range(args.repeat):
+        for op in rotate(list(PARTIAL_OPS), rep):
+            run = Run(ds.name, op, REFERENCE, rep)
+            if error:
+                run.error = error
+                runs.append(run)
+                _progress(run)
+                continue
+            dest = work / "dl" / f"{ds.name}-{op}-r{rep}"
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            argv = [*wab, "download", "dataset", source.artifact]  # type: ignore[union-attr]
+            if op == "download-1%":
+                argv += [source.alias, "--include", pattern]  # type: ignore[union-attr]
+                expected = subset
+            else:
+                argv += ["next"] + (["--reuse", str(prev)] if op == "download-next-reuse" else [])
+                expected = new.hashes
+            run = measure(
+                [*argv, "-d", str(dest)],
+                env,
+                logs / f"{ds.name}-{op}-r{rep}.log",
+                run,
+                server_pid=cs.stack.s3.pid,
+                cold=args.drop_caches,
+                timeout=args.timeout,
+                cwd=cwd,
+            )
+            if run.ok:  # every file hashed, every time: a wrongly reused file must not pass
+                got_h = tree_hashes(dest)
+                if got_h != expected:
+                    bad = sorted(set(got_h.items()) ^ set(expected.items()))[:1]
+                    run.ok, run.error = False, f"downloaded tree differs from the version (e.g. {bad})"
+                else:
+                    run.verified = "sha256"
+            shutil.rmtree(dest, ignore_errors=True)
+            runs.append(run)
+            _progress(run)
+    shutil.rmtree(prev, ignore_errors=True)
 
 
 def _progress(run: Run) -> None:
@@ -811,6 +954,101 @@ def report(
     out("Contenders: " + "; ".join(f"**{c}**: {DESCRIPTIONS[c]}" for c in contenders))
     out("")
 
+    # ---- partial and reusing downloads (dataset A, the reference)
+    partial: dict[str, Any] = {}
+    partial_targets: list[tuple[str, float | None, float | None, str]] = []
+    a = next((d for d in datasets if d.name == "A"), None)
+    if a is not None and any(("A", op, REFERENCE) in by for op in PARTIAL_OPS):
+        pattern, n = share_pattern(a.count, SHARE)
+        full, nxt = med("A", "download", REFERENCE), med("A", "download-next", REFERENCE)
+        out(f"## Partial and reusing downloads (dataset A, `{REFERENCE}`)")
+        out("")
+        out(
+            f"`download-1%` = `wabucket download ... --include '{pattern}'` ({n:,} of the {a.count:,} files); "
+            f"`download-next` = the next version (A with {n:,} files, one in every {round(1 / SHARE)}, rewritten; "
+            "uploaded beforehand as a new version of the same artifact, not timed) into an empty folder; "
+            "`download-next-reuse` = the same with `--reuse DIR`, DIR = a full download of the previous version made "
+            "beforehand (not timed; the page cache is dropped before each run, so DIR is read back from disk and hashed). "
+            "Files fetched and reused are from the summary line; every file of every run is checked by sha256. "
+            "`x full` = against the full download of A (the table above), and for `download-next-reuse` against "
+            "`download-next`. `outside` = wall - transfer: start-up, session, W&B run, manifest, (re)use of local files."
+        )
+        out("")
+        out(
+            "| op | files fetched | files reused | MiB fetched | median s | min | max | transfer s | outside s | x full | client CPU s |"
+        )
+        out("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for op in ("download", *PARTIAL_OPS):
+            rs = by.get(("A", op, REFERENCE), [])
+            m = med("A", op, REFERENCE)
+            if not rs:
+                continue
+            if m is None:
+                err = next((r.error for r in rs if not r.ok), "")
+                out(f"| {op} | FAILED | | | | | | | | | {err[:120].replace('|', '/')} |")
+                partial[op] = {"error": err}
+                continue
+            good = [r for r in rs if r.ok]
+            fetched, reused = med("A", op, REFERENCE, "files_moved"), med("A", op, REFERENCE, "files_reused")
+            tr = med("A", op, REFERENCE, "transfer_s")
+            base = nxt if op == "download-next-reuse" else full
+            row = {
+                "median": m,
+                "min": min(r.wall for r in good),
+                "max": max(r.wall for r in good),
+                "files_fetched": fetched,
+                "files_reused": reused,
+                "bytes_fetched": fetched * a.size if fetched is not None else None,
+                "transfer": tr,
+                "ratio": m / base if base else None,
+                "client_cpu": _med([r.user_cpu + r.sys_cpu for r in good]),
+            }
+            partial[op] = row
+            mib = _fmt(row["bytes_fetched"] / MiB, 1) if row["bytes_fetched"] is not None else "-"
+            out(
+                f"| {op} | {_fmt(fetched, 0)} | {_fmt(reused, 0)} | {mib} | {m:.2f} | {row['min']:.2f} | {row['max']:.2f} | "
+                f"{_fmt(tr)} | {_fmt(m - tr if tr is not None else None)} | {_fmt(row['ratio'], 3)} | {_fmt(row['client_cpu'], 1)} |"
+            )
+        out("")
+        few = f"{SHARE_FACTOR} x {100 * SHARE:.0f}%"
+        p1 = partial.get("download-1%", {}).get("median")
+        lim1 = SHARE_FACTOR * SHARE * full if full is not None else None
+        shown1 = (
+            f"{_fmt(p1)} s = {_fmt(100 * p1 / full if p1 and full else None, 1)}% of the full download's {_fmt(full)} s "
+            f"(limit {few} = {_fmt(lim1)} s); {n:,} of {a.count:,} files"
+        )
+        partial_targets.append(
+            (
+                f"A download of {100 * SHARE:.0f}% of the files (`--include`) <= {few} of the full download",
+                p1,
+                lim1,
+                shown1,
+            )
+        )
+        r = partial.get("download-next-reuse", {})
+        pr, fetched = r.get("median"), r.get("files_fetched")
+        lim2 = SHARE_FACTOR * SHARE * nxt if nxt is not None else None
+        # Its share of the work: fetching no more than the changed files, and a few times their share of the time.
+        ok_bytes = fetched is not None and fetched <= n
+        shown2 = (
+            f"{_fmt(pr)} s = {_fmt(100 * pr / nxt if pr and nxt else None, 1)}% of the plain download's {_fmt(nxt)} s "
+            f"(limit {few} = {_fmt(lim2)} s); fetched {_fmt(fetched, 0)} files "
+            f"({_fmt(fetched * a.size / MiB if fetched is not None else None, 1)} MiB, limit {n:,} changed), "
+            f"reused {_fmt(r.get('files_reused'), 0)}"
+        )
+        partial_targets.append(
+            (
+                f"A download of the next version ({100 * SHARE:.0f}% changed) with `--reuse` <= {few} of a plain download, fetching only the changed files",
+                pr if ok_bytes or pr is None else float("inf"),
+                lim2,
+                shown2,
+            )
+        )
+        for name, value, limit, shown in partial_targets:
+            verdict = "n/a" if value is None or limit is None else ("met" if value <= limit else "missed")
+            out(f"- {name}: **{verdict}**: {shown}")
+        out("")
+
     # ---- W&B bookkeeping
     book: dict[str, Any] = {}
     wab = [c for c in ("wabucketref", "wabucketref-s3", "wabucketref-nowandb") if c in contenders]
@@ -929,6 +1167,8 @@ def report(
             f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% outside the transfer; "
             f"{wdiff:.2f} s = {100 * wdiff / total:.1f}% by plain wall difference (online vs `WANDB_MODE=disabled`)",
         )
+    for name, value, limit, shown in partial_targets:
+        target(name, value, limit, shown)
     if help_med is not None:
         target("`wabucket --help` < 0.3 s", help_med, 0.3, f"{help_med:.3f} s", is_max=False)
     if rss_runs:
@@ -972,6 +1212,7 @@ def report(
         "cold_cache": cold,
         "table": table,
         "bookkeeping": book,
+        "partial": partial,
         "help_seconds": help_times,
         "targets": targets,
         "runs": [asdict(r) for r in runs],

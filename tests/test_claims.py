@@ -465,10 +465,11 @@ def test_ctrl_c_and_sigterm_during_upload_to_a_platform_bucket(platform_stage, t
     st.proxy.bandwidth = 3_000_000  # ~7 s for the whole upload
     proc = spawn(env, "--concurrency", "3", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "i1")
     wait_until(lambda: st.proxy.count("PUT", CREATED) >= 8, 60, "8 PUTs", proc)
-    _, out, err = _interrupt(proc, sig)
+    after, out, err = _interrupt(proc, sig, lambda: st.proxy.count("PUT", CREATED))
     st.quiet()
     assert proc.returncode == status and said in err, err
     assert "Traceback" not in err and out == "" and "wabucket: uploaded" not in err
+    assert after <= 3, after  # only the requests in flight (--concurrency 3) end after the signal
     stored = st.keys("dataset/ds/i1/")
     want = {p: (src / p).read_bytes() for p in tree_hashes(src)}
     assert 0 < len(stored) < len(want)
@@ -491,10 +492,11 @@ def test_ctrl_c_and_sigterm_during_download_from_a_platform_bucket(platform_stag
     st.proxy.bandwidth = 1_000_000
     proc = spawn(env, "--concurrency", "3", "download", "dataset", "ds", "i1", "-d", str(dest))
     wait_until(lambda: st.proxy.count("GET", OK) >= 10, 60, "10 GETs", proc)
-    _, out, err = _interrupt(proc, sig)
+    after, out, err = _interrupt(proc, sig, lambda: st.proxy.count("GET", OK))
     st.quiet()
     assert proc.returncode == status and said in err, err
     assert "Traceback" not in err and out == "" and "wabucket: downloaded" not in err
+    assert after <= 3 + 4, after  # the requests in flight: 3 files, or up to 4 ranges of big.bin
     no_part_files(dest)
     done = final_files_are_whole(dest, src)
     assert 0 < done < N_FILES + 1

@@ -136,13 +136,18 @@ class WaBucketRefAPI:
         overwrite: bool = False,
         suffix: str | None = None,
         *,
+        base: str | None = None,
+        incremental: bool = True,
         as_refference: bool | None = None,
         set_outputs: bool = False,
     ) -> str:
         """Upload a folder to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
 
-        Returns the alias. `set_outputs` prints the ::set-output lines for neuro-flow on stdout (the
-        CLI does); `as_refference` is the original tool's spelling of `as_reference`.
+        Incremental: files whose size and sha256 equal a file of the base version (`base`, an alias
+        of this artifact in the bucket; by default its latest) are copied inside the bucket instead
+        of sent; `incremental=False` sends every file. Returns the alias. `set_outputs` prints the
+        ::set-output lines for neuro-flow on stdout (the CLI does); `as_refference` is the original
+        tool's spelling of `as_reference`.
         """
         if as_refference is not None:
             as_reference = as_refference
@@ -151,9 +156,10 @@ class WaBucketRefAPI:
         out_suffix = checks.check_suffix(suffix)
         metadata = checks.check_metadata(art_metadata)
         checks.check_new_alias(art_alias)
+        base_alias = checks.check_base(base, incremental, art_alias, as_reference)
         ctx = self._context()
         if as_reference:
-            alias = upload.upload(ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite)
+            alias = upload.upload(ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite, base_alias)
         else:
             alias = upload.upload_to_wandb(ctx, Path(src_folder), art_name, art_type, art_alias, metadata)
         if set_outputs:

@@ -136,14 +136,37 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
         "an interrupted overwrite is finished by rerunning it)."
     ),
 )
+@click.option(
+    "--base",
+    metavar="ALIAS",
+    callback=_not_empty,
+    help=(
+        "Copy files equal to ALIAS's (same size and sha256) inside the bucket instead of sending them. "
+        "Default: the artifact's latest version in the bucket."
+    ),
+)
+@click.option("--no-base", is_flag=True, help="Send every file (no incremental upload).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, quiet) -> None:
-    """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it."""
+def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, base, no_base, quiet) -> None:
+    """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
+
+    Files the artifact's latest version (or --base ALIAS) already has in the bucket are copied there
+    instead of sent."""
     meta = parse_pairs(metadata)
     with _api(ctx, quiet) as api:
         api.upload_artifact(
-            src_dir, name, type_, alias, meta, as_reference=reff, overwrite=overwrite, suffix=suffix, set_outputs=True
+            src_dir,
+            name,
+            type_,
+            alias,
+            meta,
+            as_reference=reff,
+            overwrite=overwrite,
+            suffix=suffix,
+            base=base,
+            incremental=not no_base,
+            set_outputs=True,
         )
 
 

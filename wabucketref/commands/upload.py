@@ -3,9 +3,11 @@ link: data already in a bucket, registered the same way.
 
     1. scan the folder (or list the bucket folder) and check the names
     2. claim the alias: its .partial marker says an upload runs there (marker.py)
-    3. move what the bucket lacks, hashing as it goes (transfer.py) -> the manifest
-    4. log the artifact in W&B (tracking.py): the manifest decides its version
-    5. write the record beside the data, remove the marker
+    3. find the base version (--base ALIAS, else the artifact's newest record in the bucket):
+       local files whose size and sha256 equal one of its files are copied inside the bucket
+    4. move what the bucket lacks, hashing as it goes (transfer.py) -> the manifest
+    5. log the artifact in W&B (tracking.py): the manifest decides its version
+    6. write the record beside the data, remove the marker
 """
 
 from __future__ import annotations
@@ -25,22 +27,34 @@ from ..manifest import FileEntry, LocalFile, Manifest, check_unique, scan_folder
 from ..marker import claim
 from ..runtime import Context
 from ..storage import Storage
+from .resolve import bucket_record
 
 log = logging.getLogger("wabucketref")
 
 
+LATEST = "latest"
+
+
 def upload(
-    ctx: Context, src: Path, name: str, type_: str, alias: str | None, metadata: dict[str, Any], overwrite: bool
+    ctx: Context,
+    src: Path,
+    name: str,
+    type_: str,
+    alias: str | None,
+    metadata: dict[str, Any],
+    overwrite: bool,
+    base: str | None = LATEST,
 ) -> str:
-    """Returns the alias the artifact got."""
+    """Returns the alias the artifact got. base: the alias whose files are copied inside the bucket
+    where the local files equal them (`latest`: the artifact's newest record; None: send everything)."""
     files = _scan(src)
     alias = choose_alias(alias, metadata)
     tracking.preflight()  # W&B must answer before any byte moves
-    storage, base = ctx.home()
+    storage, prefix = ctx.home()
     storage.check_names([f.path for f in files])
-    keys = ArtifactKeys(base, type_, name).alias(alias)
+    keys = ArtifactKeys(prefix, type_, name).alias(alias)
     manifest, run = ctx.while_run_starts(
-        _upload_bytes(storage, keys, files, overwrite, ctx.options), "upload", metadata
+        _upload_bytes(storage, keys, files, overwrite, ctx.options, base), "upload", metadata
     )
     ref = storage.uri_for(keys.data)
     version = tracking.log_artifact(
@@ -125,12 +139,18 @@ def _scan(src: Path) -> list[LocalFile]:
 
 
 async def _upload_bytes(
-    storage: Storage, keys: AliasKeys, files: list[LocalFile], overwrite: bool, options: transfer.Options
+    storage: Storage,
+    keys: AliasKeys,
+    files: list[LocalFile],
+    overwrite: bool,
+    options: transfer.Options,
+    base: str | None = None,
 ) -> Manifest:
     where = storage.uri_for(keys.data)
     listing = await storage.list_objects(keys.data)
     complete = await storage.exists(keys.record)
     found = await storage.read(keys.marker)
+    base_version = await _base_version(storage, keys, base) if base else None
     # A marker says the upload there is unfinished (even beside a record, if it was stopped just
     # before removing the marker): the same command resumes it.
     if (complete or listing) and found is None and not overwrite:
@@ -148,13 +168,59 @@ async def _upload_bytes(
         # file `a` is in the way of a new `a/b`.
         stale = sorted({o.key for o in listing} - {f.path for f in files})
         await storage.delete([join(keys.data, k) for k in stale])
-        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options)
+        copies = await _copies(storage, base_version, files, options) if base_version else {}
+        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options, copies)
         await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
         await marker.check_still_ours(where)
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
     return manifest
+
+
+async def _base_version(storage: Storage, keys: AliasKeys, base: str) -> tuple[Manifest, BucketRecord] | None:
+    """Step 3: the version whose files may be copied, by its record in the bucket.
+
+    An explicit base that cannot be used is an error; the default one (`latest`), only a note:
+    the upload then sends every file, as without a base."""
+    artifact = keys.artifact
+    explicit = base != LATEST
+    what = f"{artifact.type}/{artifact.name}:{base}"
+    try:
+        found = await bucket_record(storage, artifact, base)
+    except IntegrityError as e:
+        if explicit:
+            raise WaBucketError(f"--base {base}: the record of {what} is unreadable: {e}") from e
+        log.warning("sending every file: the newest record of %s is unreadable (%s)", artifact.folder, e)
+        return None
+    manifest, record = found if found is not None else (None, None)
+    if manifest is None or record is None or not manifest.verified:
+        if explicit:
+            raise NotFoundError(
+                f"--base {base}: no record of {what} in {storage.uri_for(artifact.records)} "
+                "(a base is an alias uploaded or linked into this bucket)"
+            )
+        return None
+    if record.root == keys.data or record.root.startswith(keys.data + "/"):
+        return None  # the alias being written: what it holds already is kept by the transfer plan
+    return manifest, record
+
+
+async def _copies(
+    storage: Storage, base: tuple[Manifest, BucketRecord], files: list[LocalFile], options: transfer.Options
+) -> dict[str, transfer.CopySource]:
+    """Which local files the base version holds (size and sha256), and where."""
+    manifest, record = base
+    listing = await storage.list_objects(record.root)
+    copies = await transfer.find_copies(storage, files, manifest, record.root, listing, options)
+    log.info(
+        "incremental upload: %d of %d files are in %s (%s) already: copied in the bucket, not sent",
+        len(copies),
+        len(files),
+        record.alias,
+        storage.uri_for(record.root),
+    )
+    return copies
 
 
 async def _commit(storage: Storage, keys: AliasKeys, record: BucketRecord, manifest: Manifest) -> None:

@@ -47,10 +47,15 @@ class Capabilities:
 
     ranged_gets: bool = True  # answers a ranged GET with that range (else with the whole object)
     conditional_writes: bool = True  # honours If-None-Match / If-Match on PUT
+    copies: bool = True  # copies an object inside the bucket (S3 CopyObject, Azure Copy Blob, a hard link)
 
 
 class RangesIgnored(WaBucketError):
     """The server sent a whole object for a ranged GET: fetch it whole (not retried)."""
+
+
+class CopiesRefused(WaBucketError):
+    """The server does not copy objects inside the bucket: send the bytes instead (not retried)."""
 
 
 class Storage(ABC):
@@ -107,6 +112,13 @@ class Storage(ABC):
     async def put_if_unchanged(self, key: str, data: bytes, etag: str | None) -> bool:
         """Write key only if it is still absent (etag None) or still that version: False if
         another writer came first. Where the store cannot check, it just writes."""
+
+    @abstractmethod
+    async def copy(self, src_key: str, dst_key: str) -> None:
+        """Copy an object to another key of the same bucket without its bytes passing through here
+        (S3 CopyObject, Azure Copy Blob, a hard link in a folder); an existing `dst_key` is replaced.
+        Raises FileNotFoundError if `src_key` is missing, CopiesRefused if the server cannot copy
+        (then `capabilities.copies` turns False, with one warning)."""
 
     @abstractmethod
     async def delete(self, keys: list[str]) -> None: ...

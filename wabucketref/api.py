@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, jobs, tracking
-from .commands import download, upload, verify
+from .commands import download, gc, upload, verify
 from .errors import UsageError
 from .manifest import Manifest
 from .progress import ProgressCallback
@@ -230,6 +230,20 @@ class WaBucketRefAPI:
         checks.check_alias(art_alias, for_upload=False)
         local_path = Path(local) if local is not None else None
         return verify.verify(self._context(), art_name, name, art_type, art_alias, local_path)
+
+    def gc(
+        self, art_type: str | None = None, art_name: str | None = None, older_than: str = "1d", delete: bool = False
+    ) -> gc.Report:
+        """Find bucket data that no existing W&B version of this entity/project refers to: versions
+        deleted in W&B, and uploads abandoned longer than `older_than` (30m, 12h, 2d). Reports it
+        (Report.garbage; Report.unattributable is never deleted); delete=True removes it.
+        Needs W&B online; art_type / art_name limit it to one TYPE or NAME."""
+        if art_type is not None:
+            checks.check_name(art_type, "type")
+        if art_name is not None:
+            checks.check_name(art_name, "name")
+        age = gc.parse_age(older_than)
+        return gc.gc(self._context(), art_type, art_name, age, delete)
 
     # ------------------------------------------------------------ what commands run on
 

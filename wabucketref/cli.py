@@ -238,6 +238,47 @@ def verify(ctx, type_, name, alias, local, quiet) -> None:
         click.echo(f"ok: {n} file{'s' * (n != 1)}, {manifest.total_size} bytes match the manifest", err=True)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("-t", "--type", "type_", help="Only artifacts of this TYPE.")
+@click.option("-n", "--name", help="Only artifacts of this NAME.")
+@click.option(
+    "--older-than",
+    default="1d",
+    show_default=True,
+    metavar="AGE",
+    help="Unfinished uploads count as abandoned once their marker is older than AGE (30m, 12h, 2d).",
+)
+@click.option("--delete", is_flag=True, help="Delete what is reported (default: only report it).")
+@click.pass_context
+def gc(ctx, type_, name, older_than, delete) -> None:
+    """Report (or --delete) bucket data that no existing W&B version refers to.
+
+    Only data whose bucket record names this W&B entity and project is considered: folders of
+    versions deleted in W&B, and uploads abandoned longer than --older-than. Folders without a
+    record are listed as unattributable and never deleted. Needs W&B online."""
+    with _api(ctx) as api:
+        report = api.gc(type_, name, older_than=older_than, delete=delete)
+    verb = "deleted" if report.deleted else "unreferenced"
+    for item in report.garbage:
+        click.echo(f"{verb}\t{item.what}\t{item.files} files\t{item.bytes} bytes\t{item.why}")
+    for item in report.unattributable:
+        click.echo(f"unattributable\t{item.what}\t-\t-\t{item.why} (never deleted)")
+    from .progress import _human
+
+    size = f"{len(report.garbage)} aliases, {report.files} files ({_human(report.bytes)})"
+    if report.deleted:
+        said = f"freed {size}"
+    elif report.garbage:
+        said = f"{size} could be freed: rerun with --delete to delete them"
+    else:
+        said = "nothing to delete"
+    click.echo(
+        f"wabucket: gc: {said}; {report.kept} aliases kept, {len(report.unattributable)} unattributable, "
+        f"{report.others} of other W&B projects left alone",
+        err=True,
+    )
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (docker stop, a cancelled job): unwound like Ctrl-C, so part files and markers are
     cleaned up and a rerun resumes."""

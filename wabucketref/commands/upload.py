@@ -49,18 +49,19 @@ def upload(
     where the local files equal them (`latest`: the artifact's newest record; None: send everything)."""
     files = _scan(src)
     alias = choose_alias(alias, metadata)
-    tracking.preflight()  # W&B must answer before any byte moves
+    entity = ctx.entity or tracking.preflight()  # W&B must answer before any byte moves
+    owner = {"entity": entity, "project": ctx.project}
     storage, prefix = ctx.home()
     storage.check_names([f.path for f in files])
     keys = ArtifactKeys(prefix, type_, name).alias(alias)
     manifest, run = ctx.while_run_starts(
-        _upload_bytes(storage, keys, files, overwrite, ctx.options, base), "upload", metadata
+        _upload_bytes(storage, keys, files, overwrite, ctx.options, base, owner), "upload", metadata
     )
     ref = storage.uri_for(keys.data)
     version = tracking.log_artifact(
         run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
     )
-    record = BucketRecord.new(keys, ref, keys.data, manifest, version)
+    record = BucketRecord.new(keys, ref, keys.data, manifest, version, *_logged_in(run, entity, ctx.project))
     ctx.run(_commit(storage, keys, record, manifest))
     log.info("artifact %s:%s (%s) -> %s", name, alias, version or tracking.mode(), ref)
     return alias
@@ -82,7 +83,7 @@ def link(
     ctx: Context, bucket_path: str, name: str, type_: str, alias: str | None, metadata: dict[str, Any], overwrite: bool
 ) -> str:
     """Register a folder already in a bucket; its files are hashed once. Returns the alias."""
-    tracking.preflight()  # W&B must answer before every byte is read
+    entity = ctx.entity or tracking.preflight()  # W&B must answer before every byte is read
     storage, base = ctx.home()
     data_storage, key = ctx.storage(bucket_path) if "://" in bucket_path else (storage, join(base, bucket_path))
     alias = choose_alias(alias, metadata)
@@ -96,7 +97,7 @@ def link(
         run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
     )
     if data_storage is storage:
-        record = BucketRecord.new(keys, ref, key, manifest, version)
+        record = BucketRecord.new(keys, ref, key, manifest, version, *_logged_in(run, entity, ctx.project))
         try:
             ctx.run(storage.put_bytes(keys.record, record.dumps(manifest)))
         except Exception as e:  # a read-only bucket can still be linked
@@ -107,6 +108,13 @@ def link(
         )
     log.info("artifact %s:%s (%s) -> %s", name, alias, version or tracking.mode(), ref)
     return alias
+
+
+def _logged_in(run: Any, entity: str | None, project: str | None) -> tuple[str | None, str | None]:
+    """The W&B entity and project a version was logged in (the run's, online)."""
+    if run is None or tracking.is_offline():  # not in W&B (yet): gc never deletes what this record names
+        return None, None
+    return getattr(run, "entity", None) or entity, getattr(run, "project", None) or project
 
 
 def choose_alias(alias: str | None, config: dict[str, Any]) -> str:
@@ -145,6 +153,7 @@ async def _upload_bytes(
     overwrite: bool,
     options: transfer.Options,
     base: str | None = None,
+    owner: dict | None = None,
 ) -> Manifest:
     where = storage.uri_for(keys.data)
     listing = await storage.list_objects(keys.data)
@@ -157,7 +166,7 @@ async def _upload_bytes(
         raise WaBucketError(f"{where} already exists; pass --overwrite to replace it")
     # The marker says "bytes here are an unfinished upload, by us": a rerun may resume over them
     # once we are gone, and no other upload writes here meanwhile.
-    marker = await claim(storage, keys.marker, found, where)
+    marker = await claim(storage, keys.marker, found, where, owner)
     if found is not None and listing:
         log.info("resuming an interrupted upload to %s", where)
     if complete:

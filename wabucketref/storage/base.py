@@ -79,6 +79,16 @@ class Storage(ABC):
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix/`, keys relative to it."""
 
+    async def iter_objects(self, prefix: str, batch: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
+        """Every object under `prefix/` (keys relative to it), a batch at a time."""
+        listing = await self.list_objects(prefix)
+        for i in range(0, len(listing), batch):
+            yield listing[i : i + batch]
+
+    @abstractmethod
+    async def list_folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under `prefix/` (one delimited listing)."""
+
     @abstractmethod
     async def exists(self, key: str) -> bool: ...
 

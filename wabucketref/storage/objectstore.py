@@ -65,6 +65,20 @@ class ObjectStoreStorage(Storage):
                         out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
         return _without_folder_markers(out)
 
+    async def iter_objects(self, prefix: str, batch: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
+        prefix = prefix.strip("/")
+        start = len(prefix) + 1 if prefix else 0
+        with self.explained():
+            async for page in obs.list(self._store, prefix + "/" if prefix else None, chunk_size=batch):
+                yield [ObjectInfo(m["path"][start:], m["size"], m.get("e_tag")) for m in page if m["path"][start:]]
+
+    async def list_folders(self, prefix: str) -> list[str]:
+        prefix = prefix.strip("/")
+        with self.explained():
+            found = await obs.list_with_delimiter_async(self._store, prefix + "/" if prefix else None)
+        start = len(prefix) + 1 if prefix else 0
+        return sorted({p[start:].strip("/") for p in found["common_prefixes"]} - {""})
+
     async def exists(self, key: str) -> bool:
         with self.explained():
             try:

@@ -134,8 +134,8 @@ def test_gc_deletes_nothing_when_wandb_fails(world, wandb_server):
     env, raw, _, _, _ = world
     before = set(raw.keys())
     env.vars.update({"WANDB_X_GRAPHQL_RETRY_MAX": "1", "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": "1"})
-    for op in ("ArtifactCollectionArtifacts", "download"):
-        wandb_server.fail_operation(op, times=50, status=500)
+    for op in ("ProjectArtifacts", "FetchArtifactManifest", "download"):  # versions, then their manifests
+        wandb_server.fail_operation(op, times=1, status=400)  # 5xx are retried by wandb for minutes
         proc, rows = gc(env, "--delete", check=False)
         wandb_server.clear_faults()
         assert proc.returncode == 1 and not rows, (op, proc.stdout, proc.stderr)

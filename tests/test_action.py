@@ -99,6 +99,14 @@ jobs:
       name: imagenet
       alias: v3
       path: /mnt/models/data
+  gc:
+    action: @ACTION@
+    args:
+      command: gc
+      type: dataset
+      name: imagenet
+      bucket: s3://bkt/prefix
+      extra_args: --delete --older-than 12h
   platform_image:
     action: @ACTION@
     args:
@@ -267,6 +275,14 @@ def test_verify(workspace: Path) -> None:
     ]
 
 
+def test_gc(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "gc"))
+    assert line.args == [
+        "--bucket", "s3://bkt/prefix", "--project-name", "demo_ws",
+        "gc", "-t", "dataset", "-n", "imagenet", "--delete", "--older-than", "12h",
+    ]
+
+
 def test_rendered_line_is_shell_safe(workspace: Path) -> None:
     # The dry-run line round-trips through shlex (values with spaces stay one word).
     rendered = render_live(workspace, "upload_full")
@@ -332,6 +348,8 @@ CLI_PARSE = {
               "type_": "dataset", "suffix": "data", "metadata": ("rows=1000",)}),
     "verify": ("verify", {"project_name": "demo_ws"},
                {"type_": "dataset", "name": "imagenet", "alias": "v3", "local": Path("/mnt/models/data")}),
+    "gc": ("gc", {"bucket": "s3://bkt/prefix", "project_name": "demo_ws"},
+           {"type_": "dataset", "name": "imagenet", "delete": True, "older_than": "12h"}),
     "platform_image": ("download", {"project_name": "demo_ws"},
                        {"type_": "model", "name": "my-model", "alias": "best", "dest": "/mnt/models/restored"}),
 }

@@ -49,7 +49,8 @@ def upload(
     where the local files equal them (`latest`: the artifact's newest record; None: send everything)."""
     files = _scan(src)
     alias = choose_alias(alias, metadata)
-    entity = ctx.entity or tracking.preflight()  # W&B must answer before any byte moves
+    viewer = tracking.preflight()  # W&B must answer before any byte moves
+    entity = ctx.entity or viewer
     owner = {"entity": entity, "project": ctx.project}
     storage, prefix = ctx.home()
     storage.check_names([f.path for f in files])
@@ -83,7 +84,8 @@ def link(
     ctx: Context, bucket_path: str, name: str, type_: str, alias: str | None, metadata: dict[str, Any], overwrite: bool
 ) -> str:
     """Register a folder already in a bucket; its files are hashed once. Returns the alias."""
-    entity = ctx.entity or tracking.preflight()  # W&B must answer before every byte is read
+    viewer = tracking.preflight()  # W&B must answer before every byte is read
+    entity = ctx.entity or viewer
     storage, base = ctx.home()
     data_storage, key = ctx.storage(bucket_path) if "://" in bucket_path else (storage, join(base, bucket_path))
     alias = choose_alias(alias, metadata)

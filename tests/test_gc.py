@@ -50,10 +50,11 @@ def marker(entity: str, project: str, beat: float) -> bytes:
                        "entity": entity, "project": project}).encode()
 
 
-@pytest.fixture
+@pytest.fixture(params=["s3", "local"])
 def world(env, request, tmp_path, wandb_server, monkeypatch):
-    """One S3 bucket prefix shared by two W&B projects, holding every kind of data gc must tell apart."""
-    use_backend(env, "s3", request, tmp_path)
+    """One bucket (an S3 prefix, a folder) shared by two W&B projects, holding every kind of data gc
+    must tell apart."""
+    use_backend(env, request.param, request, tmp_path)
     env = online(env, wandb_server)
     p1 = env.vars["WANDB_PROJECT"]
     p2 = f"other-{uuid.uuid4().hex[:6]}"

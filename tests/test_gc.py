@@ -150,3 +150,24 @@ def test_gc_refuses_offline_and_bad_ages(env):
     assert proc.returncode == 2 and "gc needs W&B online" in proc.stderr, proc.stderr
     proc = env.wabucket("gc", "--older-than", "soon")
     assert proc.returncode == 2 and "invalid age 'soon'" in proc.stderr, proc.stderr
+
+
+def test_gc_deletes_a_large_folder_in_batches(env, request, tmp_path, wandb_server, monkeypatch):
+    """A deleted version of 1,050 files (more than one listing page and one bulk delete) goes whole."""
+    use_backend(env, "local", request, tmp_path)
+    env = online(env, wandb_server)
+    src = tmp_path / "many"
+    for i in range(1050):
+        (src / f"s{i % 7}").mkdir(parents=True, exist_ok=True)
+        (src / f"s{i % 7}" / f"f{i:04d}.txt").write_bytes(b"%d\n" % i)
+    upload(env, src, "many", "big")
+    upload(env, files(tmp_path, "small"), "many", "small")
+    raw = RawBucket(env)
+    entity = json.loads(raw.read("dataset/many/.wabucketref/big.jsonl").splitlines()[0])["entity"]
+    wandb_api(env, monkeypatch).artifact(f"{entity}/{env.vars['WANDB_PROJECT']}/many:big").delete(delete_aliases=True)
+    proc, rows = gc(env, "--delete", "-n", "many")
+    assert rows == {("deleted", "dataset/many:big")}, proc.stdout
+    assert "\t1051 files\t" in proc.stdout, proc.stdout  # and its record
+    assert not (raw.root / "dataset" / "many" / "big").exists()  # no empty folders left behind
+    assert [k for k in raw.keys("dataset/many/") if "/big" in k] == []
+    env.wabucket("download", "dataset", "many", "small", "-d", str(tmp_path / "dl"), check=True)

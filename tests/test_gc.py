@@ -39,8 +39,8 @@ def upload(env, src, name: str, alias: str, type_: str = "dataset", *args: str) 
     env.wabucket("upload", str(src), "-n", name, "-t", type_, "-a", alias, *args, check=True)
 
 
-def gc(env, *args: str, check: bool = True):
-    proc = env.wabucket("gc", *args, check=check)
+def gc(env, *args: str, check: bool = True, extra: dict | None = None):
+    proc = env.wabucket("gc", *args, check=check, env=extra)
     rows = [line.split("\t") for line in proc.stdout.splitlines() if line]
     return proc, {(r[0], r[1]) for r in rows}
 
@@ -143,6 +143,24 @@ def test_gc_deletes_nothing_when_wandb_fails(world, wandb_server):
         errors = [line for line in proc.stderr.splitlines() if line.startswith("wabucket: error:")]
         assert len(errors) == 1 and "W&B could not list" in errors[0], (op, proc.stderr)
         assert set(raw.keys()) == before, op
+
+
+def test_gc_gives_up_on_a_failing_wandb_in_bounded_time(world, wandb_server):
+    """W&B answering 500 to the versions' listing (which wandb retries for a long time): gc gives up
+    after WABUCKET_WANDB_TIMEOUT with one line, nothing deleted."""
+    env, raw, _, _, _ = world
+    before = set(raw.keys())
+    wandb_server.fail_operation("ProjectArtifacts", times=100_000, status=500)
+    try:
+        start = time.monotonic()
+        proc, rows = gc(env, "--delete", check=False, extra={"WABUCKET_WANDB_TIMEOUT": "4"})
+        took = time.monotonic() - start
+    finally:
+        wandb_server.clear_faults()
+    assert proc.returncode == 1 and not rows, proc.stderr
+    assert "W&B could not list the versions" in proc.stderr and "no answer in 4 s" in proc.stderr, proc.stderr
+    assert took < 30, took
+    assert set(raw.keys()) == before
 
 
 def test_gc_refuses_offline_and_bad_ages(env):

@@ -438,35 +438,58 @@ class VersionRefs:
 def project_versions(project: str, entity: str | None) -> tuple[str, list[VersionRefs]]:
     """(the entity, every version of every artifact of entity/project with its references).
 
-    Anything W&B fails to answer, or a version whose manifest cannot be read, raises: a caller
-    that deletes what no version refers to must then delete nothing.
+    Anything W&B fails to answer, a version whose manifest cannot be read, or no complete answer
+    within settings.wandb_timeout() (wandb retries a failing server for a long time) raises: a
+    caller that deletes what no version refers to must then delete nothing.
     """
     check_credentials()
+    import threading
+
     import wandb
 
-    try:
-        api = wandb.Api(timeout=60)
-        entity = entity or api.default_entity
-        if not entity:
-            raise WaBucketError("W&B names no default entity: pass --entity")
-        out: list[VersionRefs] = []
-        for art_type in api.artifact_types(project=f"{entity}/{project}"):
-            for collection in art_type.collections():
-                for art in collection.artifacts():
-                    entries = art.manifest.entries
-                    ref_entry = entries.get(REFERENCE_NAME)
-                    out.append(
-                        VersionRefs(
-                            type=art_type.name,
-                            name=collection.name,
-                            version=art.version,
-                            aliases=tuple(art.aliases),
-                            digest=ref_entry.digest if ref_entry is not None else None,
-                            refs=tuple(e.ref for e in entries.values() if e.ref),
-                        )
+    result: list[tuple[str, list[VersionRefs]]] = []
+    failure: list[BaseException] = []
+
+    def listing() -> None:
+        try:
+            result.append(_list_versions(wandb.Api(timeout=60), project, entity))
+        except BaseException as e:
+            failure.append(e)
+
+    worker = threading.Thread(target=listing, name="wandb-versions", daemon=True)
+    worker.start()
+    worker.join(settings.wandb_timeout())
+    where = f"{entity}/{project}" if entity else project
+    if worker.is_alive():
+        raise WaBucketError(
+            f"W&B could not list the versions of {where}: no answer in {settings.wandb_timeout():.0f} s"
+        )
+    if failure:
+        e = failure[0]
+        if isinstance(e, WaBucketError):
+            raise e
+        raise WaBucketError(f"W&B could not list the versions of {where}: {first_line(e)}") from e
+    return result[0]
+
+
+def _list_versions(api: Any, project: str, entity: str | None) -> tuple[str, list[VersionRefs]]:
+    entity = entity or api.default_entity
+    if not entity:
+        raise WaBucketError("W&B names no default entity: pass --entity")
+    out: list[VersionRefs] = []
+    for art_type in api.artifact_types(project=f"{entity}/{project}"):
+        for collection in art_type.collections():
+            for art in collection.artifacts():
+                entries = art.manifest.entries
+                ref_entry = entries.get(REFERENCE_NAME)
+                out.append(
+                    VersionRefs(
+                        type=art_type.name,
+                        name=collection.name,
+                        version=art.version,
+                        aliases=tuple(art.aliases),
+                        digest=ref_entry.digest if ref_entry is not None else None,
+                        refs=tuple(e.ref for e in entries.values() if e.ref),
                     )
-    except WaBucketError:
-        raise
-    except Exception as e:
-        raise WaBucketError(f"W&B could not list the versions of {entity}/{project}: {first_line(e)}") from e
+                )
     return entity, out

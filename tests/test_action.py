@@ -129,6 +129,14 @@ jobs:
       type: dataset
       name: imagenet
       path: /mnt/models/data
+  gc:
+    action: @ACTION@
+    args:
+      command: gc
+      type: dataset
+      name: imagenet
+      bucket: s3://bkt/prefix
+      extra_args: --delete --older-than 12h
   platform_image:
     action: @ACTION@
     args:
@@ -297,6 +305,14 @@ def test_verify(workspace: Path) -> None:
     ]
 
 
+def test_gc(workspace: Path) -> None:
+    line = split_run_line(render_live(workspace, "gc"))
+    assert line.args == [
+        "--bucket", "s3://bkt/prefix", "--project-name", "demo_ws",
+        "gc", "-t", "dataset", "-n", "imagenet", "--delete", "--older-than", "12h",
+    ]
+
+
 def test_rendered_line_is_shell_safe(workspace: Path) -> None:
     # The dry-run line round-trips through shlex (values with spaces stay one word).
     rendered = render_live(workspace, "upload_full")
@@ -368,6 +384,8 @@ CLI_PARSE = {
              {"type_": "dataset", "name": "imagenet", "a": "v3", "b": "v4", "exit_code": True}),
     "diff_local": ("diff", {"project_name": "demo_ws"},
                    {"type_": "dataset", "name": "imagenet", "a": "latest", "local": Path("/mnt/models/data")}),
+    "gc": ("gc", {"bucket": "s3://bkt/prefix", "project_name": "demo_ws"},
+           {"type_": "dataset", "name": "imagenet", "delete": True, "older_than": "12h"}),
     "platform_image": ("download", {"project_name": "demo_ws"},
                        {"type_": "model", "name": "my-model", "alias": "best", "dest": "/mnt/models/restored"}),
 }

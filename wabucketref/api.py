@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, jobs, tracking
-from .commands import diff, download, ls, upload, verify
+from .commands import diff, download, gc, ls, upload, verify
 from .commands.diff import Side
 from .errors import UsageError
 from .landing import Reuse
@@ -139,13 +139,18 @@ class WaBucketRefAPI:
         overwrite: bool = False,
         suffix: str | None = None,
         *,
+        base: str | None = None,
+        incremental: bool = True,
         as_refference: bool | None = None,
         set_outputs: bool = False,
     ) -> str:
         """Upload a folder to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
 
-        Returns the alias. `set_outputs` prints the ::set-output lines for neuro-flow on stdout (the
-        CLI does); `as_refference` is the original tool's spelling of `as_reference`.
+        Incremental: files whose size and sha256 equal a file of the base version (`base`, an alias
+        of this artifact in the bucket; by default its latest) are copied inside the bucket instead
+        of sent; `incremental=False` sends every file. Returns the alias. `set_outputs` prints the
+        ::set-output lines for neuro-flow on stdout (the CLI does); `as_refference` is the original
+        tool's spelling of `as_reference`.
         """
         if as_refference is not None:
             as_reference = as_refference
@@ -154,9 +159,10 @@ class WaBucketRefAPI:
         out_suffix = checks.check_suffix(suffix)
         metadata = checks.check_metadata(art_metadata)
         checks.check_new_alias(art_alias)
+        base_alias = checks.check_base(base, incremental, art_alias, as_reference)
         ctx = self._context()
         if as_reference:
-            alias = upload.upload(ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite)
+            alias = upload.upload(ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite, base_alias)
         else:
             alias = upload.upload_to_wandb(ctx, Path(src_folder), art_name, art_type, art_alias, metadata)
         if set_outputs:
@@ -286,6 +292,20 @@ class WaBucketRefAPI:
         name = checks.check_qualified_name(qualified)
         checks.check_alias(alias, for_upload=False)
         return Side(qualified, name, alias)
+
+    def gc(
+        self, art_type: str | None = None, art_name: str | None = None, older_than: str = "1d", delete: bool = False
+    ) -> gc.Report:
+        """Find bucket data that no existing W&B version of this entity/project refers to: versions
+        deleted in W&B, and uploads abandoned longer than `older_than` (30m, 12h, 2d). Reports it
+        (Report.garbage; Report.unattributable is never deleted); delete=True removes it.
+        Needs W&B online; art_type / art_name limit it to one TYPE or NAME."""
+        if art_type is not None:
+            checks.check_name(art_type, "type")
+        if art_name is not None:
+            checks.check_name(art_name, "name")
+        age = gc.parse_age(older_than)
+        return gc.gc(self._context(), art_type, art_name, age, delete)
 
     # ------------------------------------------------------------ what commands run on
 

@@ -120,3 +120,17 @@ def check_folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[s
         if not p.is_dir():
             raise UsageError(f"{option} {p}: {'not a folder' if p.exists() else 'no such folder'}")
     return paths
+
+
+def check_base(base: str | None, incremental: bool, alias: str | None, as_reference: bool) -> str | None:
+    """The base version of an incremental upload: an alias, `latest` (the default), or None (none)."""
+    if base is None:
+        return "latest" if incremental and as_reference else None
+    if not incremental:
+        raise UsageError("a base version was given with incremental uploads turned off (--no-base)")
+    if not as_reference:
+        raise UsageError("--base needs a bucket upload: --no-reff stores the files in W&B")
+    check_alias(base, for_upload=False)
+    if base == alias:
+        raise UsageError(f"the base version {base!r} is the alias being uploaded; name another")
+    return base

@@ -136,14 +136,37 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
         "an interrupted overwrite is finished by rerunning it)."
     ),
 )
+@click.option(
+    "--base",
+    metavar="ALIAS",
+    callback=_not_empty,
+    help=(
+        "Copy files equal to ALIAS's (same size and sha256) inside the bucket instead of sending them. "
+        "Default: the artifact's latest version in the bucket."
+    ),
+)
+@click.option("--no-base", is_flag=True, help="Send every file (no incremental upload).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, quiet) -> None:
-    """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it."""
+def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, base, no_base, quiet) -> None:
+    """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
+
+    Files the artifact's latest version (or --base ALIAS) already has in the bucket are copied there
+    instead of sent."""
     meta = parse_pairs(metadata)
     with _api(ctx, quiet) as api:
         api.upload_artifact(
-            src_dir, name, type_, alias, meta, as_reference=reff, overwrite=overwrite, suffix=suffix, set_outputs=True
+            src_dir,
+            name,
+            type_,
+            alias,
+            meta,
+            as_reference=reff,
+            overwrite=overwrite,
+            suffix=suffix,
+            base=base,
+            incremental=not no_base,
+            set_outputs=True,
         )
 
 
@@ -327,6 +350,47 @@ def _table(header: list[str], rows: list[list[Any]]) -> None:
     for r in cells:
         line = "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric, strict=True))
         click.echo(line.rstrip())
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-t", "--type", "type_", help="Only artifacts of this TYPE.")
+@click.option("-n", "--name", help="Only artifacts of this NAME.")
+@click.option(
+    "--older-than",
+    default="1d",
+    show_default=True,
+    metavar="AGE",
+    help="Unfinished uploads count as abandoned once their marker is older than AGE (30m, 12h, 2d).",
+)
+@click.option("--delete", is_flag=True, help="Delete what is reported (default: only report it).")
+@click.pass_context
+def gc(ctx, type_, name, older_than, delete) -> None:
+    """Report (or --delete) bucket data that no existing W&B version refers to.
+
+    Only data whose bucket record names this W&B entity and project is considered: folders of
+    versions deleted in W&B, and uploads abandoned longer than --older-than. Folders without a
+    record are listed as unattributable and never deleted. Needs W&B online."""
+    with _api(ctx) as api:
+        report = api.gc(type_, name, older_than=older_than, delete=delete)
+    verb = "deleted" if report.deleted else "unreferenced"
+    for item in report.garbage:
+        click.echo(f"{verb}\t{item.what}\t{item.files} files\t{item.bytes} bytes\t{item.why}")
+    for item in report.unattributable:
+        click.echo(f"unattributable\t{item.what}\t-\t-\t{item.why} (never deleted)")
+    from .progress import _human
+
+    size = f"{len(report.garbage)} aliases, {report.files} files ({_human(report.bytes)})"
+    if report.deleted:
+        said = f"freed {size}"
+    elif report.garbage:
+        said = f"{size} could be freed: rerun with --delete to delete them"
+    else:
+        said = "nothing to delete"
+    click.echo(
+        f"wabucket: gc: {said}; {report.kept} aliases kept, {len(report.unattributable)} unattributable, "
+        f"{report.others} of other W&B projects left alone",
+        err=True,
+    )
 
 
 class Terminated(KeyboardInterrupt):

@@ -8,7 +8,7 @@ wrong in its own words; this module is the only place that reads them. A failure
 - usage: the user's input is wrong (exit status 2).
 
 It also names what a server cannot do (answer a ranged GET with part of an object, take a
-conditional write), so that storage can learn it once.
+conditional write, copy an object inside a bucket), so that storage can learn it once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ REFUSED_CODES = frozenset(
 )
 # What S3-compatible servers without If-None-Match/If-Match support answer a PUT carrying them.
 CONDITIONAL_WRITE_REFUSALS = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest", "NotSupported"})
+# What servers that cannot copy inside a bucket answer a copy (S3 CopyObject, Azure Copy Blob).
+COPY_REFUSALS = frozenset({"NotImplemented", "NotSupported", "CannotVerifyCopySource", "FeatureNotSupported"})
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,13 @@ def ignores_ranges(e: BaseException) -> bool:
 
 def refuses_conditional_writes(e: BaseException) -> bool:
     return s3_error(e)[0] in CONDITIONAL_WRITE_REFUSALS
+
+
+def refuses_copies(e: BaseException) -> bool:
+    """A server's refusal to copy an object inside a bucket (the caller sends the bytes instead)."""
+    from obstore.exceptions import NotSupportedError
+
+    return isinstance(e, (NotSupportedError, NotImplementedError)) or s3_error(e)[0] in COPY_REFUSALS
 
 
 def s3_error(e: BaseException) -> tuple[str | None, str]:

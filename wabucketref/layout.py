@@ -78,9 +78,22 @@ class BucketRecord:
     created_at: str
     digest: str  # of the manifest's content
     wandb_version: str | None
+    # the W&B entity and project the version was logged in (gc considers only its own); None in
+    # records written before they were kept, or with W&B disabled
+    entity: str | None = None
+    project: str | None = None
 
     @classmethod
-    def new(cls, keys: AliasKeys, ref: str, root: str, manifest: Manifest, version: str | None) -> BucketRecord:
+    def new(
+        cls,
+        keys: AliasKeys,
+        ref: str,
+        root: str,
+        manifest: Manifest,
+        version: str | None,
+        entity: str | None = None,
+        project: str | None = None,
+    ) -> BucketRecord:
         return cls(
             name=keys.artifact.name,
             type=keys.artifact.type,
@@ -90,6 +103,8 @@ class BucketRecord:
             created_at=datetime.now(timezone.utc).isoformat(),
             digest=manifest.digest(),
             wandb_version=version,
+            entity=entity,
+            project=project,
         )
 
     @classmethod
@@ -108,6 +123,8 @@ class BucketRecord:
             created_at=str(h.get("created_at", "")),
             digest=str(h.get("digest", "")),
             wandb_version=h.get("wandb_version"),
+            entity=h["entity"] if isinstance(h.get("entity"), str) else None,
+            project=h["project"] if isinstance(h.get("project"), str) else None,
         )
 
     def dumps(self, manifest: Manifest) -> bytes:

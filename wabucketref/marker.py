@@ -35,10 +35,12 @@ class Marker:
     key: str
     token: str
     started: float
+    owner: dict | None = None  # the W&B entity and project the upload logs in (gc reads them)
 
     def body(self) -> bytes:
         return json.dumps(
             {
+                **(self.owner or {}),
                 "token": self.token,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -89,7 +91,9 @@ class Marker:
         )
 
 
-async def claim(storage: Storage, key: str, found: tuple[bytes, str | None] | None, where: str) -> Marker:
+async def claim(
+    storage: Storage, key: str, found: tuple[bytes, str | None] | None, where: str, owner: dict | None = None
+) -> Marker:
     """Mark the upload to `where` as ours; refuse if another upload is running there now."""
     etag = None
     if found is not None:
@@ -100,10 +104,16 @@ async def claim(storage: Storage, key: str, found: tuple[bytes, str | None] | No
             raise WaBucketError(
                 f"another upload to {where} is running ({_describe(holder)}); if it was stopped, rerun in {wait} s"
             )
-    marker = Marker(storage, key, uuid.uuid4().hex, time.time())
+    marker = Marker(storage, key, uuid.uuid4().hex, time.time(), owner)
     if not await storage.put_if_unchanged(key, marker.body(), etag):
         raise WaBucketError(f"another upload to {where} started at the same moment; rerun when it ends")
     return marker
+
+
+def holder(data: bytes | None) -> dict | None:
+    """What a marker says of its writer (token, host, pid, started, beat, entity, project); None
+    for an empty or unreadable marker."""
+    return _holder(data)
 
 
 def _holder(data: bytes | None) -> dict | None:

@@ -80,6 +80,8 @@ class Stats:
     reused_files: int = 0  # taken from --reuse folders
     reused_bytes: int = 0
     of_files: int | None = None  # the version's file count, when only some were selected
+    copied_files: int = 0  # copied inside the bucket instead of sent (incremental uploads)
+    copied_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -89,6 +91,8 @@ class Stats:
             f"{self.verb} {_files(self.files)} ({_human(self.bytes)}) in {seconds:.1f} s, "
             f"{self.bytes / seconds / 1e6:.1f} MB/s"
         )
+        if self.copied_files:
+            text += f"; {_files(self.copied_files)} ({_human(self.copied_bytes)}) copied in the bucket"
         if self.skipped_files:
             were = "was" if self.skipped_files == 1 else "were"
             text += f"; {_files(self.skipped_files)} ({_human(self.skipped_bytes)}) {were} already there"

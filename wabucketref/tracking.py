@@ -125,8 +125,9 @@ def check_credentials() -> None:
     )
 
 
-def preflight(timeout: float = 10.0) -> None:
-    """Check that W&B answers and accepts the key, before anything is written anywhere.
+def preflight(timeout: float = 10.0) -> str | None:
+    """Check that W&B answers and accepts the key, before anything is written anywhere; returns
+    the key's default entity (None offline, or if W&B does not say).
 
     One small GraphQL query: cheaper than finding out after the bytes moved (upload) or landed
     (download) that the run cannot start.
@@ -134,7 +135,7 @@ def preflight(timeout: float = 10.0) -> None:
     check_credentials()
     key = _api_key()
     if is_offline() or key is None:  # identity-token auth: left to wandb itself
-        return
+        return None
     import base64
     import json
     import ssl
@@ -144,7 +145,7 @@ def preflight(timeout: float = 10.0) -> None:
     url = _base_url() + "/graphql"
     request = urllib.request.Request(
         url,
-        data=json.dumps({"query": "query Viewer { viewer { id } }"}).encode(),
+        data=json.dumps({"query": "query Viewer { viewer { id entity } }"}).encode(),
         headers={
             "Content-Type": "application/json",
             "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode(),
@@ -152,9 +153,10 @@ def preflight(timeout: float = 10.0) -> None:
     )
     cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
     context = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
+    answer = b""
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            response.read()
+            answer = response.read()
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise WaBucketError(
@@ -169,6 +171,11 @@ def preflight(timeout: float = 10.0) -> None:
         raise WaBucketError(
             f"cannot reach W&B at {_base_url()} ({reason}); check WANDB_BASE_URL and proxies, or set WANDB_MODE=offline"
         ) from e
+    try:
+        entity = json.loads(answer)["data"]["viewer"]["entity"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return entity if isinstance(entity, str) and entity else None
 
 
 FAILED_RUN_WAIT = 30.0
@@ -507,3 +514,75 @@ def _version_row(art: Any) -> dict[str, Any]:
         "created": art.created_at,
         "location": location,
     }
+
+
+@dataclass(frozen=True)
+class VersionRefs:
+    """One existing version of an artifact and what it refers to (for gc)."""
+
+    type: str
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    digest: str | None  # of the bucket reference entry: wabucketref's manifest digest
+    refs: tuple[str, ...]  # the URI of every reference entry
+
+
+def project_versions(project: str, entity: str | None) -> tuple[str, list[VersionRefs]]:
+    """(the entity, every version of every artifact of entity/project with its references).
+
+    Anything W&B fails to answer, a version whose manifest cannot be read, or no complete answer
+    within settings.wandb_timeout() (wandb retries a failing server for a long time) raises: a
+    caller that deletes what no version refers to must then delete nothing.
+    """
+    check_credentials()
+    import threading
+
+    import wandb
+
+    result: list[tuple[str, list[VersionRefs]]] = []
+    failure: list[BaseException] = []
+
+    def listing() -> None:
+        try:
+            result.append(_list_versions(wandb.Api(timeout=60), project, entity))
+        except BaseException as e:
+            failure.append(e)
+
+    worker = threading.Thread(target=listing, name="wandb-versions", daemon=True)
+    worker.start()
+    worker.join(settings.wandb_timeout())
+    where = f"{entity}/{project}" if entity else project
+    if worker.is_alive():
+        raise WaBucketError(
+            f"W&B could not list the versions of {where}: no answer in {settings.wandb_timeout():.0f} s"
+        )
+    if failure:
+        e = failure[0]
+        if isinstance(e, WaBucketError):
+            raise e
+        raise WaBucketError(f"W&B could not list the versions of {where}: {first_line(e)}") from e
+    return result[0]
+
+
+def _list_versions(api: Any, project: str, entity: str | None) -> tuple[str, list[VersionRefs]]:
+    entity = entity or api.default_entity
+    if not entity:
+        raise WaBucketError("W&B names no default entity: pass --entity")
+    out: list[VersionRefs] = []
+    for art_type in api.artifact_types(project=f"{entity}/{project}"):
+        for collection in art_type.collections():
+            for art in collection.artifacts():
+                entries = art.manifest.entries
+                ref_entry = entries.get(REFERENCE_NAME)
+                out.append(
+                    VersionRefs(
+                        type=art_type.name,
+                        name=collection.name,
+                        version=art.version,
+                        aliases=tuple(art.aliases),
+                        digest=ref_entry.digest if ref_entry is not None else None,
+                        refs=tuple(e.ref for e in entries.values() if e.ref),
+                    )
+                )
+    return entity, out

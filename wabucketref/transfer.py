@@ -15,18 +15,18 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import IntegrityError, NotFoundError, WaBucketError
+from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
 from .landing import Reuse, hash_local, land, local_matches, prepare_dest
-from .manifest import FileEntry, LocalFile, Manifest, safe_relpath
+from .manifest import NO_HASH, FileEntry, LocalFile, Manifest, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges, in_thread
 from .retry import ATTEMPTS, with_retries
-from .storage import ObjectInfo, Storage, key_under
+from .storage import CopiesRefused, ObjectInfo, Storage, key_under
 
 log = logging.getLogger("wabucketref")
 
@@ -64,7 +64,7 @@ class _Tracker:
     def advance(self, nbytes: int) -> None:
         self.callback.advance(nbytes)
 
-    def file_done(self, size: int, skipped: bool = False, reused: bool = False) -> None:
+    def file_done(self, size: int, skipped: bool = False, reused: bool = False, copied: bool = False) -> None:
         if reused:
             self.stats.reused_files += 1
             self.stats.reused_bytes += size
@@ -73,10 +73,15 @@ class _Tracker:
             self.stats.skipped_files += 1
             self.stats.skipped_bytes += size
             self.callback.advance(size)
+        elif copied:
+            self.stats.copied_files += 1
+            self.stats.copied_bytes += size
+            self.callback.advance(size)
         else:
             self.stats.files += 1
             self.stats.bytes += size
-        self.callback.file_done(self.stats.files + self.stats.skipped_files + self.stats.reused_files, self.files)
+        done = self.stats.files + self.stats.skipped_files + self.stats.reused_files + self.stats.copied_files
+        self.callback.file_done(done, self.files)
 
     def __enter__(self) -> _Tracker:
         return self
@@ -155,25 +160,94 @@ def _advancer(progress: _Tracker | None) -> Callable[[int], None]:
 # ---------------------------------------------------------------- upload
 
 
+@dataclass(frozen=True)
+class CopySource:
+    """An object of the base version with a local file's content: copied inside the bucket
+    instead of sent (an incremental upload)."""
+
+    key: str  # the object's key in the bucket
+    info: ObjectInfo  # as the base's listing showed it (size, ETag)
+    sha256: str  # of the local file (equal to the base manifest's)
+    md5s: tuple[bytes, ...]  # of the local file's parts, to compare ETags
+
+
+def _hash_part(storage: Storage, size: int) -> int:
+    """The part size the ETag of an object of `size` bytes was computed over (as uploads write it)."""
+    return storage.part_size(size) if size > SMALL_FILE else size + 1
+
+
+async def find_copies(
+    storage: Storage, files: list[LocalFile], base: Manifest, root: str, listing: list[ObjectInfo], opts: Options
+) -> dict[str, CopySource]:
+    """The local files whose size and sha256 equal a file of the base version (its manifest, the
+    data under `root`, as `listing` shows it): path -> the object to copy.
+
+    Only files of a size the base has are hashed (in threads, `opts.concurrency` at a time). A
+    base object is used only if it is still there with its manifest's size and, where the
+    server's ETags describe content, with the local file's content.
+    """
+    listed = {o.key: o for o in listing}
+    by_content: dict[tuple[str, int], ObjectInfo] = {}
+    keys: dict[tuple[str, int], str] = {}
+    for e in base.files:
+        o = listed.get(e.path)
+        if e.sha256 != NO_HASH and o is not None and o.size == e.size:
+            by_content.setdefault((e.sha256, e.size), o)
+            keys.setdefault((e.sha256, e.size), key_under(root, e.path))
+    sizes = {size for _, size in by_content}
+    candidates = [f for f in files if f.size in sizes]
+    if not candidates:
+        return {}
+    progress = _Tracker("compared", len(candidates), sum(f.size for f in candidates), opts, summary=False)
+
+    async def one(f: LocalFile) -> tuple[str, CopySource] | None:
+        sha, md5s = await asyncio.to_thread(hash_local, f.abspath, _hash_part(storage, f.size))
+        progress.advance(f.size)
+        progress.file_done(f.size)
+        o = by_content.get((sha, f.size))
+        if o is None:
+            return None
+        if storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
+            log.warning("%s: the base version's copy differs from its manifest; sending the file", f.path)
+            return None
+        return f.path, CopySource(keys[(sha, f.size)], o, sha, tuple(md5s))
+
+    with progress:
+        found = await bounded_map(one, candidates, opts.concurrency)
+    return dict(x for x in found if x is not None)
+
+
+def copy_checks_out(storage: Storage, copy: ObjectInfo | None, source: CopySource, size: int) -> bool:
+    """Is an object copied from `source` whole? Its size must be the file's; its ETag must be the
+    source's (a server that keeps ETags on copy: the source was checked before copying) or
+    describe the local file's content. Where the server's ETags say nothing of content (Azure, a
+    folder: there a copy is a hard link), the size is what can be checked: the manifest's sha256
+    is the local file's, and every download and `verify` checks the object against it."""
+    if copy is None or copy.size != size:
+        return False
+    if copy.etag and copy.etag == source.info.etag:
+        return True
+    return storage.etag_matches(copy, list(source.md5s)) is not False
+
+
 async def upload(
-    storage: Storage, prefix: str, files: list[LocalFile], existing: dict[str, ObjectInfo], opts: Options
+    storage: Storage,
+    prefix: str,
+    files: list[LocalFile],
+    existing: dict[str, ObjectInfo],
+    opts: Options,
+    copies: Mapping[str, CopySource] | None = None,
 ) -> tuple[Manifest, Stats]:
-    """Put `files` under `prefix`, skipping those the destination already holds byte for byte."""
+    """Put `files` under `prefix`, skipping those the destination already holds byte for byte;
+    those in `copies` are copied inside the bucket (then checked) instead of sent, where the
+    server copies."""
+    copies = copies or {}
     progress = _Tracker("uploaded", len(files), sum(f.size for f in files), opts)
     large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
+    copied: dict[str, LocalFile] = {}
 
-    async def one(f: LocalFile) -> FileEntry:
+    async def send(f: LocalFile) -> FileEntry:
         key = key_under(prefix, f.path)
-        info = existing.get(f.path)
-        if info is not None and info.size == f.size:
-            part = storage.part_size(f.size) if f.size > SMALL_FILE else f.size + 1
-            sha, md5s = await asyncio.to_thread(hash_local, f.abspath, part)
-            same = storage.etag_matches(info, md5s)
-            if same is None:
-                same = (await _remote_sha256(storage, key, info.size))[0] == sha
-            if same:
-                progress.file_done(f.size, skipped=True)
-                return FileEntry(f.path, f.size, sha)
 
         async def put() -> str:
             if f.size <= SMALL_FILE:
@@ -190,9 +264,69 @@ async def upload(
         progress.file_done(f.size)
         return FileEntry(f.path, f.size, sha)
 
+    async def one(f: LocalFile) -> FileEntry:
+        key = key_under(prefix, f.path)
+        info = existing.get(f.path)
+        source = copies.get(f.path)
+        if info is not None and info.size == f.size:
+            if source is not None:
+                sha, md5s = source.sha256, list(source.md5s)
+            else:
+                sha, md5s = await asyncio.to_thread(hash_local, f.abspath, _hash_part(storage, f.size))
+            same = storage.etag_matches(info, md5s)
+            if same is None and source is not None:
+                # copied by an earlier, interrupted try (a folder's hard link keeps the ETag); else
+                # copying again is cheaper than reading the object back
+                same = bool(info.etag) and info.etag == source.info.etag
+            elif same is None:
+                same = (await _remote_sha256(storage, key, info.size))[0] == sha
+            if same:
+                progress.file_done(f.size, skipped=True)
+                return FileEntry(f.path, f.size, sha)
+        if source is not None and storage.capabilities.copies:
+            try:
+                await with_retries(lambda: storage.copy(source.key, key), f"copy of {f.path}", opts.attempts)
+            except CopiesRefused:
+                pass  # storage warned once; the bytes are sent
+            except TransferError as e:  # a copy is not retried (see ObjectStoreStorage.copy)
+                log.warning("copy of %s failed (%s); sending the file", f.path, e)
+            except FileNotFoundError:
+                log.warning("%s: gone from the base version while copying; sending the file", f.path)
+            else:
+                copied[f.path] = f
+                progress.file_done(f.size, copied=True)
+                return FileEntry(f.path, f.size, source.sha256)
+        return await send(f)
+
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
         entries = await bounded_map(one, files, opts.concurrency)
+        if copied:
+            entries = await _check_copies(storage, prefix, entries, copied, copies, progress, send, opts)
     return Manifest(entries), progress.stats
+
+
+async def _check_copies(
+    storage: Storage,
+    prefix: str,
+    entries: list[FileEntry],
+    copied: dict[str, LocalFile],
+    copies: Mapping[str, CopySource],
+    progress: _Tracker,
+    send: Callable[[LocalFile], Awaitable[FileEntry]],
+    opts: Options,
+) -> list[FileEntry]:
+    """One listing of the alias's folder checks every copied object (copy_checks_out); those that
+    do not check out are sent from here."""
+    listed = {o.key: o for o in await storage.list_objects(prefix)}
+    bad = [f for path, f in copied.items() if not copy_checks_out(storage, listed.get(path), copies[path], f.size)]
+    if not bad:
+        return entries
+    log.warning("%d copied object(s) did not check out (first: %s); sending them from here", len(bad), bad[0].path)
+    for f in bad:
+        progress.stats.copied_files -= 1
+        progress.stats.copied_bytes -= f.size
+    resent = {e.path: e for e in await bounded_map(send, bad, opts.concurrency)}
+    return [resent.get(e.path, e) for e in entries]
 
 
 def _read_and_hash(path: Path) -> tuple[bytes, str]:

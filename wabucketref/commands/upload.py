@@ -3,9 +3,11 @@ link: data already in a bucket, registered the same way.
 
     1. scan the folder (or list the bucket folder) and check the names
     2. claim the alias: its .partial marker says an upload runs there (marker.py)
-    3. move what the bucket lacks, hashing as it goes (transfer.py) -> the manifest
-    4. log the artifact in W&B (tracking.py): the manifest decides its version
-    5. write the record beside the data, remove the marker
+    3. find the base version (--base ALIAS, else the artifact's newest record in the bucket):
+       local files whose size and sha256 equal one of its files are copied inside the bucket
+    4. move what the bucket lacks, hashing as it goes (transfer.py) -> the manifest
+    5. log the artifact in W&B (tracking.py): the manifest decides its version
+    6. write the record beside the data, remove the marker
 """
 
 from __future__ import annotations
@@ -24,28 +26,42 @@ from ..manifest import FileEntry, LocalFile, Manifest, check_unique, scan_folder
 from ..marker import claim
 from ..runtime import Context
 from ..storage import Storage
+from .resolve import bucket_record
 
 log = logging.getLogger("wabucketref")
 
 
+LATEST = "latest"
+
+
 def upload(
-    ctx: Context, src: Path, name: str, type_: str, alias: str | None, metadata: dict[str, Any], overwrite: bool
+    ctx: Context,
+    src: Path,
+    name: str,
+    type_: str,
+    alias: str | None,
+    metadata: dict[str, Any],
+    overwrite: bool,
+    base: str | None = LATEST,
 ) -> str:
-    """Returns the alias the artifact got."""
+    """Returns the alias the artifact got. base: the alias whose files are copied inside the bucket
+    where the local files equal them (`latest`: the artifact's newest record; None: send everything)."""
     files = _scan(src)
     alias = choose_alias(alias, metadata)
-    tracking.preflight()  # W&B must answer before any byte moves
-    storage, base = ctx.home()
+    viewer = tracking.preflight()  # W&B must answer before any byte moves
+    entity = ctx.entity or viewer
+    owner = {"entity": entity, "project": ctx.project}
+    storage, prefix = ctx.home()
     storage.check_names([f.path for f in files])
-    keys = ArtifactKeys(base, type_, name).alias(alias)
+    keys = ArtifactKeys(prefix, type_, name).alias(alias)
     manifest, run = ctx.while_run_starts(
-        _upload_bytes(storage, keys, files, overwrite, ctx.options), "upload", metadata
+        _upload_bytes(storage, keys, files, overwrite, ctx.options, base, owner), "upload", metadata
     )
     ref = storage.uri_for(keys.data)
     version = tracking.log_artifact(
         run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
     )
-    record = BucketRecord.new(keys, ref, keys.data, manifest, version)
+    record = BucketRecord.new(keys, ref, keys.data, manifest, version, *_logged_in(run, entity, ctx.project))
     ctx.run(_commit(storage, keys, record, manifest))
     log.info("artifact %s:%s (%s) -> %s", name, alias, version or tracking.mode(), ref)
     return alias
@@ -67,7 +83,8 @@ def link(
     ctx: Context, bucket_path: str, name: str, type_: str, alias: str | None, metadata: dict[str, Any], overwrite: bool
 ) -> str:
     """Register a folder already in a bucket; its files are hashed once. Returns the alias."""
-    tracking.preflight()  # W&B must answer before every byte is read
+    viewer = tracking.preflight()  # W&B must answer before every byte is read
+    entity = ctx.entity or viewer
     storage, base = ctx.home()
     data_storage, key = ctx.storage(bucket_path) if "://" in bucket_path else (storage, join(base, bucket_path))
     alias = choose_alias(alias, metadata)
@@ -81,7 +98,7 @@ def link(
         run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
     )
     if data_storage is storage:
-        record = BucketRecord.new(keys, ref, key, manifest, version)
+        record = BucketRecord.new(keys, ref, key, manifest, version, *_logged_in(run, entity, ctx.project))
         try:
             ctx.run(storage.put_bytes(keys.record, record.dumps(manifest)))
         except Exception as e:  # a read-only bucket can still be linked
@@ -92,6 +109,13 @@ def link(
         )
     log.info("artifact %s:%s (%s) -> %s", name, alias, version or tracking.mode(), ref)
     return alias
+
+
+def _logged_in(run: Any, entity: str | None, project: str | None) -> tuple[str | None, str | None]:
+    """The W&B entity and project a version was logged in (the run's, online)."""
+    if run is None or tracking.is_offline():  # not in W&B (yet): gc never deletes what this record names
+        return None, None
+    return getattr(run, "entity", None) or entity, getattr(run, "project", None) or project
 
 
 def choose_alias(alias: str | None, config: dict[str, Any]) -> str:
@@ -124,19 +148,26 @@ def _scan(src: Path) -> list[LocalFile]:
 
 
 async def _upload_bytes(
-    storage: Storage, keys: AliasKeys, files: list[LocalFile], overwrite: bool, options: transfer.Options
+    storage: Storage,
+    keys: AliasKeys,
+    files: list[LocalFile],
+    overwrite: bool,
+    options: transfer.Options,
+    base: str | None = None,
+    owner: dict | None = None,
 ) -> Manifest:
     where = storage.uri_for(keys.data)
     listing = await storage.list_objects(keys.data)
     complete = await storage.exists(keys.record)
     found = await storage.read(keys.marker)
+    base_version = await _base_version(storage, keys, base) if base else None
     # A marker says the upload there is unfinished (even beside a record, if it was stopped just
     # before removing the marker): the same command resumes it.
     if (complete or listing) and found is None and not overwrite:
         raise WaBucketError(f"{where} already exists; pass --overwrite to replace it")
     # The marker says "bytes here are an unfinished upload, by us": a rerun may resume over them
     # once we are gone, and no other upload writes here meanwhile.
-    marker = await claim(storage, keys.marker, found, where)
+    marker = await claim(storage, keys.marker, found, where, owner)
     if found is not None and listing:
         log.info("resuming an interrupted upload to %s", where)
     if complete:
@@ -147,13 +178,59 @@ async def _upload_bytes(
         # file `a` is in the way of a new `a/b`.
         stale = sorted({o.key for o in listing} - {f.path for f in files})
         await storage.delete([join(keys.data, k) for k in stale])
-        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options)
+        copies = await _copies(storage, base_version, files, options) if base_version else {}
+        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options, copies)
         await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
         return manifest
 
     manifest = await marker.hold_during(move(), where)
     await marker.check_still_ours(where)
     return manifest
+
+
+async def _base_version(storage: Storage, keys: AliasKeys, base: str) -> tuple[Manifest, BucketRecord] | None:
+    """Step 3: the version whose files may be copied, by its record in the bucket.
+
+    An explicit base that cannot be used is an error; the default one (`latest`), only a note:
+    the upload then sends every file, as without a base."""
+    artifact = keys.artifact
+    explicit = base != LATEST
+    what = f"{artifact.type}/{artifact.name}:{base}"
+    try:
+        found = await bucket_record(storage, artifact, base)
+    except IntegrityError as e:
+        if explicit:
+            raise WaBucketError(f"--base {base}: the record of {what} is unreadable: {e}") from e
+        log.warning("sending every file: the newest record of %s is unreadable (%s)", artifact.folder, e)
+        return None
+    manifest, record = found if found is not None else (None, None)
+    if manifest is None or record is None or not manifest.verified:
+        if explicit:
+            raise NotFoundError(
+                f"--base {base}: no record of {what} in {storage.uri_for(artifact.records)} "
+                "(a base is an alias uploaded or linked into this bucket)"
+            )
+        return None
+    if record.root == keys.data or record.root.startswith(keys.data + "/"):
+        return None  # the alias being written: what it holds already is kept by the transfer plan
+    return manifest, record
+
+
+async def _copies(
+    storage: Storage, base: tuple[Manifest, BucketRecord], files: list[LocalFile], options: transfer.Options
+) -> dict[str, transfer.CopySource]:
+    """Which local files the base version holds (size and sha256), and where."""
+    manifest, record = base
+    listing = await storage.list_objects(record.root)
+    copies = await transfer.find_copies(storage, files, manifest, record.root, listing, options)
+    log.info(
+        "incremental upload: %d of %d files are in %s (%s) already: copied in the bucket, not sent",
+        len(copies),
+        len(files),
+        record.alias,
+        storage.uri_for(record.root),
+    )
+    return copies
 
 
 async def _commit(storage: Storage, keys: AliasKeys, record: BucketRecord, manifest: Manifest) -> None:

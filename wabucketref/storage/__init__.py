@@ -8,10 +8,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
-from .base import Capabilities, ObjectInfo, RangesIgnored, Storage, check_prefix, key_under
+from .base import Capabilities, CopiesRefused, ObjectInfo, RangesIgnored, Storage, check_prefix, key_under
 
 __all__ = [
     "Capabilities",
+    "CopiesRefused",
     "ObjectInfo",
     "RangesIgnored",
     "Storage",

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from obstore.store import AzureStore
 
-from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options
+from .objectstore import NO_RETRIES, RETRY_CONFIG, ObjectStoreStorage, client_options
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
@@ -26,15 +26,18 @@ class AzureStorage(ObjectStoreStorage):
         **credentials: Any,
     ) -> None:
         endpoint = endpoint.rstrip("/")
-        store = AzureStore(
-            container,
-            account_name=account_of(endpoint),
-            endpoint=endpoint,
-            retry_config=retry_config,
-            client_options=client_options(endpoint),
-            **credentials,
-        )
-        super().__init__(store, uri, endpoint=endpoint)
+        stores = [
+            AzureStore(
+                container,
+                account_name=account_of(endpoint),
+                endpoint=endpoint,
+                retry_config=config,
+                client_options=client_options(endpoint),
+                **credentials,
+            )
+            for config in (retry_config, NO_RETRIES)
+        ]
+        super().__init__(stores[0], uri, copy_store=stores[1], endpoint=endpoint)
 
 
 def account_of(endpoint: str) -> str:

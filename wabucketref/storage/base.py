@@ -47,10 +47,15 @@ class Capabilities:
 
     ranged_gets: bool = True  # answers a ranged GET with that range (else with the whole object)
     conditional_writes: bool = True  # honours If-None-Match / If-Match on PUT
+    copies: bool = True  # copies an object inside the bucket (S3 CopyObject, Azure Copy Blob, a hard link)
 
 
 class RangesIgnored(WaBucketError):
     """The server sent a whole object for a ranged GET: fetch it whole (not retried)."""
+
+
+class CopiesRefused(WaBucketError):
+    """The server does not copy objects inside the bucket: send the bytes instead (not retried)."""
 
 
 class Storage(ABC):
@@ -73,6 +78,16 @@ class Storage(ABC):
     @abstractmethod
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """Every object under `prefix/`, keys relative to it."""
+
+    async def iter_objects(self, prefix: str, batch: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
+        """Every object under `prefix/` (keys relative to it), a batch at a time."""
+        listing = await self.list_objects(prefix)
+        for i in range(0, len(listing), batch):
+            yield listing[i : i + batch]
+
+    @abstractmethod
+    async def list_folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under `prefix/` (one delimited listing)."""
 
     @abstractmethod
     async def exists(self, key: str) -> bool: ...
@@ -109,13 +124,16 @@ class Storage(ABC):
         another writer came first. Where the store cannot check, it just writes."""
 
     @abstractmethod
+    async def copy(self, src_key: str, dst_key: str) -> None:
+        """Copy an object to another key of the same bucket without its bytes passing through here
+        (S3 CopyObject, Azure Copy Blob, a hard link in a folder); an existing `dst_key` is replaced.
+        Raises FileNotFoundError if `src_key` is missing, CopiesRefused if the server cannot copy
+        (then `capabilities.copies` turns False, with one warning)."""
+
+    @abstractmethod
     async def delete(self, keys: list[str]) -> None: ...
 
     # ---------------------------------------------------------------- built on the door
-
-    async def list_folders(self, prefix: str) -> list[str]:
-        """The names of the folders right under `prefix/` (one level, sorted)."""
-        return sorted({o.key.split("/", 1)[0] for o in await self.list_objects(prefix) if "/" in o.key})
 
     async def get_bytes(self, key: str) -> bytes | None:
         found = await self.read(key)

@@ -11,9 +11,9 @@ import obstore as obs
 from obstore.exceptions import AlreadyExistsError, NotFoundError, NotSupportedError, PreconditionError
 
 from .. import settings
-from ..failures import MISSING_BUCKET_CODES, ignores_ranges, refuses_conditional_writes, s3_error
+from ..failures import MISSING_BUCKET_CODES, ignores_ranges, refuses_conditional_writes, refuses_copies, s3_error
 from ..retry import BACKOFF_GROWTH, FIRST_BACKOFF, LONGEST_BACKOFF, REQUEST_TRIES, RETRY_WINDOW, with_retries
-from .base import ObjectInfo, RangesIgnored, Storage
+from .base import CopiesRefused, ObjectInfo, RangesIgnored, Storage
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -45,9 +45,14 @@ def client_options(endpoint: str | None = None) -> ClientConfig:
 class ObjectStoreStorage(Storage):
     """A bucket behind an obstore store (local folder, S3, Azure or GCS)."""
 
-    def __init__(self, store: Any, uri: str, *, credentials_hint: str = "", endpoint: str = "") -> None:
+    def __init__(
+        self, store: Any, uri: str, *, copy_store: Any = None, credentials_hint: str = "", endpoint: str = ""
+    ) -> None:
         super().__init__(uri, credentials_hint=credentials_hint, endpoint=endpoint)
         self._store = store
+        # Copies go through a twin of the store that does not retry: obstore retries a 501 (a
+        # server without copies) for minutes, and a copy that fails is better sent instead.
+        self._copy_store = copy_store if copy_store is not None else store
 
     async def list_objects(self, prefix: str) -> list[ObjectInfo]:
         prefix = prefix.strip("/")
@@ -61,6 +66,13 @@ class ObjectStoreStorage(Storage):
                     if key:  # the prefix's own folder marker lists as the prefix itself
                         out.append(ObjectInfo(key, meta["size"], meta.get("e_tag")))
         return _without_folder_markers(out)
+
+    async def iter_objects(self, prefix: str, batch: int = 1000) -> AsyncIterator[list[ObjectInfo]]:
+        prefix = prefix.strip("/")
+        start = len(prefix) + 1 if prefix else 0
+        with self.explained():
+            async for page in obs.list(self._store, prefix + "/" if prefix else None, chunk_size=batch):
+                yield [ObjectInfo(m["path"][start:], m["size"], m.get("e_tag")) for m in page if m["path"][start:]]
 
     async def list_folders(self, prefix: str) -> list[str]:
         prefix = prefix.strip("/")
@@ -157,6 +169,26 @@ class ObjectStoreStorage(Storage):
                 )
                 await self.put_bytes(key, data)
         return True
+
+    async def copy(self, src_key: str, dst_key: str) -> None:
+        if not self.capabilities.copies:
+            raise CopiesRefused(f"{self.uri} does not copy objects")
+        try:
+            with _missing_as_file_not_found():
+                await obs.copy_async(self._copy_store, src_key, dst_key)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            if not refuses_copies(e):
+                raise
+            if self.capabilities.copies:
+                self.capabilities.copies = False
+                log.warning(
+                    "%s refuses copies inside the bucket (%s): files are sent from here instead",
+                    self.failures.endpoint or self.uri,
+                    s3_error(e)[0] or type(e).__name__,
+                )
+            raise CopiesRefused(f"{self.uri} does not copy objects") from e
 
     async def delete(self, keys: list[str]) -> None:
         # A bulk delete is a POST, which obstore does not retry after a connection error.

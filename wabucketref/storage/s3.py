@@ -10,7 +10,7 @@ from obstore.store import S3Store
 from .. import settings
 from ..errors import UsageError
 from .base import check_prefix
-from .objectstore import RETRY_CONFIG, ObjectStoreStorage, client_options
+from .objectstore import NO_RETRIES, RETRY_CONFIG, ObjectStoreStorage, client_options
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig
@@ -34,8 +34,10 @@ class S3Storage(ObjectStoreStorage):
             kwargs["virtual_hosted_style_request"] = False  # custom endpoints are path-style
         if region:
             kwargs["region"] = region
-        store = S3Store(bucket, client_options=client_options(endpoint), retry_config=retry_config, **kwargs)
-        super().__init__(store, uri, credentials_hint=credentials_hint, endpoint=endpoint or "")
+        options = client_options(endpoint)
+        store = S3Store(bucket, client_options=options, retry_config=retry_config, **kwargs)
+        copy_store = S3Store(bucket, client_options=options, retry_config=NO_RETRIES, **kwargs)
+        super().__init__(store, uri, copy_store=copy_store, credentials_hint=credentials_hint, endpoint=endpoint or "")
 
 
 def open_s3(url: str) -> tuple[S3Storage, str]:

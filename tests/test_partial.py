@@ -51,7 +51,7 @@ def test_partial_download_then_the_rest_online_and_offline(backend_env, wandb_se
     check = env.wabucket("verify", "dataset", "ds", "one", "--local", str(dest))
     assert check.returncode == 1, check
     assert check.stderr.strip().splitlines() == [
-        f"wabucket: error: 7 of 10 files absent from {dest}: b.txt, f.json, g/h.txt, g/i.bin, j.txt, k/l.md, sub/e.txt"]
+        f"wabucket: error: 7 of 10 files missing from {dest}: b.txt, f.json, g/h.txt, g/i.bin, j.txt, k/l.md, sub/e.txt"]
 
     # a full download into the same folder fetches only the rest
     proc = env.wabucket("download", "dataset", "ds", "one", "-d", str(dest), check=True)

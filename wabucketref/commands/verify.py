@@ -57,7 +57,7 @@ def _compare_folder(manifest: Manifest, root: Path, stored: frozenset[str]) -> N
         shown = ", ".join(absent[:MAX_NAMED]) + (
             f", and {len(absent) - MAX_NAMED} more" if len(absent) > MAX_NAMED else ""
         )
-        raise IntegrityError(f"{len(absent)} of {len(expected)} files absent from {root}: {shown}")
+        raise IntegrityError(f"{len(absent)} of {len(expected)} files missing from {root}: {shown}")
     for path in sorted(set(actual) | set(expected)):
         if path not in expected:
             raise IntegrityError(f"{path}: in {root} but not in the artifact's manifest")

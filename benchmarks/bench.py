@@ -10,8 +10,8 @@ order), with the page cache dropped before each timed run when that is allowed.
     python benchmarks/bench.py --small            # CI smoke size, about two minutes
     python benchmarks/bench.py                    # A = 10,000 x 100 KiB, B = 4 x 256 MiB, 5 repeats
 
-Prints a markdown report (medians, ratios to wabucketref, partial and reusing downloads of A, W&B
-bookkeeping, --help time, peak RSS, targets with PASS/FAIL) on stdout; --json FILE also writes every run.
+Prints a markdown report (medians, ratios to wabucketref, partial and reusing downloads of A,
+incremental uploads of A and B, W&B bookkeeping, --help time, peak RSS, targets with PASS/FAIL) on stdout; --json FILE also writes every run.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ S3_BUCKET = "bench-s3"
 WANDB_PROJECT = "bench"
 SUMMARY_RE = re.compile(r"(uploaded|downloaded) (\d+) files? \(([^)]*)\) in ([\d.]+) s")
 REUSED_RE = re.compile(r"(\d+) files? \([^)]*\) reused from local folders")
+COPIED_RE = re.compile(r"(\d+) files? \([^)]*\) copied in the bucket")
 # Partial and reusing downloads (dataset A, the reference only): the target is "about their share of
 # the work, a few times the time of 1% of a full download": a few = this many times the share.
 SHARE = 0.01
@@ -305,6 +306,7 @@ class Run:
     transfer_s: float | None = None  # from wabucketref's summary line
     files_moved: int | None = None  # files fetched or sent, from wabucketref's summary line
     files_reused: int | None = None  # files taken from --reuse folders, from the summary line
+    files_copied: int | None = None  # files copied inside the bucket (incremental upload), from the summary line
     cold_cache: bool = False
 
 
@@ -367,6 +369,8 @@ def measure(
         run.files_moved = int(found[-1][1])
         reused = REUSED_RE.findall(text)
         run.files_reused = int(reused[-1]) if reused else 0
+        copied = COPIED_RE.findall(text)
+        run.files_copied = int(copied[-1]) if copied else 0
     run.ok = True
     return run
 
@@ -661,6 +665,8 @@ def bench_dataset(
                 _progress(run)
         if ds.name == "A" and REFERENCE in contenders:
             bench_partial(ds, cs, uploads[REFERENCE].get(0), work, args, runs)
+        if REFERENCE in contenders:
+            bench_incremental(ds, cs, work, args, runs)
     finally:
         stack.stop()
         if not args.keep:
@@ -761,6 +767,92 @@ def bench_partial(
             runs.append(run)
             _progress(run)
     shutil.rmtree(prev, ignore_errors=True)
+
+
+INCREMENTAL_OPS = {
+    # op: what the row measures
+    "upload-next-incremental": "the default `wabucket upload`: unchanged files copied in the bucket from the latest version",
+    "upload-next-full": "`wabucket upload --no-base`: every file sent",
+}
+# The next version uploaded incrementally: A with 1% of its files changed, B with one of its four.
+INCREMENTAL_SHARE = {"A": SHARE, "B": 0.25}
+# Target on B: an incremental upload takes at most this share of a full upload's time.
+INCREMENTAL_TIME_SHARE = 0.5
+
+
+def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Namespace, runs: list[Run]) -> None:
+    """The reference's incremental upload of the next version of `ds` against a full upload of it,
+    each run alternating with the other.
+
+    Not timed: in every repetition, `ds` is uploaded (`--no-base`) as alias `base` of a fresh artifact;
+    the incremental upload then sends the next version to alias `next` of that artifact (its latest
+    version in the bucket is `base`). The full upload sends the same next version with `--no-base` to
+    alias `next` of another fresh artifact, so that neither upload can become the other's base."""
+    env, logs, cwd = cs.env[REFERENCE], work / "logs", cs.work
+    wab = cs._wab(REFERENCE)
+    new = make_changed(work / "data", ds, INCREMENTAL_SHARE[ds.name])
+    changed = sum(1 for p, h in new.hashes.items() if ds.hashes.get(p) != h)
+    for rep in range(args.repeat):
+        art = f"bench-{ds.name}-incremental-r{rep}"
+        setup = Run(ds.name, "upload-base", REFERENCE, rep)
+        measure(
+            [*wab, "upload", str(ds.path), "-n", art, "-t", "dataset", "-a", "base", "--no-base"],
+            env,
+            logs / f"{ds.name}-setup-upload-base-r{rep}.log",
+            setup,
+            server_pid=None,
+            cold=False,
+            timeout=args.timeout,
+            cwd=cwd,
+        )
+        print(
+            f"  {ds.name} set-up upload-base r{rep}: {setup.wall:.2f} s (not timed) {setup.error}",
+            file=sys.stderr,
+            flush=True,
+        )
+        error = "" if setup.ok else f"set-up upload of the base version failed: {setup.error}"
+        for op in rotate(list(INCREMENTAL_OPS), rep):
+            run = Run(ds.name, op, REFERENCE, rep)
+            if error:
+                run.error = error
+                runs.append(run)
+                _progress(run)
+                continue
+            name = art if op == "upload-next-incremental" else f"bench-{ds.name}-full-next-r{rep}"
+            argv = [*wab, "upload", str(new.path), "-n", name, "-t", "dataset", "-a", "next"]
+            if op == "upload-next-full":
+                argv.append("--no-base")
+            run = measure(
+                argv,
+                env,
+                logs / f"{ds.name}-{op}-r{rep}.log",
+                run,
+                server_pid=cs.stack.s3.pid,
+                cold=args.drop_caches,
+                timeout=args.timeout,
+                cwd=cwd,
+            )
+            if run.ok:
+                got = cs.stored(Remote(cs.backing, f"dataset/{name}/next"))
+                sent = run.files_moved if run.files_moved is not None else -1
+                copied = run.files_copied or 0
+                expected_sent = changed if op == "upload-next-incremental" else new.count
+                if got != (new.count, new.total):
+                    run.ok = False
+                    run.error = f"bucket holds {got[0]} files / {got[1]} bytes, expected {new.count} / {new.total}"
+                elif sent + copied != new.count:
+                    run.ok = False
+                    run.error = f"summary line: {sent} files sent + {copied} copied, expected {new.count} in all"
+                else:
+                    run.verified = "count+bytes"
+                    if sent != expected_sent:  # kept as a measurement; the report's target judges it
+                        print(
+                            f"  note: {ds.name} {op} sent {sent} files, {expected_sent} expected",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            runs.append(run)
+            _progress(run)
 
 
 def _progress(run: Run) -> None:
@@ -1049,6 +1141,109 @@ def report(
             out(f"- {name}: **{verdict}**: {shown}")
         out("")
 
+    # ---- incremental uploads (datasets A and B, the reference)
+    incremental: dict[str, Any] = {}
+    incremental_targets: list[tuple[str, float | None, float | None, str]] = []
+    inc_sets = [d for d in datasets if any((d.name, op, REFERENCE) in by for op in INCREMENTAL_OPS)]
+    if inc_sets:
+        out(f"## Incremental uploads (datasets A and B, `{REFERENCE}`)")
+        out("")
+        out(
+            "The next version of each data set (A with 1% of its files rewritten, one in every 100; B with one of "
+            "its four files rewritten; same sizes) uploaded two ways, alternating: `upload-next-incremental` = "
+            "`wabucket upload DIR -n NAME -t dataset -a next` (the default: the artifact's latest version in the "
+            "bucket is the base, files equal to its files by size and sha256 are copied inside the bucket instead of "
+            "sent), where the base is the previous version uploaded beforehand as alias `base` of a fresh artifact "
+            "(not timed); `upload-next-full` = the same folder with `--no-base` (every file sent) to alias `next` of "
+            "another fresh artifact. Files sent and copied are from the upload's summary line (bytes sent = files "
+            "sent x the file size); every upload is checked by listing its folder (file count and bytes). "
+            "`x full` = incremental / full wall time. A copy is a server-side S3 CopyObject: SeaweedFS's S3 gateway "
+            "reads every chunk of the source object from its volume server and writes it as a new chunk (a new file "
+            "id; the copy shares no chunk with its source), four chunks at a time, so a copy costs server CPU and "
+            "disk I/O (the SeaweedFS CPU column: CPU seconds of the one `weed mini` process during the run) and no "
+            "client bytes."
+        )
+        out("")
+        out(
+            "| dataset | op | files changed | files sent | MiB sent | files copied | MiB copied | median s | min | max "
+            "| transfer s | x full | client CPU s | SeaweedFS CPU s |"
+        )
+        out("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for d in inc_sets:
+            changed = len(range(0, d.count, round(1 / INCREMENTAL_SHARE[d.name])))
+            full = med(d.name, "upload-next-full", REFERENCE)
+            for op in INCREMENTAL_OPS:
+                rs = by.get((d.name, op, REFERENCE), [])
+                if not rs:
+                    continue
+                m = med(d.name, op, REFERENCE)
+                if m is None:
+                    err = next((r.error for r in rs if not r.ok), "")
+                    out(f"| {d.name} | {op} | {changed:,} | FAILED | | | | | | | | | | {err[:120].replace('|', '/')} |")
+                    incremental[f"{d.name}/{op}"] = {"error": err}
+                    continue
+                good = [r for r in rs if r.ok]
+                sent, copied = med(d.name, op, REFERENCE, "files_moved"), med(d.name, op, REFERENCE, "files_copied")
+                tr = med(d.name, op, REFERENCE, "transfer_s")
+                row = {
+                    "median": m,
+                    "min": min(r.wall for r in good),
+                    "max": max(r.wall for r in good),
+                    "files_changed": changed,
+                    "bytes_changed": changed * d.size,
+                    "files_sent": sent,
+                    "bytes_sent": sent * d.size if sent is not None else None,
+                    "files_copied": copied,
+                    "bytes_copied": copied * d.size if copied is not None else None,
+                    "transfer": tr,
+                    "ratio_to_full": m / full if full else None,
+                    "client_cpu": _med([r.user_cpu + r.sys_cpu for r in good]),
+                    "server_cpu": _med([r.server_cpu for r in good]),
+                }
+                incremental[f"{d.name}/{op}"] = row
+
+                def mib(v: float | None) -> str:
+                    return _fmt(v / MiB, 1) if v is not None else "-"
+
+                out(
+                    f"| {d.name} | {op} | {changed:,} | {_fmt(sent, 0)} | {mib(row['bytes_sent'])} | {_fmt(copied, 0)} | "
+                    f"{mib(row['bytes_copied'])} | {m:.2f} | {row['min']:.2f} | {row['max']:.2f} | {_fmt(tr)} | "
+                    f"{_fmt(row['ratio_to_full'], 3)} | {_fmt(row['client_cpu'], 1)} | {_fmt(row['server_cpu'], 1)} |"
+                )
+        out("")
+        for d in inc_sets:
+            inc = incremental.get(f"{d.name}/upload-next-incremental", {})
+            full_row = incremental.get(f"{d.name}/upload-next-full", {})
+            changed = len(range(0, d.count, round(1 / INCREMENTAL_SHARE[d.name])))
+            sent_b = inc.get("bytes_sent")
+            what = f"{changed:,} of {d.count:,} files" if d.name == "A" else f"{changed} of its {d.count} files"
+            incremental_targets.append(
+                (
+                    f"{d.name} incremental upload ({what} changed) sends only the changed bytes",
+                    None if sent_b is None else (0.0 if sent_b == changed * d.size else float("inf")),
+                    0.0,
+                    f"sent {_fmt(inc.get('files_sent'), 0)} file(s) = {_fmt(sent_b / MiB if sent_b is not None else None, 1)} MiB "
+                    f"(changed: {changed:,} file(s) = {changed * d.size / MiB:.1f} MiB); "
+                    f"copied {_fmt(inc.get('files_copied'), 0)} in the bucket",
+                )
+            )
+            if d.name == "B":
+                im, fm = inc.get("median"), full_row.get("median")
+                lim = INCREMENTAL_TIME_SHARE * fm if fm is not None else None
+                incremental_targets.append(
+                    (
+                        f"B incremental upload <= {INCREMENTAL_TIME_SHARE:g} x a full upload (`--no-base`) of the same version",
+                        im,
+                        lim,
+                        f"{_fmt(im)} s = {_fmt(100 * im / fm if im and fm else None, 1)}% of the full upload's "
+                        f"{_fmt(fm)} s (limit {_fmt(lim)} s)",
+                    )
+                )
+        for name, value, limit, shown in incremental_targets:
+            verdict = "n/a" if value is None or limit is None else ("met" if value <= limit else "missed")
+            out(f"- {name}: **{verdict}**: {shown}")
+        out("")
+
     # ---- W&B bookkeeping
     book: dict[str, Any] = {}
     wab = [c for c in ("wabucketref", "wabucketref-s3", "wabucketref-nowandb") if c in contenders]
@@ -1167,7 +1362,7 @@ def report(
             f"{cost:.2f} s of {total:.2f} s = {100 * cost / total:.0f}% outside the transfer; "
             f"{wdiff:.2f} s = {100 * wdiff / total:.1f}% by plain wall difference (online vs `WANDB_MODE=disabled`)",
         )
-    for name, value, limit, shown in partial_targets:
+    for name, value, limit, shown in partial_targets + incremental_targets:
         target(name, value, limit, shown)
     if help_med is not None:
         target("`wabucket --help` < 0.3 s", help_med, 0.3, f"{help_med:.3f} s", is_max=False)
@@ -1213,6 +1408,7 @@ def report(
         "table": table,
         "bookkeeping": book,
         "partial": partial,
+        "incremental": incremental,
         "help_seconds": help_times,
         "targets": targets,
         "runs": [asdict(r) for r in runs],

@@ -169,9 +169,14 @@ def make_changed(root: Path, ds: Dataset, share: float) -> Dataset:
         if rel not in changed:
             os.link(ds.path / rel, new.path / rel)
     for rel in sorted(changed):
-        data = random.Random(f"wabucketref-bench/{ds.name}/changed/{rel}").randbytes(ds.size)
-        (new.path / rel).write_bytes(data)
-        new.hashes[rel] = hashlib.sha256(data).hexdigest()
+        rnd = random.Random(f"wabucketref-bench/{ds.name}/changed/{rel}")
+        sha = hashlib.sha256()
+        with open(new.path / rel, "wb") as f:
+            for start in range(0, ds.size, 16 * MiB):  # randbytes() caps at 256 MiB - 1 (B's files are 256 MiB)
+                chunk = rnd.randbytes(min(16 * MiB, ds.size - start))
+                sha.update(chunk)
+                f.write(chunk)
+        new.hashes[rel] = sha.hexdigest()
     marker.write_text(json.dumps(new.hashes))
     return new
 

@@ -3,7 +3,7 @@
 Each request has one budget. obstore sends it up to REQUEST_TRIES times (server errors,
 throttling, refused or reset connections), waiting FIRST_BACKOFF, then a random time up to
 BACKOFF_GROWTH times the last wait (at most LONGEST_BACKOFF), retrying for at most RETRY_WINDOW:
-a server that restarts within ~10 s is ridden out. Each try is limited to
+a server that restarts within ~10 s is ridden out, and a missing one is reported in ~15 s. Each try is limited to
 settings.request_timeout(). What obstore cannot retry itself (a response that breaks off
 mid-body, a part of a streamed file) is tried here, up to ATTEMPTS times in all, resuming where it
 stopped; a failure that obstore already retried is not tried again.
@@ -26,7 +26,7 @@ R = TypeVar("R")
 
 ATTEMPTS = 4
 REQUEST_TRIES = 11  # obstore's own tries of one request (storage/objectstore.py passes them on)
-RETRY_WINDOW = timedelta(seconds=120)
+RETRY_WINDOW = timedelta(seconds=15)  # also bounds asking for credentials that are not there
 FIRST_BACKOFF, LONGEST_BACKOFF, BACKOFF_GROWTH = timedelta(milliseconds=500), timedelta(seconds=8), 4
 
 

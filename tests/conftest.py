@@ -170,6 +170,16 @@ def outputs(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^::set-output name=([a-zA-Z][a-zA-Z0-9_]*)::(.*)$", stdout, re.M))
 
 
+def one_error_line(proc, *needles: str) -> str:
+    """The command's one `wabucket: error:` line (no traceback), holding every needle."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("wabucket: error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], proc.stderr
+    return errors[0]
+
+
 def tree_hashes(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -22,6 +22,7 @@ from tests.conftest import (
     MULTIPART_FILE_SIZE,
     Env,
     make_tree,
+    one_error_line,
     online,
     tree_hashes,
     use_backend,
@@ -43,16 +44,6 @@ from tests.test_reliability import (  # noqa: F401 - restart_guard is a fixture
     via,
     wait_until,
 )
-
-
-def one_error_line(proc, *needles: str) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("wabucket: error:")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], proc.stderr
-    return errors[0]
-
 
 # Starts the command with SIGINT at its default disposition (set, then exec'd: no preexec_fn in a
 # process with threads). A child of a background job inherits SIGINT ignored, and Python keeps it so.

@@ -17,6 +17,7 @@ from tests.conftest import (
     closed_port,
     make_tree,
     metadata_environ,
+    one_error_line,
     online,
     tree_hashes,
     use_backend,
@@ -28,15 +29,6 @@ ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_S3_ENDPOINT_URL
 # Where clients look for trusted CAs besides the system store (this machine's environment sets several)
 CA_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
-
-
-def one_error_line(proc, *needles: str) -> str:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("wabucket: error:")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], proc.stderr
-    return errors[0]
 
 
 def endpoint(env: Env, url: str | None) -> Env:

@@ -187,6 +187,15 @@ def tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """These files (relative path -> bytes) under root."""
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
 def make_tree(root: Path, seed: int = 0, big: bool = True) -> Path:
     """Nested folders, an empty file, a multipart-sized file, names with spaces and unicode."""
     import random

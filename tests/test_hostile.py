@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, make_tree, online, tree_hashes, use_backend
+from tests.conftest import Env, make_tree, one_error_line, online, tree_hashes, use_backend
 from tests.servers.faultproxy import CredentialGate, FaultProxy, IssuedCredential, issuing_platform
 
 FORMAT = "wabucketref-manifest/1"
@@ -41,14 +41,6 @@ def files_outside(tmp_path: Path, allowed: list[Path], before: set[Path]) -> lis
 
 def snapshot(tmp_path: Path) -> set[Path]:
     return set(tmp_path.rglob("*"))
-
-
-def one_error_line(proc, *needles: str) -> None:
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("wabucket: error:")]
-    assert len(errors) == 1, proc.stderr
-    for n in needles:
-        assert n in errors[0], proc.stderr
 
 
 # ------------------------------------------------------------------ crafted manifests in the bucket (offline)

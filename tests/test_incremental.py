@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Env, RawBucket, tree_hashes, use_backend
+from tests.conftest import write_tree as write
 from tests.servers.faultproxy import FaultProxy, Reject
 
 LARGE = 9 << 20  # above transfer.SMALL_FILE: sent in parts, so its copy has a multipart ETag to check
@@ -33,14 +34,6 @@ def summary(stderr: str) -> dict[str, int]:
         "copied": int(copied.group(1)) if copied else 0,
         "there": int(there.group(1)) if there else 0,
     }
-
-
-def write(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
 
 
 def first_version(seed: int = 1, large: bool = True) -> dict[str, bytes]:

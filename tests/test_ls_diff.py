@@ -7,17 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import online, use_backend
+from tests.conftest import online, use_backend, write_tree
 from tests.test_roundtrip import wandb_api
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
-
 
 V0 = {"a.txt": b"alpha\n", "nested/b.bin": b"\x00" * 300, "nested/deep/c.csv": b"x,y\n1,2\n", "gone.txt": b"old"}
 V1 = {"a.txt": b"ALPHA!\n", "nested/b.bin": b"\x00" * 300, "nested/deep/c.csv": b"x,y\n1,2\n3,4\n", "new/d.txt": b"dd"}

@@ -15,6 +15,7 @@ from . import checks, jobs, tracking
 from .commands import diff, download, gc, ls, upload, verify
 from .commands.diff import Side
 from .errors import UsageError
+from .hashcache import HashCache
 from .landing import Reuse
 from .manifest import Manifest
 from .progress import ProgressCallback
@@ -63,6 +64,7 @@ class WaBucketRefAPI:
         self._own_run: Any = None  # the run this API started, finished by close()
         self._io: LoopThread | None = None
         self._buckets = Buckets()
+        self._hashes: HashCache | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -78,6 +80,9 @@ class WaBucketRefAPI:
             self._io.run(self._buckets.close())
             self._io.close()
             self._io = None
+        if self._hashes is not None:
+            self._hashes.close()
+            self._hashes = None
         if self._own_run is not None and not tracking.is_finished(self._own_run):
             tracking.finish_run(self._own_run, exit_code)
         self.run = None
@@ -232,7 +237,7 @@ class WaBucketRefAPI:
         plan = download.Plan(
             include=checks.check_patterns(include, "--include"),
             exclude=checks.check_patterns(exclude, "--exclude"),
-            reuse=Reuse(folders) if (folders := checks.check_folders(reuse, "--reuse")) else None,
+            reuse=Reuse(folders, self._hash_cache()) if (folders := checks.check_folders(reuse, "--reuse")) else None,
         )
         dest = Path(dst_folder) if dst_folder is not None else None
         return download.download(self._context(options), art_name, name, art_type, art_alias, dest, run_config, plan)
@@ -315,6 +320,11 @@ class WaBucketRefAPI:
             self._io = LoopThread()
         return self._io
 
+    def _hash_cache(self) -> HashCache:
+        if self._hashes is None:
+            self._hashes = HashCache.default()
+        return self._hashes
+
     def _project(self) -> str | None:
         """The W&B project a command records in: required unless W&B is disabled."""
         if tracking.is_disabled():
@@ -327,7 +337,7 @@ class WaBucketRefAPI:
             io=self._loop,
             buckets=self._buckets,
             bucket=self.bucket,
-            options=options or self.options,
+            options=dataclasses.replace(options or self.options, hashes=self._hash_cache()),
             project=project,
             lookup_project=project if self._project_given else None,
             entity=self.entity,

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, WaBucketError
-from .manifest import FileEntry, safe_relpath, sha256_file
+from .hashcache import HashCache, settle
+from .manifest import FileEntry, safe_relpath
 
 STREAM_CHUNK = 8 << 20
 PART_SUFFIX = ".wabucket-part"
@@ -85,13 +86,13 @@ def _scan_dest(dest: Path, paths: list[str]) -> set[str]:
     return present
 
 
-def local_matches(path: Path, f: FileEntry, verify: bool) -> bool:
+def local_matches(path: Path, f: FileEntry, verify: bool, hashes: HashCache) -> bool:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size != f.size:
             return False
+        return not verify or hashes.sha256(path) == f.sha256
     except OSError:
         return False
-    return not verify or hash_local(path, 1 << 62)[0] == f.sha256
 
 
 def part_stem(name: str) -> str:
@@ -114,22 +115,26 @@ def check_file(f: FileEntry, size: int, sha: str, verify: bool) -> None:
         raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
 
 
-def land(final: Path, data: Any, f: FileEntry, verify: bool) -> None:
+def land(final: Path, data: Any, f: FileEntry, verify: bool) -> str:
     """Check a small file's bytes, then write them under a temporary name and move it into place.
+    Returns their sha256.
 
     Plain os calls: this runs once per file, and a buffered file object costs more than the write.
     """
-    check_file(f, len(data), hashlib.sha256(data).hexdigest(), verify)
+    sha = hashlib.sha256(data).hexdigest()
+    check_file(f, len(data), sha, verify)
     tmp, fd = open_part(final)
     try:
         try:
             pwrite_all(fd, data, 0)
+            settle(fd)
         finally:
             os.close(fd)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return sha
 
 
 def pwrite_all(fd: int, data: Any, offset: int) -> None:
@@ -147,8 +152,9 @@ class Reuse:
     system allows (a later download replaces files, never writes into them), else copied and
     checked."""
 
-    def __init__(self, folders: list[Path]) -> None:
+    def __init__(self, folders: list[Path], hashes: HashCache | None = None) -> None:
         self.folders = folders
+        self.hashes = hashes or HashCache(None)
         self._scan: asyncio.Future[None] | None = None
         self._by_size: dict[int, list[Path]] = {}
         self._by_path: dict[str, list[Path]] = {}
@@ -199,7 +205,7 @@ class Reuse:
         """The one hashing of path (started on first use)."""
         fut = self._hashes.get(path)
         if fut is None or fut.cancelled():
-            fut = self._hashes[path] = asyncio.ensure_future(asyncio.to_thread(_sha256_or_none, path))
+            fut = self._hashes[path] = asyncio.ensure_future(asyncio.to_thread(self._sha256_or_none, path))
         return fut
 
     async def _sha256(self, path: Path) -> str | None:
@@ -208,8 +214,7 @@ class Reuse:
             self._by_sha.setdefault(sha, path)
         return sha
 
-    @staticmethod
-    def place(src: Path, final: Path, f: FileEntry) -> bool:
+    def place(self, src: Path, final: Path, f: FileEntry) -> bool:
         """Put src's content at final (under a part file first); False if a copy did not match f."""
         tmp = final.with_name(f".{part_stem(final.name)}.{os.urandom(4).hex()}{PART_SUFFIX}")
         try:
@@ -223,14 +228,14 @@ class Reuse:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self.hashes.remember_now(final, f.sha256)  # a link changed the file's ctime: src's entry too
         return True
 
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:  # vanished or unreadable: not a candidate
-        return None
+    def _sha256_or_none(self, path: Path) -> str | None:
+        try:
+            return self.hashes.sha256(path)
+        except OSError:  # vanished or unreadable: not a candidate
+            return None
 
 
 def _copy_checked(src: Path, tmp: Path, f: FileEntry) -> bool:
@@ -241,4 +246,6 @@ def _copy_checked(src: Path, tmp: Path, f: FileEntry) -> bool:
             sha.update(chunk)
             w.write(chunk)
             size += len(chunk)
+        w.flush()
+        settle(w.fileno())
     return size == f.size and sha.hexdigest() == f.sha256

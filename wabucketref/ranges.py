@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import IntegrityError, WaBucketError
+from .hashcache import settle
 from .landing import check_file, open_part, pwrite_all
 from .manifest import FileEntry
 from .retry import with_retries
@@ -188,8 +189,9 @@ async def get_ranges(
     verify: bool,
     lanes: Lanes,
     attempts: int,
-) -> None:
-    """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands.
+) -> str:
+    """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands;
+    returns its sha256.
 
     Each range is retried on its own, from where it stopped. From a server that ignores ranges,
     the file comes whole, in one GET."""
@@ -198,7 +200,7 @@ async def get_ranges(
             return await _get_parts(storage, key, final, f, advance, verify, lanes, attempts, whole=False)
         except RangesIgnored:
             pass  # the storage now knows: fetched whole from here on
-    await _get_parts(storage, key, final, f, advance, verify, lanes, attempts, whole=True)
+    return await _get_parts(storage, key, final, f, advance, verify, lanes, attempts, whole=True)
 
 
 async def _get_parts(
@@ -212,7 +214,7 @@ async def _get_parts(
     attempts: int,
     *,
     whole: bool,
-) -> None:
+) -> str:
     part = f.size if whole else max(storage.part_size(f.size), RANGE_SIZE)
     starts = list(range(0, f.size, part))
     tmp, fd = open_part(final)
@@ -244,10 +246,13 @@ async def _get_parts(
                 t.cancel()
             await wait_out(tasks)  # each waits for its thread (in_thread)
             raise
-        check_file(f, hashing.hashed_to, hashing.sha.hexdigest(), verify)
+        sha = hashing.sha.hexdigest()
+        check_file(f, hashing.hashed_to, sha, verify)
+        settle(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, final)
+        return sha
     finally:
         if fd >= 0:
             os.close(fd)

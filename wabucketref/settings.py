@@ -7,6 +7,7 @@ module that drives that client; the ones wabucketref defines, or chooses between
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 DEFAULT_REQUEST_TIMEOUT = 300.0  # leaves room for a 16 MiB part on a slow link
 DEFAULT_WANDB_TIMEOUT = 300.0
@@ -35,9 +36,16 @@ def wandb_timeout() -> float:
     return _seconds("WABUCKET_WANDB_TIMEOUT", DEFAULT_WANDB_TIMEOUT)
 
 
-def session_cache_enabled() -> bool:
-    """Keep platform sessions between commands (WABUCKET_CACHE=0 turns it off)."""
+def cache_enabled() -> bool:
+    """Keep platform sessions and file hashes between commands (WABUCKET_CACHE=0 turns it off)."""
     return os.environ.get("WABUCKET_CACHE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def cache_folder() -> Path | None:
+    """Where what is kept between commands lives: $XDG_CACHE_HOME/wabucketref, else
+    ~/.cache/wabucketref; None without a home folder (HOME unset, no passwd entry)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wabucketref" if os.path.isabs(base) else None
 
 
 def debug() -> bool:

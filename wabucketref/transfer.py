@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Set
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
+from .hashcache import HashCache
 from .landing import Reuse, hash_local, land, local_matches, prepare_dest
 from .manifest import NO_HASH, FileEntry, LocalFile, Manifest, safe_relpath
 from .progress import ProgressCallback, Stats
@@ -48,16 +50,18 @@ class Options:
     quiet: bool = False  # no summary line
     attempts: int = ATTEMPTS
     progress: ProgressCallback = field(default_factory=ProgressCallback)
+    hashes: HashCache = field(default_factory=lambda: HashCache(None))  # local files' hashes, kept between commands
 
 
 class _Tracker:
-    """Counts what one transfer did (Stats), tells the progress callback, and logs the summary
-    line of a transfer that completed."""
+    """Counts what one transfer did (Stats), tells the progress callback, logs the summary line
+    of a transfer that completed, and writes the local hashes it learned."""
 
     def __init__(self, verb: str, files: int, total_bytes: int, opts: Options, summary: bool = True):
         self.stats = Stats(verb)
         self.files = files
         self.callback = opts.progress
+        self.hashes = opts.hashes
         self.summary = summary and not opts.quiet
         self.callback.start(verb, files, total_bytes)
 
@@ -89,6 +93,7 @@ class _Tracker:
     def __exit__(self, failure: type | None, *_: object) -> None:
         self.stats.ended = time.monotonic()
         self.callback.close()
+        self.hashes.flush()
         if self.summary and failure is None:
             log.info(self.stats.summary())
 
@@ -168,7 +173,7 @@ class CopySource:
     key: str  # the object's key in the bucket
     info: ObjectInfo  # as the base's listing showed it (size, ETag)
     sha256: str  # of the local file (equal to the base manifest's)
-    md5s: tuple[bytes, ...]  # of the local file's parts, to compare ETags
+    md5s: tuple[bytes, ...] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
 
 
 def _hash_part(storage: Storage, size: int) -> int:
@@ -182,9 +187,10 @@ async def find_copies(
     """The local files whose size and sha256 equal a file of the base version (its manifest, the
     data under `root`, as `listing` shows it): path -> the object to copy.
 
-    Only files of a size the base has are hashed (in threads, `opts.concurrency` at a time). A
-    base object is used only if it is still there with its manifest's size and, where the
-    server's ETags describe content, with the local file's content.
+    Only files of a size the base has are hashed (in threads, `opts.concurrency` at a time), and
+    only if their hash is not remembered (hashcache.py). A base object is used only if it is still
+    there with its manifest's size and, where the server's ETags describe content and the local
+    file was read, with the local file's content.
     """
     listed = {o.key: o for o in listing}
     by_content: dict[tuple[str, int], ObjectInfo] = {}
@@ -201,7 +207,8 @@ async def find_copies(
     progress = _Tracker("compared", len(candidates), sum(f.size for f in candidates), opts, summary=False)
 
     async def one(f: LocalFile) -> tuple[str, CopySource] | None:
-        sha, md5s = await asyncio.to_thread(hash_local, f.abspath, _hash_part(storage, f.size))
+        part = _hash_part(storage, f.size)
+        sha, md5s = await asyncio.to_thread(opts.hashes.hashed, f.abspath, lambda p: hash_local(p, part))
         progress.advance(f.size)
         progress.file_done(f.size)
         o = by_content.get((sha, f.size))
@@ -210,7 +217,7 @@ async def find_copies(
         if storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
             log.warning("%s: the base version's copy differs from its manifest; sending the file", f.path)
             return None
-        return f.path, CopySource(keys[(sha, f.size)], o, sha, tuple(md5s))
+        return f.path, CopySource(keys[(sha, f.size)], o, sha, tuple(md5s) if md5s is not None else None)
 
     with progress:
         found = await bounded_map(one, candidates, opts.concurrency)
@@ -221,13 +228,14 @@ def copy_checks_out(storage: Storage, copy: ObjectInfo | None, source: CopySourc
     """Is an object copied from `source` whole? Its size must be the file's; its ETag must be the
     source's (a server that keeps ETags on copy: the source was checked before copying) or
     describe the local file's content. Where the server's ETags say nothing of content (Azure, a
-    folder: there a copy is a hard link), the size is what can be checked: the manifest's sha256
-    is the local file's, and every download and `verify` checks the object against it."""
+    folder: there a copy is a hard link) or the local file was not read (its hash was
+    remembered), the size is what can be checked: the manifest's sha256 is the local file's, and
+    every download and `verify` checks the object against it."""
     if copy is None or copy.size != size:
         return False
     if copy.etag and copy.etag == source.info.etag:
         return True
-    return storage.etag_matches(copy, list(source.md5s)) is not False
+    return storage.etag_matches(copy, list(source.md5s) if source.md5s is not None else None) is not False
 
 
 async def upload(
@@ -260,7 +268,9 @@ async def upload(
             async with large:
                 return await _put_streaming(storage, key, f, progress)
 
+        before, started = os.stat(f.abspath), time.time_ns()
         sha = await with_retries(put, f"upload of {f.path}", opts.attempts)
+        opts.hashes.remember(f.abspath, sha, before, started)
         progress.file_done(f.size)
         return FileEntry(f.path, f.size, sha)
 
@@ -270,7 +280,7 @@ async def upload(
         source = copies.get(f.path)
         if info is not None and info.size == f.size:
             if source is not None:
-                sha, md5s = source.sha256, list(source.md5s)
+                sha, md5s = source.sha256, list(source.md5s) if source.md5s is not None else None
             else:
                 sha, md5s = await asyncio.to_thread(hash_local, f.abspath, _hash_part(storage, f.size))
             same = storage.etag_matches(info, md5s)
@@ -422,11 +432,11 @@ async def download(
         if f.path in present:
             if skip_existing:
                 return
-            if await asyncio.to_thread(local_matches, final, f, verify):
+            if await asyncio.to_thread(local_matches, final, f, verify, opts.hashes):
                 progress.file_done(f.size, skipped=True)
                 return
         src = await reuse.find(f) if reuse is not None and verify else None
-        if src is not None and await asyncio.to_thread(Reuse.place, src, final, f):
+        if src is not None and reuse is not None and await asyncio.to_thread(reuse.place, src, final, f):
             if done is not None:
                 done.add(f.path)
             progress.file_done(f.size, reused=True)
@@ -435,14 +445,15 @@ async def download(
 
         async def get() -> None:
             if f.size > SMALL_FILE:
-                await get_ranges(storage, key, final, f, _advancer(progress), verify, lanes, opts.attempts)
+                sha = await get_ranges(storage, key, final, f, _advancer(progress), verify, lanes, opts.attempts)
             else:
                 data = await _fetch(storage, key, f)
                 if f.size <= INLINE_WRITE:  # a thread hop costs more than writing a small file
-                    land(final, data, f, verify)
+                    sha = land(final, data, f, verify)
                 else:
-                    await asyncio.to_thread(land, final, data, f, verify)
+                    sha = await asyncio.to_thread(land, final, data, f, verify)
                 progress.advance(len(data))
+            opts.hashes.remember_now(final, sha)
 
         await with_retries(get, f"download of {f.path}", opts.attempts)
         if done is not None:

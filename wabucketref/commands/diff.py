@@ -15,8 +15,9 @@ from typing import Any
 
 from .. import tracking
 from ..errors import IntegrityError, NotFoundError, UsageError
+from ..hashcache import HashCache
 from ..layout import ArtifactKeys
-from ..manifest import NO_HASH, Change, FileEntry, Manifest, scan_folder, sha256_file
+from ..manifest import NO_HASH, Change, FileEntry, Manifest, scan_folder
 from ..manifest import diff as diff_manifests
 from ..runtime import Context
 from .resolve import bucket_record, resolve_offline
@@ -53,7 +54,7 @@ def diff(ctx: Context, type_: str, a: Side, b: Side | None, local: Path | None) 
         side_b = _describe(b, rb, manifest_b)
     else:
         assert local is not None
-        manifest_b = _folder_manifest(local, manifest_a)
+        manifest_b = _folder_manifest(local, manifest_a, ctx.options.hashes)
         side_b = {"local": str(local), "files": len(manifest_b.files), "bytes": manifest_b.total_size}
     d = diff_manifests(manifest_a, manifest_b)
     return {
@@ -95,15 +96,16 @@ def _other_type(ctx: Context, type_: str, side: Side) -> str | None:
     return None
 
 
-def _folder_manifest(root: Path, like: Manifest) -> Manifest:
-    """The folder's files; hashed only where a file of the same path and size is in `like`."""
+def _folder_manifest(root: Path, like: Manifest, known: HashCache) -> Manifest:
+    """The folder's files; hashed only where a file of the same path and size is in `like`, and
+    its hash is not remembered."""
     if not root.is_dir():
         raise UsageError(f"not a folder: {root}")
     files = scan_folder(root)
     expected = like.by_path()
     to_hash = [f for f in files if (e := expected.get(f.path)) is not None and e.size == f.size]
     with concurrent.futures.ThreadPoolExecutor(HASHING_THREADS) as pool:
-        hashes = dict(zip((f.path for f in to_hash), pool.map(lambda f: sha256_file(f.abspath), to_hash), strict=True))
+        hashes = dict(zip((f.path for f in to_hash), pool.map(lambda f: known.sha256(f.abspath), to_hash), strict=True))
     return Manifest([FileEntry(f.path, f.size, hashes.get(f.path, NO_HASH)) for f in files])
 
 

@@ -170,13 +170,14 @@ class Storage(ABC):
         smallest = -(-size // 9000)  # ceil(size / 9000)
         return max(8 * mib, -(-smallest // mib) * mib)
 
-    def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes]) -> bool | None:
+    def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes] | None) -> bool | None:
         """Does an S3-style ETag match content whose per-part MD5 digests are given?
 
-        None when the backend's ETags do not describe content (then the caller hashes the object).
+        None when the backend's ETags do not describe content (then the caller hashes the object),
+        or the digests are not known.
         """
         etag = (info.etag or "").strip('"')
-        if not etag:
+        if not etag or md5_parts is None:
             return None
         if "-" in etag:
             whole = hashlib.md5(b"".join(md5_parts)).hexdigest()

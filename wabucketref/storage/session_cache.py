@@ -28,10 +28,8 @@ MIN_LIFETIME = 300.0  # seconds of credential validity a cached session must sti
 
 
 def _folder() -> Path | None:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(base):  # no home folder (HOME unset, no passwd entry): keep nothing
-        return None
-    return Path(base) / "wabucketref" / "platform"
+    base = settings.cache_folder()
+    return base / "platform" if base is not None else None
 
 
 def _login() -> tuple[str, list] | None:
@@ -72,7 +70,7 @@ def _file_stamp(path: Path | None) -> list | None:
 
 def _where(spec: str) -> tuple[Path, list] | None:
     """The file that keeps `spec`'s session, and the login stamp it must carry; None: keep nothing."""
-    where = _folder() if settings.session_cache_enabled() else None
+    where = _folder() if settings.cache_enabled() else None
     login = _login() if where is not None else None
     if where is None or login is None:
         return None

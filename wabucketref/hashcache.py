@@ -1,0 +1,184 @@
+"""The sha256 of local files, remembered between commands, so that a folder wabucketref wrote or
+read is not read again to learn what it holds (--reuse, incremental uploads, downloads into a
+folder that has files already, diff --local).
+
+A hash is remembered for a file (device and inode, so a hard link or a moved folder keeps it)
+with its size, modification and change times to the nanosecond, and used only while all of
+them are unchanged. Timestamps come from a clock that ticks every few milliseconds, so a write
+in the same tick as the hashing would leave them unchanged: a hash is remembered only if the
+file had not been modified for RACY_NS when it was read, and the files a download writes get a
+modification time RACY_NS in the past for that reason (they are new: nothing else knows them).
+
+`verify --local` never uses it: it reads every byte. The cache is a SQLite file in the user's
+cache folder (~/.cache/wabucketref/hashes.sqlite); WABUCKET_CACHE=0 turns it off; failing to
+open or write it only costs speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from . import settings
+from .manifest import sha256_file
+
+log = logging.getLogger("wabucketref")
+
+RACY_NS = 2_000_000_000  # covers coarse clocks and file systems of 2 s resolution (FAT)
+MAX_AGE_NS = 60 * 86400 * 1_000_000_000  # entries not refreshed for this long are dropped
+FLUSH_EVERY = 2000  # entries
+BUSY_TIMEOUT = 5.0  # seconds another command may hold the file
+
+X = TypeVar("X")
+_Key = tuple[int, int]
+_Row = tuple[int, int, int, str]  # size, mtime_ns, ctime_ns, sha256
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS hashes (
+    dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+    sha256 TEXT, hashed_ns INTEGER, PRIMARY KEY (dev, ino)
+) WITHOUT ROWID"""
+
+
+class HashCache:
+    """Remembered hashes of local files; a HashCache(None) remembers nothing. Thread-safe: hashing
+    runs in worker threads."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[_Key, tuple[_Row, int]] = {}
+
+    @classmethod
+    def default(cls) -> HashCache:
+        """The user's cache (settings.cache_folder()), unless WABUCKET_CACHE=0 or there is no cache folder."""
+        folder = settings.cache_folder() if settings.cache_enabled() else None
+        return cls(folder / "hashes.sqlite" if folder is not None else None)
+
+    def known(self, path: Path) -> str | None:
+        """path's sha256 if it was remembered and the file is unchanged since."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key, row = _key(st), _row(st, "")
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None:
+                found: tuple | None = pending[0]
+            elif (db := self._open()) is not None:
+                found = _query(db, key)
+            else:
+                return None
+        if found is None or tuple(found[:3]) != row[:3]:
+            return None
+        return str(found[3])
+
+    def remember(self, path: Path, sha256: str, before: os.stat_result, started_ns: int) -> None:
+        """path's content, read from `started_ns` on, had this sha256; `before` is its stat from
+        before the read. Kept only if the file had settled and is unchanged after the read."""
+        if self.path is None or started_ns - before.st_mtime_ns < RACY_NS:
+            return
+        try:
+            after = os.stat(path)
+        except OSError:
+            return
+        if _row(after, "")[:2] != _row(before, "")[:2] or _key(after) != _key(before):
+            return
+        with self._lock:
+            self._pending[_key(after)] = (_row(after, sha256), started_ns)
+            full = len(self._pending) >= FLUSH_EVERY
+        if full:
+            self.flush()
+
+    def remember_now(self, path: Path, sha256: str) -> None:
+        """path's content is known to have this sha256 now (a file this command wrote and settled,
+        or linked from a file whose hash it knew)."""
+        with contextlib.suppress(OSError):
+            self.remember(path, sha256, os.stat(path), time.time_ns())
+
+    def sha256(self, path: Path) -> str:
+        """path's sha256: remembered, else read (and remembered)."""
+        return self.hashed(path, lambda p: (sha256_file(p), None))[0]
+
+    def hashed(self, path: Path, compute: Callable[[Path], tuple[str, X]]) -> tuple[str, X | None]:
+        """(sha256, what else `compute` returns): remembered (the rest is then None), else computed."""
+        if (sha := self.known(path)) is not None:
+            return sha, None
+        before, started = os.stat(path), time.time_ns()
+        sha, extra = compute(path)
+        self.remember(path, sha, before, started)
+        return sha, extra
+
+    def flush(self) -> None:
+        """Write what was learned (one transaction); a busy or broken cache file only loses it."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            if not pending or (db := self._open()) is None:
+                return
+            try:
+                with db:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(*key, *row, hashed) for key, (row, hashed) in pending.items()],
+                    )
+            except sqlite3.Error as e:
+                log.debug("file hashes not remembered (%s): %s", self.path, e)
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The connection (opened once; called with the lock held); None if the file cannot be used."""
+        if self._db is not None or self.path is None:
+            return self._db
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # private to the user: it names their files
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+            with db:
+                db.execute(SCHEMA)
+                db.execute("DELETE FROM hashes WHERE hashed_ns < ?", (time.time_ns() - MAX_AGE_NS,))
+        except (OSError, sqlite3.Error) as e:
+            log.debug("no file hash cache (%s): %s", self.path, e)
+            self.path = None
+            return None
+        self._db = db
+        return db
+
+
+def settle(fd: int) -> None:
+    """Give a file this command has just written a modification time RACY_NS in the past, so its
+    hash can be remembered (see the module's docstring)."""
+    then = time.time_ns() - RACY_NS
+    os.utime(fd, ns=(then, then))
+
+
+def _key(st: os.stat_result) -> _Key:
+    return st.st_dev, st.st_ino
+
+
+def _row(st: os.stat_result, sha256: str) -> _Row:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256
+
+
+def _query(db: sqlite3.Connection, key: _Key) -> tuple | None:
+    try:
+        return db.execute(
+            "SELECT size, mtime_ns, ctime_ns, sha256 FROM hashes WHERE dev = ? AND ino = ?", key
+        ).fetchone()
+    except sqlite3.Error as e:
+        log.debug("file hash cache: %s", e)
+        return None

@@ -683,7 +683,15 @@ PARTIAL_OPS = {
     "download-1%": "the version, `--include PATTERN` selecting 1% of its files",
     "download-next": "the next version (1% of the files changed) into an empty folder",
     "download-next-reuse": "the next version with `--reuse DIR`, DIR = a full download of the previous version",
+    "download-next-reuse-cold": "the same, the local hash cache emptied first: every file of DIR is read and hashed",
 }
+REUSE_OPS = ("download-next-reuse", "download-next-reuse-cold")
+
+
+def forget_hashes(env: dict[str, str]) -> None:
+    """Empty wabucketref's local hash cache (hashcache.py) of the contenders' HOME: a cold run."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env["HOME"], ".cache")
+    Path(base, "wabucketref", "hashes.sqlite").unlink(missing_ok=True)
 
 
 def bench_partial(
@@ -692,7 +700,9 @@ def bench_partial(
     """The reference's partial and reusing downloads of A, each run alternating with the others.
 
     Not timed: the next version (A with 1% of its files changed) is uploaded as a new version of the
-    reference's first upload, and that first version is downloaded once in full (the local copy)."""
+    reference's first upload, and that first version is downloaded once in full (the local copy).
+    The reusing downloads' folders are kept to the end: removing a hard link to a file changes its
+    ctime, which makes wabucketref read it again (as it would for a user who deleted them)."""
     env, logs, cwd = cs.env[REFERENCE], work / "logs", cs.work
     wab = cs._wab(REFERENCE)
     pattern, n = share_pattern(ds.count, SHARE)
@@ -749,8 +759,10 @@ def bench_partial(
                 argv += [source.alias, "--include", pattern]  # type: ignore[union-attr]
                 expected = subset
             else:
-                argv += ["next"] + (["--reuse", str(prev)] if op == "download-next-reuse" else [])
+                argv += ["next"] + (["--reuse", str(prev)] if op in REUSE_OPS else [])
                 expected = new.hashes
+            if op.endswith("-cold"):
+                forget_hashes(env)
             run = measure(
                 [*argv, "-d", str(dest)],
                 env,
@@ -768,15 +780,20 @@ def bench_partial(
                     run.ok, run.error = False, f"downloaded tree differs from the version (e.g. {bad})"
                 else:
                     run.verified = "sha256"
-            shutil.rmtree(dest, ignore_errors=True)
+            if op not in REUSE_OPS:
+                shutil.rmtree(dest, ignore_errors=True)
             runs.append(run)
             _progress(run)
+    for op in REUSE_OPS:
+        for rep in range(args.repeat):
+            shutil.rmtree(work / "dl" / f"{ds.name}-{op}-r{rep}", ignore_errors=True)
     shutil.rmtree(prev, ignore_errors=True)
 
 
 INCREMENTAL_OPS = {
     # op: what the row measures
     "upload-next-incremental": "the default `wabucket upload`: unchanged files copied in the bucket from the latest version",
+    "upload-next-incremental-cold": "the same, the local hash cache emptied first: every file is read and hashed",
     "upload-next-full": "`wabucket upload --no-base`: every file sent",
 }
 # The next version uploaded incrementally: A with 1% of its files changed, B with one of its four.
@@ -790,9 +807,11 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
     each run alternating with the other.
 
     Not timed: in every repetition, `ds` is uploaded (`--no-base`) as alias `base` of a fresh artifact;
-    the incremental upload then sends the next version to alias `next` of that artifact (its latest
-    version in the bucket is `base`). The full upload sends the same next version with `--no-base` to
-    alias `next` of another fresh artifact, so that neither upload can become the other's base."""
+    the incremental uploads then send the next version to aliases `next` and `next-cold` of that
+    artifact with `--base base`. The next version's unchanged files are hard links to `ds`'s, so the
+    base upload has read them (as when a dataset folder is uploaded, edited, and uploaded again); the
+    cold run empties the hash cache first. The full upload sends the same next version with
+    `--no-base` to alias `next` of another fresh artifact."""
     env, logs, cwd = cs.env[REFERENCE], work / "logs", cs.work
     wab = cs._wab(REFERENCE)
     new = make_changed(work / "data", ds, INCREMENTAL_SHARE[ds.name])
@@ -823,10 +842,13 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
                 runs.append(run)
                 _progress(run)
                 continue
-            name = art if op == "upload-next-incremental" else f"bench-{ds.name}-full-next-r{rep}"
-            argv = [*wab, "upload", str(new.path), "-n", name, "-t", "dataset", "-a", "next"]
-            if op == "upload-next-full":
-                argv.append("--no-base")
+            incremental = op != "upload-next-full"
+            name = art if incremental else f"bench-{ds.name}-full-next-r{rep}"
+            alias = "next-cold" if op.endswith("-cold") else "next"
+            argv = [*wab, "upload", str(new.path), "-n", name, "-t", "dataset", "-a", alias]
+            argv += ["--base", "base"] if incremental else ["--no-base"]
+            if op.endswith("-cold"):
+                forget_hashes(env)
             run = measure(
                 argv,
                 env,
@@ -838,10 +860,10 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
                 cwd=cwd,
             )
             if run.ok:
-                got = cs.stored(Remote(cs.backing, f"dataset/{name}/next"))
+                got = cs.stored(Remote(cs.backing, f"dataset/{name}/{alias}"))
                 sent = run.files_moved if run.files_moved is not None else -1
                 copied = run.files_copied or 0
-                expected_sent = changed if op == "upload-next-incremental" else new.count
+                expected_sent = changed if incremental else new.count
                 if got != (new.count, new.total):
                     run.ok = False
                     run.error = f"bucket holds {got[0]} files / {got[1]} bytes, expected {new.count} / {new.total}"
@@ -1065,9 +1087,11 @@ def report(
             f"`download-next` = the next version (A with {n:,} files, one in every {round(1 / SHARE)}, rewritten; "
             "uploaded beforehand as a new version of the same artifact, not timed) into an empty folder; "
             "`download-next-reuse` = the same with `--reuse DIR`, DIR = a full download of the previous version made "
-            "beforehand (not timed; the page cache is dropped before each run, so DIR is read back from disk and hashed). "
+            "beforehand (not timed), whose files' hashes the download remembered (the local hash cache); "
+            "`download-next-reuse-cold` = the same with the hash cache emptied first, so every file of DIR is read back "
+            "from disk (the page cache is dropped before each run) and hashed. "
             "Files fetched and reused are from the summary line; every file of every run is checked by sha256. "
-            "`x full` = against the full download of A (the table above), and for `download-next-reuse` against "
+            "`x full` = against the full download of A (the table above), and for the reusing downloads against "
             "`download-next`. `outside` = wall - transfer: start-up, session, W&B run, manifest, (re)use of local files."
         )
         out("")
@@ -1088,7 +1112,7 @@ def report(
             good = [r for r in rs if r.ok]
             fetched, reused = med("A", op, REFERENCE, "files_moved"), med("A", op, REFERENCE, "files_reused")
             tr = med("A", op, REFERENCE, "transfer_s")
-            base = nxt if op == "download-next-reuse" else full
+            base = nxt if op in REUSE_OPS else full
             row = {
                 "median": m,
                 "min": min(r.wall for r in good),
@@ -1122,25 +1146,28 @@ def report(
                 shown1,
             )
         )
-        r = partial.get("download-next-reuse", {})
-        pr, fetched = r.get("median"), r.get("files_fetched")
-        lim2 = SHARE_FACTOR * SHARE * nxt if nxt is not None else None
-        # Its share of the work: fetching no more than the changed files, and a few times their share of the time.
-        ok_bytes = fetched is not None and fetched <= n
-        shown2 = (
-            f"{_fmt(pr)} s = {_fmt(100 * pr / nxt if pr and nxt else None, 1)}% of the plain download's {_fmt(nxt)} s "
-            f"(limit {few} = {_fmt(lim2)} s); fetched {_fmt(fetched, 0)} files "
-            f"({_fmt(fetched * a.size / MiB if fetched is not None else None, 1)} MiB, limit {n:,} changed), "
-            f"reused {_fmt(r.get('files_reused'), 0)}"
-        )
-        partial_targets.append(
-            (
-                f"A download of the next version ({100 * SHARE:.0f}% changed) with `--reuse` <= {few} of a plain download, fetching only the changed files",
-                pr if ok_bytes or pr is None else float("inf"),
-                lim2,
-                shown2,
+        for op in REUSE_OPS:
+            r = partial.get(op, {})
+            pr, fetched = r.get("median"), r.get("files_fetched")
+            lim2 = SHARE_FACTOR * SHARE * nxt if nxt is not None else None
+            # Its share of the work: fetching no more than the changed files, and a few times their share of the time.
+            ok_bytes = fetched is not None and fetched <= n
+            shown2 = (
+                f"{_fmt(pr)} s = {_fmt(100 * pr / nxt if pr and nxt else None, 1)}% of the plain download's {_fmt(nxt)} s "
+                f"(limit {few} = {_fmt(lim2)} s); fetched {_fmt(fetched, 0)} files "
+                f"({_fmt(fetched * a.size / MiB if fetched is not None else None, 1)} MiB, limit {n:,} changed), "
+                f"reused {_fmt(r.get('files_reused'), 0)}"
             )
-        )
+            cold = ", hash cache emptied first" if op.endswith("-cold") else ""
+            partial_targets.append(
+                (
+                    f"A download of the next version ({100 * SHARE:.0f}% changed) with `--reuse`{cold} <= {few} of a "
+                    "plain download, fetching only the changed files",
+                    pr if ok_bytes or pr is None else float("inf"),
+                    lim2,
+                    shown2,
+                )
+            )
         for name, value, limit, shown in partial_targets:
             verdict = "n/a" if value is None or limit is None else ("met" if value <= limit else "missed")
             out(f"- {name}: **{verdict}**: {shown}")
@@ -1155,11 +1182,14 @@ def report(
         out("")
         out(
             "The next version of each data set (A with 1% of its files rewritten, one in every 100; B with one of "
-            "its four files rewritten; same sizes) uploaded two ways, alternating: `upload-next-incremental` = "
-            "`wabucket upload DIR -n NAME -t dataset -a next` (the default: the artifact's latest version in the "
-            "bucket is the base, files equal to its files by size and sha256 are copied inside the bucket instead of "
-            "sent), where the base is the previous version uploaded beforehand as alias `base` of a fresh artifact "
-            "(not timed); `upload-next-full` = the same folder with `--no-base` (every file sent) to alias `next` of "
+            "its four files rewritten; same sizes) uploaded three ways, alternating: `upload-next-incremental` = "
+            "`wabucket upload DIR -n NAME -t dataset -a next --base base` (files equal to a file of the base by size "
+            "and sha256 are copied inside the bucket instead of sent; the default without --base takes the latest "
+            "version), where the base is the previous version uploaded beforehand as alias `base` of a fresh artifact "
+            "(not timed) from the folder whose unchanged files DIR shares (hard links: as when a dataset folder is "
+            "uploaded, edited and uploaded again, so their hashes are remembered); `upload-next-incremental-cold` = "
+            "the same to alias `next-cold` with the local hash cache emptied first (every file of DIR is read and "
+            "hashed: a folder this machine has not seen); `upload-next-full` = the same folder with `--no-base` (every file sent) to alias `next` of "
             "another fresh artifact. Files sent and copied are from the upload's summary line (bytes sent = files "
             "sent x the file size); every upload is checked by listing its folder (file count and bytes). "
             "`x full` = incremental / full wall time. A copy is a server-side S3 CopyObject: SeaweedFS's S3 gateway "
@@ -1216,15 +1246,16 @@ def report(
                     f"{_fmt(row['ratio_to_full'], 3)} | {_fmt(row['client_cpu'], 1)} | {_fmt(row['server_cpu'], 1)} |"
                 )
         out("")
-        for d in inc_sets:
-            inc = incremental.get(f"{d.name}/upload-next-incremental", {})
+        for d, op in ((d, op) for d in inc_sets for op in INCREMENTAL_OPS if op != "upload-next-full"):
+            inc = incremental.get(f"{d.name}/{op}", {})
             full_row = incremental.get(f"{d.name}/upload-next-full", {})
             changed = len(range(0, d.count, round(1 / INCREMENTAL_SHARE[d.name])))
             sent_b = inc.get("bytes_sent")
             what = f"{changed:,} of {d.count:,} files" if d.name == "A" else f"{changed} of its {d.count} files"
+            cold = " (hash cache emptied first)" if op.endswith("-cold") else ""
             incremental_targets.append(
                 (
-                    f"{d.name} incremental upload ({what} changed) sends only the changed bytes",
+                    f"{d.name} incremental upload{cold} ({what} changed) sends only the changed bytes",
                     None if sent_b is None else (0.0 if sent_b == changed * d.size else float("inf")),
                     0.0,
                     f"sent {_fmt(inc.get('files_sent'), 0)} file(s) = {_fmt(sent_b / MiB if sent_b is not None else None, 1)} MiB "
@@ -1237,7 +1268,8 @@ def report(
                 lim = INCREMENTAL_TIME_SHARE * fm if fm is not None else None
                 incremental_targets.append(
                     (
-                        f"B incremental upload <= {INCREMENTAL_TIME_SHARE:g} x a full upload (`--no-base`) of the same version",
+                        f"B incremental upload{cold} <= {INCREMENTAL_TIME_SHARE:g} x a full upload (`--no-base`) of the "
+                        "same version",
                         im,
                         lim,
                         f"{_fmt(im)} s = {_fmt(100 * im / fm if im and fm else None, 1)}% of the full upload's "

@@ -26,5 +26,8 @@ def test_benchmark_smoke(tmp_path):
         for dataset in ("A", "B"):
             for op in ("upload", "download"):
                 assert f"| {dataset} | {op} | {contender} |" in proc.stdout, (contender, dataset, op)
+    for row in ("| download-next-reuse |", "| download-next-reuse-cold |", "| A | upload-next-incremental-cold |",
+                "| B | upload-next-incremental |"):
+        assert row in proc.stdout, row
     assert "FAILED" not in proc.stdout
     assert "python benchmarks/bench.py" in proc.stdout  # the command to reproduce it

@@ -53,7 +53,8 @@ class HashCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        self._db_lock = threading.Lock()  # the connection; writing never blocks remember()
+        self._lock = threading.Lock()  # _pending
         self._pending: dict[_Key, tuple[_Row, int]] = {}
 
     @classmethod
@@ -62,21 +63,22 @@ class HashCache:
         folder = settings.cache_folder() if settings.cache_enabled() else None
         return cls(folder / "hashes.sqlite" if folder is not None else None)
 
-    def known(self, path: Path) -> str | None:
-        """path's sha256 if it was remembered and the file is unchanged since."""
+    def known(self, path: Path, st: os.stat_result | None = None) -> str | None:
+        """path's sha256 if it was remembered and the file is unchanged since (`st`: its stat, if
+        the caller has it)."""
         try:
-            st = os.stat(path)
+            st = st or os.stat(path)
         except OSError:
             return None
         key, row = _key(st), _row(st, "")
         with self._lock:
             pending = self._pending.get(key)
-            if pending is not None:
-                found: tuple | None = pending[0]
-            elif (db := self._open()) is not None:
+        found: tuple | None = pending[0] if pending is not None else None
+        if found is None:
+            with self._db_lock:
+                if (db := self._open()) is None:
+                    return None
                 found = _query(db, key)
-            else:
-                return None
         if found is None or tuple(found[:3]) != row[:3]:
             return None
         return str(found[3])
@@ -121,6 +123,7 @@ class HashCache:
         """Write what was learned (one transaction); a busy or broken cache file only loses it."""
         with self._lock:
             pending, self._pending = self._pending, {}
+        with self._db_lock:
             if not pending or (db := self._open()) is None:
                 return
             try:
@@ -134,13 +137,15 @@ class HashCache:
 
     def close(self) -> None:
         self.flush()
-        with self._lock:
+        with self._db_lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
     def _open(self) -> sqlite3.Connection | None:
-        """The connection (opened once; called with the lock held); None if the file cannot be used."""
+        """The connection (opened once; called with _db_lock held); None if the file cannot be used.
+        Write-ahead log without a sync per commit: a crash may lose the last hashes learned, which
+        only costs speed, and never leaves a half-written row."""
         if self._db is not None or self.path is None:
             return self._db
         try:
@@ -148,6 +153,8 @@ class HashCache:
             with contextlib.suppress(FileExistsError):  # private to the user: it names their files
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")  # where the file system allows it
+            db.execute("PRAGMA synchronous=NORMAL")
             with db:
                 db.execute(SCHEMA)
                 db.execute("DELETE FROM hashes WHERE hashed_ns < ?", (time.time_ns() - MAX_AGE_NS,))

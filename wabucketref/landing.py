@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +153,14 @@ class Reuse:
     system allows (a later download replaces files, never writes into them), else copied and
     checked."""
 
-    def __init__(self, folders: list[Path], hashes: HashCache | None = None) -> None:
+    def __init__(self, folders: list[Path], cache: HashCache | None = None) -> None:
         self.folders = folders
-        self.hashes = hashes or HashCache(None)
+        self.cache = cache or HashCache(None)
         self._scan: asyncio.Future[None] | None = None
         self._by_size: dict[int, list[Path]] = {}
         self._by_path: dict[str, list[Path]] = {}
         self._size: dict[Path, int] = {}
+        self._known: dict[Path, str] = {}  # hashes the cache remembered, looked up while indexing
         self._hashes: dict[Path, asyncio.Future[str | None]] = {}
         self._by_sha: dict[str, Path] = {}
         self._of_size: dict[int, asyncio.Future[None]] = {}
@@ -195,17 +197,24 @@ class Reuse:
                         st = path.lstat()
                     except OSError:
                         continue
-                    if not os.path.isfile(path) or path.is_symlink() or name.endswith(PART_SUFFIX):
+                    if not stat.S_ISREG(st.st_mode) or name.endswith(PART_SUFFIX):  # links are not followed
                         continue
                     self._size[path] = st.st_size
                     self._by_size.setdefault(st.st_size, []).append(path)
                     self._by_path.setdefault(path.relative_to(folder).as_posix(), []).append(path)
+                    if (sha := self.cache.known(path, st)) is not None:
+                        self._known[path] = sha
 
     def _hashing(self, path: Path) -> asyncio.Future[str | None]:
-        """The one hashing of path (started on first use)."""
+        """The one hashing of path (started on first use; done at once if the cache knew it)."""
         fut = self._hashes.get(path)
         if fut is None or fut.cancelled():
-            fut = self._hashes[path] = asyncio.ensure_future(asyncio.to_thread(self._sha256_or_none, path))
+            if path in self._known:
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_result(self._known[path])
+            else:
+                fut = asyncio.ensure_future(asyncio.to_thread(self._sha256_or_none, path))
+            self._hashes[path] = fut
         return fut
 
     async def _sha256(self, path: Path) -> str | None:
@@ -228,12 +237,12 @@ class Reuse:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.hashes.remember_now(final, f.sha256)  # a link changed the file's ctime: src's entry too
+        self.cache.remember_now(final, f.sha256)  # a link changed the file's ctime: src's entry too
         return True
 
     def _sha256_or_none(self, path: Path) -> str | None:
         try:
-            return self.hashes.sha256(path)
+            return self.cache.sha256(path)
         except OSError:  # vanished or unreadable: not a candidate
             return None
 

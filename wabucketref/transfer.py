@@ -207,8 +207,12 @@ async def find_copies(
     progress = _Tracker("compared", len(candidates), sum(f.size for f in candidates), opts, summary=False)
 
     async def one(f: LocalFile) -> tuple[str, CopySource] | None:
-        part = _hash_part(storage, f.size)
-        sha, md5s = await asyncio.to_thread(opts.hashes.hashed, f.abspath, lambda p: hash_local(p, part))
+        known = opts.hashes.known(f.abspath)  # here: a thread hop costs more than the lookup
+        if known is not None:
+            sha, md5s = known, None
+        else:
+            part = _hash_part(storage, f.size)
+            sha, md5s = await asyncio.to_thread(opts.hashes.hashed, f.abspath, lambda p: hash_local(p, part))
         progress.advance(f.size)
         progress.file_done(f.size)
         o = by_content.get((sha, f.size))
@@ -436,7 +440,7 @@ async def download(
                 progress.file_done(f.size, skipped=True)
                 return
         src = await reuse.find(f) if reuse is not None and verify else None
-        if src is not None and reuse is not None and await asyncio.to_thread(reuse.place, src, final, f):
+        if src is not None and reuse is not None and await _inline_if_small(f.size, reuse.place, src, final, f):
             if done is not None:
                 done.add(f.path)
             progress.file_done(f.size, reused=True)
@@ -448,10 +452,7 @@ async def download(
                 sha = await get_ranges(storage, key, final, f, _advancer(progress), verify, lanes, opts.attempts)
             else:
                 data = await _fetch(storage, key, f)
-                if f.size <= INLINE_WRITE:  # a thread hop costs more than writing a small file
-                    sha = land(final, data, f, verify)
-                else:
-                    sha = await asyncio.to_thread(land, final, data, f, verify)
+                sha = await _inline_if_small(f.size, land, final, data, f, verify)
                 progress.advance(len(data))
             opts.hashes.remember_now(final, sha)
 
@@ -466,6 +467,11 @@ async def download(
     finally:
         lanes.close()
     return progress.stats
+
+
+async def _inline_if_small(size: int, fn: Callable[..., R], *args: Any) -> R:
+    """fn(*args) on this thread for a small file (a thread hop costs more than linking or writing it)."""
+    return fn(*args) if size <= INLINE_WRITE else await asyncio.to_thread(fn, *args)
 
 
 async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:

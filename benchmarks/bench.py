@@ -681,6 +681,7 @@ def bench_dataset(
 PARTIAL_OPS = {
     # op: what the row measures
     "download-1%": "the version, `--include PATTERN` selecting 1% of its files",
+    "download-1%-nowandb": "the same with `WANDB_MODE=disabled`: no W&B run (the alias resolved from the bucket)",
     "download-next": "the next version (1% of the files changed) into an empty folder",
     "download-next-reuse": "the next version with `--reuse DIR`, DIR = a full download of the previous version",
     "download-next-reuse-cold": "the same, the local hash cache emptied first: every file of DIR is read and hashed",
@@ -755,7 +756,7 @@ def bench_partial(
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir(parents=True)
             argv = [*wab, "download", "dataset", source.artifact]  # type: ignore[union-attr]
-            if op == "download-1%":
+            if op.startswith("download-1%"):
                 argv += [source.alias, "--include", pattern]  # type: ignore[union-attr]
                 expected = subset
             else:
@@ -765,7 +766,7 @@ def bench_partial(
                 forget_hashes(env)
             run = measure(
                 [*argv, "-d", str(dest)],
-                env,
+                cs.env["wabucketref-nowandb"] if op.endswith("-nowandb") else env,
                 logs / f"{ds.name}-{op}-r{rep}.log",
                 run,
                 server_pid=cs.stack.s3.pid,
@@ -1084,6 +1085,7 @@ def report(
         out("")
         out(
             f"`download-1%` = `wabucket download ... --include '{pattern}'` ({n:,} of the {a.count:,} files); "
+            "`download-1%-nowandb` = the same with `WANDB_MODE=disabled` (no W&B run: what W&B's fixed cost is); "
             f"`download-next` = the next version (A with {n:,} files, one in every {round(1 / SHARE)}, rewritten; "
             "uploaded beforehand as a new version of the same artifact, not timed) into an empty folder; "
             "`download-next-reuse` = the same with `--reuse DIR`, DIR = a full download of the previous version made "
@@ -1132,20 +1134,22 @@ def report(
             )
         out("")
         few = f"{SHARE_FACTOR} x {100 * SHARE:.0f}%"
-        p1 = partial.get("download-1%", {}).get("median")
         lim1 = SHARE_FACTOR * SHARE * full if full is not None else None
-        shown1 = (
-            f"{_fmt(p1)} s = {_fmt(100 * p1 / full if p1 and full else None, 1)}% of the full download's {_fmt(full)} s "
-            f"(limit {few} = {_fmt(lim1)} s); {n:,} of {a.count:,} files"
-        )
-        partial_targets.append(
-            (
-                f"A download of {100 * SHARE:.0f}% of the files (`--include`) <= {few} of the full download",
-                p1,
-                lim1,
-                shown1,
+        for op in ("download-1%", "download-1%-nowandb"):
+            p1 = partial.get(op, {}).get("median")
+            shown1 = (
+                f"{_fmt(p1)} s = {_fmt(100 * p1 / full if p1 and full else None, 1)}% of the full download's "
+                f"{_fmt(full)} s (limit {few} = {_fmt(lim1)} s); {n:,} of {a.count:,} files"
             )
-        )
+            nowandb = " with `WANDB_MODE=disabled` (no W&B run)" if op.endswith("-nowandb") else ""
+            partial_targets.append(
+                (
+                    f"A download of {100 * SHARE:.0f}% of the files (`--include`){nowandb} <= {few} of the full download",
+                    p1,
+                    lim1,
+                    shown1,
+                )
+            )
         for op in REUSE_OPS:
             r = partial.get(op, {})
             pr, fetched = r.get("median"), r.get("files_fetched")

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,51 +181,41 @@ def _hash_part(storage: Storage, size: int) -> int:
     return storage.part_size(size) if size > SMALL_FILE else size + 1
 
 
-async def find_copies(
-    storage: Storage, files: list[LocalFile], base: Manifest, root: str, listing: list[ObjectInfo], opts: Options
-) -> dict[str, CopySource]:
-    """The local files whose size and sha256 equal a file of the base version (its manifest, the
-    data under `root`, as `listing` shows it): path -> the object to copy.
+class BaseVersion:
+    """The files of the version an incremental upload copies from, by content: its manifest, and
+    the data under `root` as `listing` shows it. A base object is used only if it is still there
+    with its manifest's size and, where the server's ETags describe content and the local file
+    was read, with the local file's content."""
 
-    Only files of a size the base has are hashed (in threads, `opts.concurrency` at a time), and
-    only if their hash is not remembered (hashcache.py). A base object is used only if it is still
-    there with its manifest's size and, where the server's ETags describe content and the local
-    file was read, with the local file's content.
-    """
-    listed = {o.key: o for o in listing}
-    by_content: dict[tuple[str, int], ObjectInfo] = {}
-    keys: dict[tuple[str, int], str] = {}
-    for e in base.files:
-        o = listed.get(e.path)
-        if e.sha256 != NO_HASH and o is not None and o.size == e.size:
-            by_content.setdefault((e.sha256, e.size), o)
-            keys.setdefault((e.sha256, e.size), key_under(root, e.path))
-    sizes = {size for _, size in by_content}
-    candidates = [f for f in files if f.size in sizes]
-    if not candidates:
-        return {}
-    progress = _Tracker("compared", len(candidates), sum(f.size for f in candidates), opts, summary=False)
+    def __init__(self, storage: Storage, manifest: Manifest, root: str, listing: list[ObjectInfo]) -> None:
+        self.storage = storage
+        listed = {o.key: o for o in listing}
+        self._by_content: dict[tuple[str, int], tuple[str, ObjectInfo]] = {}
+        for e in manifest.files:
+            o = listed.get(e.path)
+            if e.sha256 != NO_HASH and o is not None and o.size == e.size:
+                self._by_content.setdefault((e.sha256, e.size), (key_under(root, e.path), o))
+        self._sizes = {size for _, size in self._by_content}
 
-    async def one(f: LocalFile) -> tuple[str, CopySource] | None:
-        known = opts.hashes.known(f.abspath)  # here: a thread hop costs more than the lookup
+    async def source_for(self, f: LocalFile, hashes: HashCache) -> CopySource | None:
+        """The base's object with f's content, if any. Only files of a size the base has are
+        hashed (in a thread), and only if their hash is not remembered (hashcache.py)."""
+        if f.size not in self._sizes:
+            return None
+        known = hashes.known(f.abspath)  # here: a thread hop costs more than the lookup
         if known is not None:
             sha, md5s = known, None
         else:
-            part = _hash_part(storage, f.size)
-            sha, md5s = await asyncio.to_thread(opts.hashes.hashed, f.abspath, lambda p: hash_local(p, part))
-        progress.advance(f.size)
-        progress.file_done(f.size)
-        o = by_content.get((sha, f.size))
-        if o is None:
+            part = _hash_part(self.storage, f.size)
+            sha, md5s = await asyncio.to_thread(hashes.hashed, f.abspath, lambda p: hash_local(p, part))
+        found = self._by_content.get((sha, f.size))
+        if found is None:
             return None
-        if storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
+        key, o = found
+        if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
             log.warning("%s: the base version's copy differs from its manifest; sending the file", f.path)
             return None
-        return f.path, CopySource(keys[(sha, f.size)], o, sha, tuple(md5s) if md5s is not None else None)
-
-    with progress:
-        found = await bounded_map(one, candidates, opts.concurrency)
-    return dict(x for x in found if x is not None)
+        return CopySource(key, o, sha, tuple(md5s) if md5s is not None else None)
 
 
 def copy_checks_out(storage: Storage, copy: ObjectInfo | None, source: CopySource, size: int) -> bool:
@@ -248,15 +238,14 @@ async def upload(
     files: list[LocalFile],
     existing: dict[str, ObjectInfo],
     opts: Options,
-    copies: Mapping[str, CopySource] | None = None,
+    base: BaseVersion | None = None,
 ) -> tuple[Manifest, Stats]:
     """Put `files` under `prefix`, skipping those the destination already holds byte for byte;
-    those in `copies` are copied inside the bucket (then checked) instead of sent, where the
-    server copies."""
-    copies = copies or {}
+    those whose content the `base` version has are copied inside the bucket (then checked)
+    instead of sent, where the server copies."""
     progress = _Tracker("uploaded", len(files), sum(f.size for f in files), opts)
     large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
-    copied: dict[str, LocalFile] = {}
+    copied: dict[str, tuple[LocalFile, CopySource]] = {}
 
     async def send(f: LocalFile) -> FileEntry:
         key = key_under(prefix, f.path)
@@ -281,7 +270,7 @@ async def upload(
     async def one(f: LocalFile) -> FileEntry:
         key = key_under(prefix, f.path)
         info = existing.get(f.path)
-        source = copies.get(f.path)
+        source = await base.source_for(f, opts.hashes) if base is not None else None
         if info is not None and info.size == f.size:
             if source is not None:
                 sha, md5s = source.sha256, list(source.md5s) if source.md5s is not None else None
@@ -307,7 +296,7 @@ async def upload(
             except FileNotFoundError:
                 log.warning("%s: gone from the base version while copying; sending the file", f.path)
             else:
-                copied[f.path] = f
+                copied[f.path] = f, source
                 progress.file_done(f.size, copied=True)
                 return FileEntry(f.path, f.size, source.sha256)
         return await send(f)
@@ -315,7 +304,7 @@ async def upload(
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
         entries = await bounded_map(one, files, opts.concurrency)
         if copied:
-            entries = await _check_copies(storage, prefix, entries, copied, copies, progress, send, opts)
+            entries = await _check_copies(storage, prefix, entries, copied, progress, send, opts)
     return Manifest(entries), progress.stats
 
 
@@ -323,8 +312,7 @@ async def _check_copies(
     storage: Storage,
     prefix: str,
     entries: list[FileEntry],
-    copied: dict[str, LocalFile],
-    copies: Mapping[str, CopySource],
+    copied: dict[str, tuple[LocalFile, CopySource]],
     progress: _Tracker,
     send: Callable[[LocalFile], Awaitable[FileEntry]],
     opts: Options,
@@ -332,7 +320,7 @@ async def _check_copies(
     """One listing of the alias's folder checks every copied object (copy_checks_out); those that
     do not check out are sent from here."""
     listed = {o.key: o for o in await storage.list_objects(prefix)}
-    bad = [f for path, f in copied.items() if not copy_checks_out(storage, listed.get(path), copies[path], f.size)]
+    bad = [f for path, (f, source) in copied.items() if not copy_checks_out(storage, listed.get(path), source, f.size)]
     if not bad:
         return entries
     log.warning("%d copied object(s) did not check out (first: %s); sending them from here", len(bad), bad[0].path)

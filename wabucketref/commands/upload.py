@@ -178,8 +178,8 @@ async def _upload_bytes(
         # file `a` is in the way of a new `a/b`.
         stale = sorted({o.key for o in listing} - {f.path for f in files})
         await storage.delete([join(keys.data, k) for k in stale])
-        copies = await _copies(storage, base_version, files, options) if base_version else {}
-        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options, copies)
+        base_files = await _base_files(storage, base_version) if base_version else None
+        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options, base_files)
         await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
         return manifest
 
@@ -216,21 +216,16 @@ async def _base_version(storage: Storage, keys: AliasKeys, base: str) -> tuple[M
     return manifest, record
 
 
-async def _copies(
-    storage: Storage, base: tuple[Manifest, BucketRecord], files: list[LocalFile], options: transfer.Options
-) -> dict[str, transfer.CopySource]:
-    """Which local files the base version holds (size and sha256), and where."""
+async def _base_files(storage: Storage, base: tuple[Manifest, BucketRecord]) -> transfer.BaseVersion:
+    """The base version's files (its manifest, and its data as the bucket lists it)."""
     manifest, record = base
     listing = await storage.list_objects(record.root)
-    copies = await transfer.find_copies(storage, files, manifest, record.root, listing, options)
     log.info(
-        "incremental upload: %d of %d files are in %s (%s) already: copied in the bucket, not sent",
-        len(copies),
-        len(files),
+        "incremental upload: files equal to a file of %s (%s) are copied in the bucket, not sent",
         record.alias,
         storage.uri_for(record.root),
     )
-    return copies
+    return transfer.BaseVersion(storage, manifest, record.root, listing)
 
 
 async def _commit(storage: Storage, keys: AliasKeys, record: BucketRecord, manifest: Manifest) -> None:

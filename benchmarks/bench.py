@@ -795,6 +795,7 @@ INCREMENTAL_OPS = {
     # op: what the row measures
     "upload-next-incremental": "the default `wabucket upload`: unchanged files copied in the bucket from the latest version",
     "upload-next-incremental-cold": "the same, the local hash cache emptied first: every file is read and hashed",
+    "upload-unchanged-incremental": "the base's own folder again: every file copied in the bucket, none sent (the copies' cost)",
     "upload-next-full": "`wabucket upload --no-base`: every file sent",
 }
 # The next version uploaded incrementally: A with 1% of its files changed, B with one of its four.
@@ -844,9 +845,11 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
                 _progress(run)
                 continue
             incremental = op != "upload-next-full"
+            unchanged = op == "upload-unchanged-incremental"
             name = art if incremental else f"bench-{ds.name}-full-next-r{rep}"
-            alias = "next-cold" if op.endswith("-cold") else "next"
-            argv = [*wab, "upload", str(new.path), "-n", name, "-t", "dataset", "-a", alias]
+            alias = "same" if unchanged else "next-cold" if op.endswith("-cold") else "next"
+            folder = ds.path if unchanged else new.path
+            argv = [*wab, "upload", str(folder), "-n", name, "-t", "dataset", "-a", alias]
             argv += ["--base", "base"] if incremental else ["--no-base"]
             if op.endswith("-cold"):
                 forget_hashes(env)
@@ -864,7 +867,7 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
                 got = cs.stored(Remote(cs.backing, f"dataset/{name}/{alias}"))
                 sent = run.files_moved if run.files_moved is not None else -1
                 copied = run.files_copied or 0
-                expected_sent = changed if incremental else new.count
+                expected_sent = 0 if unchanged else changed if incremental else new.count
                 if got != (new.count, new.total):
                     run.ok = False
                     run.error = f"bucket holds {got[0]} files / {got[1]} bytes, expected {new.count} / {new.total}"
@@ -1186,14 +1189,16 @@ def report(
         out("")
         out(
             "The next version of each data set (A with 1% of its files rewritten, one in every 100; B with one of "
-            "its four files rewritten; same sizes) uploaded three ways, alternating: `upload-next-incremental` = "
+            "its four files rewritten; same sizes) uploaded three ways (and the base once more), alternating: `upload-next-incremental` = "
             "`wabucket upload DIR -n NAME -t dataset -a next --base base` (files equal to a file of the base by size "
             "and sha256 are copied inside the bucket instead of sent; the default without --base takes the latest "
             "version), where the base is the previous version uploaded beforehand as alias `base` of a fresh artifact "
             "(not timed) from the folder whose unchanged files DIR shares (hard links: as when a dataset folder is "
             "uploaded, edited and uploaded again, so their hashes are remembered); `upload-next-incremental-cold` = "
             "the same to alias `next-cold` with the local hash cache emptied first (every file of DIR is read and "
-            "hashed: a folder this machine has not seen); `upload-next-full` = the same folder with `--no-base` (every file sent) to alias `next` of "
+            "hashed: a folder this machine has not seen); `upload-unchanged-incremental` = the base's own folder "
+            "to alias `same` with `--base base` (every file copied, none sent: what the copies alone cost the "
+            "server); `upload-next-full` = the same folder with `--no-base` (every file sent) to alias `next` of "
             "another fresh artifact. Files sent and copied are from the upload's summary line (bytes sent = files "
             "sent x the file size); every upload is checked by listing its folder (file count and bytes). "
             "`x full` = incremental / full wall time. A copy is a server-side S3 CopyObject: SeaweedFS's S3 gateway "
@@ -1209,9 +1214,10 @@ def report(
         )
         out("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for d in inc_sets:
-            changed = len(range(0, d.count, round(1 / INCREMENTAL_SHARE[d.name])))
+            changed_next = len(range(0, d.count, round(1 / INCREMENTAL_SHARE[d.name])))
             full = med(d.name, "upload-next-full", REFERENCE)
             for op in INCREMENTAL_OPS:
+                changed = 0 if op == "upload-unchanged-incremental" else changed_next
                 rs = by.get((d.name, op, REFERENCE), [])
                 if not rs:
                     continue
@@ -1250,7 +1256,7 @@ def report(
                     f"{_fmt(row['ratio_to_full'], 3)} | {_fmt(row['client_cpu'], 1)} | {_fmt(row['server_cpu'], 1)} |"
                 )
         out("")
-        for d, op in ((d, op) for d in inc_sets for op in INCREMENTAL_OPS if op != "upload-next-full"):
+        for d, op in ((d, op) for d in inc_sets for op in INCREMENTAL_OPS if op.startswith("upload-next-inc")):
             inc = incremental.get(f"{d.name}/{op}", {})
             full_row = incremental.get(f"{d.name}/upload-next-full", {})
             changed = len(range(0, d.count, round(1 / INCREMENTAL_SHARE[d.name])))

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -173,7 +173,7 @@ class CopySource:
     key: str  # the object's key in the bucket
     info: ObjectInfo  # as the base's listing showed it (size, ETag)
     sha256: str  # of the local file (equal to the base manifest's)
-    md5s: tuple[bytes, ...] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
+    md5s: Sequence[bytes] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
 
 
 def _hash_part(storage: Storage, size: int) -> int:
@@ -215,7 +215,7 @@ class BaseVersion:
         if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
             log.warning("%s: the base version's copy differs from its manifest; sending the file", f.path)
             return None
-        return CopySource(key, o, sha, tuple(md5s) if md5s is not None else None)
+        return CopySource(key, o, sha, md5s)
 
 
 def copy_checks_out(storage: Storage, copy: ObjectInfo | None, source: CopySource, size: int) -> bool:
@@ -229,7 +229,7 @@ def copy_checks_out(storage: Storage, copy: ObjectInfo | None, source: CopySourc
         return False
     if copy.etag and copy.etag == source.info.etag:
         return True
-    return storage.etag_matches(copy, list(source.md5s) if source.md5s is not None else None) is not False
+    return storage.etag_matches(copy, source.md5s) is not False
 
 
 async def upload(
@@ -273,7 +273,7 @@ async def upload(
         source = await base.source_for(f, opts.hashes) if base is not None else None
         if info is not None and info.size == f.size:
             if source is not None:
-                sha, md5s = source.sha256, list(source.md5s) if source.md5s is not None else None
+                sha, md5s = source.sha256, source.md5s
             else:
                 sha, md5s = await asyncio.to_thread(hash_local, f.abspath, _hash_part(storage, f.size))
             same = storage.etag_matches(info, md5s)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +170,7 @@ class Storage(ABC):
         smallest = -(-size // 9000)  # ceil(size / 9000)
         return max(8 * mib, -(-smallest // mib) * mib)
 
-    def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes] | None) -> bool | None:
+    def etag_matches(self, info: ObjectInfo, md5_parts: Sequence[bytes] | None) -> bool | None:
         """Does an S3-style ETag match content whose per-part MD5 digests are given?
 
         None when the backend's ETags do not describe content (then the caller hashes the object),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from obstore.store import LocalStore
@@ -23,7 +24,7 @@ class LocalStorage(ObjectStoreStorage):
         super().__init__(LocalStore(root), root.as_uri())
         self.root = root
 
-    def etag_matches(self, info: ObjectInfo, md5_parts: list[bytes] | None) -> bool | None:
+    def etag_matches(self, info: ObjectInfo, md5_parts: Sequence[bytes] | None) -> bool | None:
         return None  # local ETags describe inode and mtime, not content: hash the file instead
 
     def check_names(self, paths: list[str]) -> None:

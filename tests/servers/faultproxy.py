@@ -194,7 +194,62 @@ def sigv4_signature(req: Request, signed_headers: list[str], scope: str, secret:
 # ---------------------------------------------------------------- the proxy
 
 
-class FaultProxy:
+class LoopServer:
+    """An asyncio server on 127.0.0.1, in its own thread (the proxies of this folder): subclasses
+    handle each connection in `_handle`."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._lock = threading.Lock()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name=type(self).__name__, daemon=True)
+        self._thread.start()
+
+        async def listen() -> int:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
+            return self._server.sockets[0].getsockname()[1]
+
+        self.port = asyncio.run_coroutine_threadsafe(listen(), loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        assert self._thread is not None
+        self._thread.join(10)
+        loop.close()
+        self._loop = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class FaultProxy(LoopServer):
     def __init__(
         self,
         upstream: str,
@@ -222,60 +277,16 @@ class FaultProxy:
         self.max_consecutive = max_consecutive
         self.bandwidth = bandwidth
         self.gate = gate
+        super().__init__()
         self.only = only  # faults only for the requests this accepts
         self.faults: list[tuple[str, str, str]] = []  # (kind, method, target)
         self.log: list[tuple[str, str, int | None]] = []  # (method, target, status relayed)
         self._consecutive: dict[str, int] = {}
         self._next_send = 0.0
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self.port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    # ------------------------------------------------------------ lifecycle
-    def start(self) -> "FaultProxy":
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="faultproxy", daemon=True)
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
-        return self
-
-    async def _listen(self) -> int:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0, limit=1 << 20)
-        return self._server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-
-        async def close() -> None:
-            assert self._server is not None
-            self._server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                task.cancel()
-
-        try:
-            asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        loop.call_soon_threadsafe(loop.stop)
-        assert self._thread is not None
-        self._thread.join(10)
-        loop.close()
-        self._loop = None
-
-    def __enter__(self) -> "FaultProxy":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------ introspection
     def count(self, method: str | None = None, status: int | tuple[int, ...] | None = None) -> int:
@@ -322,7 +333,7 @@ class FaultProxy:
             await asyncio.sleep(delay)
 
     # ------------------------------------------------------------ relaying
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:

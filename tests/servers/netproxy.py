@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tests.servers.faultproxy import LoopServer
+
 __all__ = ["CertificateAuthority", "ForwardProxy", "TLSFront"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -101,60 +103,6 @@ class CertificateAuthority:
         keyfile.write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         return certfile, keyfile
-
-
-class _LoopServer:
-    """An asyncio server on 127.0.0.1, in its own thread."""
-
-    def __init__(self) -> None:
-        self.port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._lock = threading.Lock()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
-
-    def start(self):
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name=type(self).__name__, daemon=True)
-        self._thread.start()
-
-        async def listen() -> int:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
-            return self._server.sockets[0].getsockname()[1]
-
-        self.port = asyncio.run_coroutine_threadsafe(listen(), loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-
-        async def close() -> None:
-            assert self._server is not None
-            self._server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                task.cancel()
-
-        try:
-            asyncio.run_coroutine_threadsafe(close(), loop).result(10)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        loop.call_soon_threadsafe(loop.stop)
-        assert self._thread is not None
-        self._thread.join(10)
-        loop.close()
-        self._loop = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -282,7 +230,7 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         _shut(dst)
 
 
-class ForwardProxy(_LoopServer):
+class ForwardProxy(LoopServer):
     """An HTTP forward proxy: CONNECT tunnels and absolute-form requests (`GET http://host:port/...`).
 
     `log` holds (method, "host:port") for every request it carried (a CONNECT tunnel counts once);

@@ -695,6 +695,50 @@ def forget_hashes(env: dict[str, str]) -> None:
     Path(base, "wabucketref", "hashes.sqlite").unlink(missing_ok=True)
 
 
+def set_up(
+    cs: Contenders, argv: list[str], dataset: str, what: str, rep: int, logs: Path, args: argparse.Namespace
+) -> Run:
+    """An untimed step of the reference that a section's timed runs start from (printed, not reported)."""
+    setup = Run(dataset, what, REFERENCE, rep)
+    measure(
+        argv,
+        cs.env[REFERENCE],
+        logs / f"{dataset}-setup-{what}-r{rep}.log",
+        setup,
+        server_pid=None,
+        cold=False,
+        timeout=args.timeout,
+        cwd=cs.work,
+    )
+    print(
+        f"  {dataset} set-up {what} r{rep}: {setup.wall:.2f} s (not timed) {setup.error}", file=sys.stderr, flush=True
+    )
+    return setup
+
+
+def timed(
+    cs: Contenders, argv: list[str], run: Run, logs: Path, args: argparse.Namespace, env: dict[str, str] | None = None
+) -> Run:
+    """One timed run of the reference (as its main rows are: server CPU, page cache dropped)."""
+    return measure(
+        argv,
+        env or cs.env[REFERENCE],
+        logs / f"{run.dataset}-{run.op}-r{run.rep}.log",
+        run,
+        server_pid=cs.stack.s3.pid,
+        cold=args.drop_caches,
+        timeout=args.timeout,
+        cwd=cs.work,
+    )
+
+
+def not_run(run: Run, error: str, runs: list[Run]) -> None:
+    """A run its set-up made impossible: reported as failed, with the set-up's error."""
+    run.error = error
+    runs.append(run)
+    _progress(run)
+
+
 def bench_partial(
     ds: Dataset, cs: Contenders, source: Remote | None, work: Path, args: argparse.Namespace, runs: list[Run]
 ) -> None:
@@ -704,7 +748,7 @@ def bench_partial(
     reference's first upload, and that first version is downloaded once in full (the local copy).
     The reusing downloads' folders are kept to the end: removing a hard link to a file changes its
     ctime, which makes wabucketref read it again (as it would for a user who deleted them)."""
-    env, logs, cwd = cs.env[REFERENCE], work / "logs", cs.work
+    env, logs = cs.env[REFERENCE], work / "logs"
     wab = cs._wab(REFERENCE)
     pattern, n = share_pattern(ds.count, SHARE)
     subset = {p: h for p, h in ds.hashes.items() if fnmatch.fnmatchcase(p, pattern)}
@@ -722,20 +766,7 @@ def bench_partial(
             "download-previous": [*wab, "download", "dataset", source.artifact, source.alias, "-d", str(prev)],
         }
         for what, argv in setups.items():
-            setup = Run(ds.name, what, REFERENCE, 0)
-            measure(
-                argv,
-                env,
-                logs / f"{ds.name}-setup-{what}.log",
-                setup,
-                server_pid=None,
-                cold=False,
-                timeout=args.timeout,
-                cwd=cwd,
-            )
-            print(
-                f"  {ds.name} set-up {what}: {setup.wall:.2f} s (not timed) {setup.error}", file=sys.stderr, flush=True
-            )
+            setup = set_up(cs, argv, ds.name, what, 0, logs, args)
             if not setup.ok:
                 error = f"set-up {what} failed: {setup.error}"
                 break
@@ -748,9 +779,7 @@ def bench_partial(
         for op in rotate(list(PARTIAL_OPS), rep):
             run = Run(ds.name, op, REFERENCE, rep)
             if error:
-                run.error = error
-                runs.append(run)
-                _progress(run)
+                not_run(run, error, runs)
                 continue
             dest = work / "dl" / f"{ds.name}-{op}-r{rep}"
             shutil.rmtree(dest, ignore_errors=True)
@@ -764,15 +793,13 @@ def bench_partial(
                 expected = new.hashes
             if op.endswith("-cold"):
                 forget_hashes(env)
-            run = measure(
+            run = timed(
+                cs,
                 [*argv, "-d", str(dest)],
-                cs.env["wabucketref-nowandb"] if op.endswith("-nowandb") else env,
-                logs / f"{ds.name}-{op}-r{rep}.log",
                 run,
-                server_pid=cs.stack.s3.pid,
-                cold=args.drop_caches,
-                timeout=args.timeout,
-                cwd=cwd,
+                logs,
+                args,
+                cs.env["wabucketref-nowandb"] if op.endswith("-nowandb") else None,
             )
             if run.ok:  # every file hashed, every time: a wrongly reused file must not pass
                 got_h = tree_hashes(dest)
@@ -814,35 +841,19 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
     base upload has read them (as when a dataset folder is uploaded, edited, and uploaded again); the
     cold run empties the hash cache first. The full upload sends the same next version with
     `--no-base` to alias `next` of another fresh artifact."""
-    env, logs, cwd = cs.env[REFERENCE], work / "logs", cs.work
+    env, logs = cs.env[REFERENCE], work / "logs"
     wab = cs._wab(REFERENCE)
     new = make_changed(work / "data", ds, INCREMENTAL_SHARE[ds.name])
     changed = sum(1 for p, h in new.hashes.items() if ds.hashes.get(p) != h)
     for rep in range(args.repeat):
         art = f"bench-{ds.name}-incremental-r{rep}"
-        setup = Run(ds.name, "upload-base", REFERENCE, rep)
-        measure(
-            [*wab, "upload", str(ds.path), "-n", art, "-t", "dataset", "-a", "base", "--no-base"],
-            env,
-            logs / f"{ds.name}-setup-upload-base-r{rep}.log",
-            setup,
-            server_pid=None,
-            cold=False,
-            timeout=args.timeout,
-            cwd=cwd,
-        )
-        print(
-            f"  {ds.name} set-up upload-base r{rep}: {setup.wall:.2f} s (not timed) {setup.error}",
-            file=sys.stderr,
-            flush=True,
-        )
+        base = [*wab, "upload", str(ds.path), "-n", art, "-t", "dataset", "-a", "base", "--no-base"]
+        setup = set_up(cs, base, ds.name, "upload-base", rep, logs, args)
         error = "" if setup.ok else f"set-up upload of the base version failed: {setup.error}"
         for op in rotate(list(INCREMENTAL_OPS), rep):
             run = Run(ds.name, op, REFERENCE, rep)
             if error:
-                run.error = error
-                runs.append(run)
-                _progress(run)
+                not_run(run, error, runs)
                 continue
             incremental = op != "upload-next-full"
             unchanged = op == "upload-unchanged-incremental"
@@ -853,16 +864,7 @@ def bench_incremental(ds: Dataset, cs: Contenders, work: Path, args: argparse.Na
             argv += ["--base", "base"] if incremental else ["--no-base"]
             if op.endswith("-cold"):
                 forget_hashes(env)
-            run = measure(
-                argv,
-                env,
-                logs / f"{ds.name}-{op}-r{rep}.log",
-                run,
-                server_pid=cs.stack.s3.pid,
-                cold=args.drop_caches,
-                timeout=args.timeout,
-                cwd=cwd,
-            )
+            run = timed(cs, argv, run, logs, args)
             if run.ok:
                 got = cs.stored(Remote(cs.backing, f"dataset/{name}/{alias}"))
                 sent = run.files_moved if run.files_moved is not None else -1

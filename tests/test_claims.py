@@ -40,24 +40,11 @@ from tests.test_reliability import (  # noqa: F401 - restart_guard is a fixture
     make_files,
     no_part_files,
     restart_guard,
+    spawn,
     summary,
     via,
     wait_until,
 )
-
-# Starts the command with SIGINT at its default disposition (set, then exec'd: no preexec_fn in a
-# process with threads). A child of a background job inherits SIGINT ignored, and Python keeps it so.
-SIGINT_DEFAULT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
-
-
-def spawn(env: Env, *args: str) -> subprocess.Popen:
-    """The CLI in the background, as a user's shell starts it in the foreground: a test that sends
-    it SIGINT must not depend on how the test run itself was started."""
-    return subprocess.Popen(
-        [sys.executable, "-c", SIGINT_DEFAULT, "-m", "wabucketref", "--bucket", env.bucket,
-         "--project-name", env.vars["WANDB_PROJECT"], *args],
-        env=env.vars, cwd=env.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
 
 
 @pytest.fixture
@@ -407,6 +394,19 @@ class Stage:
         else:
             self.seaweed.kill()
 
+    def killed_during(self, enough, what: str, *args: str) -> None:
+        """Run the CLI over a slow link, kill the storage once `enough()`: the command must fail
+        in one line, with nothing on stdout."""
+        self.proxy.bandwidth = 1_000_000
+        proc = spawn(self.env, "--concurrency", "2", *args)
+        wait_until(enough, 60, what, proc)
+        self.kill()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err
+        one_error_line(subprocess.CompletedProcess(proc.args, 1, out, err), "failed after")
+        assert out == ""
+        self.proxy.bandwidth = None
+
     def restart(self) -> None:
         if self.kind == "platform-azure":
             self.azurite.start()  # the same data folder, on a new port: the proxy follows it
@@ -526,15 +526,8 @@ def test_storage_killed_mid_upload_to_a_platform_bucket(killable_stage, tmp_path
     src = make_files(tmp_path / "src", N_FILES, FILE_SIZE)
     if st.kind == "platform-azure":
         time.sleep(AZURITE_SAVES)  # the container must outlive the kill
-    st.proxy.bandwidth = 1_000_000
-    proc = spawn(env, "--concurrency", "2", "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1")
-    wait_until(lambda: st.proxy.count("PUT", CREATED) >= 8, 60, "8 PUTs", proc)
-    st.kill()
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
-    one_error_line(subprocess.CompletedProcess(proc.args, 1, out, err), "failed after")
-    assert out == ""
-    st.proxy.bandwidth = None
+    st.killed_during(lambda: st.proxy.count("PUT", CREATED) >= 8, "8 PUTs",
+                     "upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1")
     st.restart()
     assert set(st.keys("dataset/ds/.wabucketref/")) <= {"k1.partial"}  # nothing registered
     rerun = env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "k1", check=True)
@@ -556,18 +549,10 @@ def test_storage_killed_mid_download_from_a_platform_bucket(killable_stage, tmp_
     if st.kind == "platform-azure":
         time.sleep(AZURITE_SAVES)  # the upload must outlive the kill
     dest = tmp_path / "dl"
-    st.proxy.bandwidth = 1_000_000
-    proc = spawn(env, "--concurrency", "2", "download", "dataset", "ds", "k1", "-d", str(dest))
-    wait_until(lambda: st.proxy.count("GET", OK) >= 10, 60, "10 GETs", proc)
-    st.kill()
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
-    one_error_line(subprocess.CompletedProcess(proc.args, 1, out, err), "failed after")
-    assert out == ""
+    st.killed_during(lambda: st.proxy.count("GET", OK) >= 10, "10 GETs", "download", "dataset", "ds", "k1", "-d", str(dest))
     no_part_files(dest)
     done = final_files_are_whole(dest, src)
     assert 0 < done < N_FILES
-    st.proxy.bandwidth = None
     st.restart()
     rerun = env.wabucket("download", "dataset", "ds", "k1", "-d", str(dest), check=True)
     assert summary(rerun.stderr, "downloaded") == (N_FILES - done, done)

@@ -485,11 +485,11 @@ async def _relay_length(n: int, reader, writer, proxy, limit: int | None = None)
     while left > 0:
         data = await reader.readexactly(min(CHUNK, left))
         left -= len(data)
-        if proxy is not None:  # before writing: the last byte sent ends the request
-            await proxy._throttle(len(data))
         if writer is not None:
             writer.write(data)
             await writer.drain()
+        if proxy is not None:
+            await proxy._throttle(len(data))
     return limit is None or n <= limit
 
 
@@ -511,11 +511,11 @@ async def _relay_chunked(reader, writer, proxy, limit: int | None = None) -> boo
                 await writer.drain()
             return True
         data = await reader.readexactly(size + 2)
-        if proxy is not None:
-            await proxy._throttle(size)
         if writer is not None:
             writer.write(data)
             await writer.drain()
+        if proxy is not None:
+            await proxy._throttle(size)
         sent += size
         if limit is not None and sent >= limit:
             return False
@@ -532,9 +532,9 @@ async def _relay_body(headers: dict[str, str], reader, writer, proxy: FaultProxy
         return await _relay_length(int(headers["content-length"]), reader, writer, proxy, limit)
     sent = 0
     while data := await reader.read(CHUNK):  # until the server closes
-        await proxy._throttle(len(data))
         writer.write(data)
         await writer.drain()
+        await proxy._throttle(len(data))
         sent += len(data)
         if limit is not None and sent >= limit:
             break

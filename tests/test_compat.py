@@ -239,19 +239,23 @@ def test_reads_first_version_s3_references(env, request, tmp_path, wandb_server)
     assert bad.returncode == 1 and "a.txt" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_first_version_references_are_read_only_when_they_are_one_folder():
+def test_first_version_references_are_read_only_when_they_are_one_folder(tmp_path):
     from types import SimpleNamespace as Entry
 
     from wabucketref.errors import IntegrityError
     from wabucketref.tracking import _s3_references
 
-    root, manifest, _ = _s3_references({"a/b.txt": Entry(ref="s3://bk/p/a/b.txt", size=3), "c": Entry(ref="s3://bk/p/c", size=1)})
-    assert root == "s3://bk/p" and [(f.path, f.size) for f in manifest.files] == [("a/b.txt", 3), ("c", 1)]
-    assert _s3_references({"a": Entry(ref="s3://bk/p/a", size=1), "b": Entry(ref="s3://bk/q/b", size=1)}) is None
-    assert _s3_references({"a": Entry(ref="s3://bk/p/x", size=1)}) is None  # a name that is not its key's tail
-    assert _s3_references({"a": Entry(ref="blob://c/o/p/b/a", size=1)}) is None
+    def refs(entries):
+        return _s3_references(entries, tmp_path / f"m{len(list(tmp_path.iterdir()))}")
+
+    root, manifest, _ = refs({"c": Entry(ref="s3://bk/p/c", size=1), "a/b.txt": Entry(ref="s3://bk/p/a/b.txt", size=3)})
+    assert root == "s3://bk/p" and [(f.path, f.size) for f in manifest] == [("a/b.txt", 3), ("c", 1)]
+    assert not manifest.verified
+    assert refs({"a": Entry(ref="s3://bk/p/a", size=1), "b": Entry(ref="s3://bk/q/b", size=1)}) is None
+    assert refs({"a": Entry(ref="s3://bk/p/x", size=1)}) is None  # a name that is not its key's tail
+    assert refs({"a": Entry(ref="blob://c/o/p/b/a", size=1)}) is None
     with pytest.raises(IntegrityError, match="unsafe path"):
-        _s3_references({"..": Entry(ref="s3://bk/p/..", size=1)})
+        refs({"..": Entry(ref="s3://bk/p/..", size=1)})
 
 
 @pytest.mark.parametrize("uri, key", [

@@ -17,7 +17,7 @@ from .commands.diff import Side
 from .errors import UsageError
 from .hashcache import HashCache
 from .landing import Reuse
-from .manifest import Manifest
+from .manifest import Index, Selection
 from .progress import ProgressCallback
 from .runtime import Buckets, Context, LoopThread
 from .transfer import DEFAULT_CONCURRENCY, Options
@@ -165,11 +165,13 @@ class WaBucketRefAPI:
         metadata = checks.check_metadata(art_metadata)
         checks.check_new_alias(art_alias)
         base_alias = checks.check_base(base, incremental, art_alias, as_reference)
-        ctx = self._context()
-        if as_reference:
-            alias = upload.upload(ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite, base_alias)
-        else:
-            alias = upload.upload_to_wandb(ctx, Path(src_folder), art_name, art_type, art_alias, metadata)
+        with self._context() as ctx:
+            if as_reference:
+                alias = upload.upload(
+                    ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite, base_alias
+                )
+            else:
+                alias = upload.upload_to_wandb(ctx, Path(src_folder), art_name, art_type, art_alias, metadata)
         if set_outputs:
             jobs.write_outputs(art_name, art_type, alias, out_suffix)
         return alias
@@ -195,8 +197,8 @@ class WaBucketRefAPI:
         checks.check_new_alias(art_alias)
         metadata = checks.check_metadata(art_metadata)
         checks.check_bucket_path(bucket_path)
-        ctx = self._context()
-        alias = upload.link(ctx, bucket_path, art_name, art_type, art_alias, metadata, overwrite)
+        with self._context() as ctx:
+            alias = upload.link(ctx, bucket_path, art_name, art_type, art_alias, metadata, overwrite)
         if set_outputs:
             jobs.write_outputs(art_name, art_type, alias, out_suffix)
         return alias
@@ -235,23 +237,26 @@ class WaBucketRefAPI:
         if retries is not None:
             options = dataclasses.replace(options, attempts=checks.check_count(retries, "retries", 1))
         plan = download.Plan(
-            include=checks.check_patterns(include, "--include"),
-            exclude=checks.check_patterns(exclude, "--exclude"),
+            selection=Selection(
+                checks.check_patterns(include, "--include"), checks.check_patterns(exclude, "--exclude")
+            ),
             reuse=Reuse(folders, self._hash_cache()) if (folders := checks.check_folders(reuse, "--reuse")) else None,
         )
         dest = Path(dst_folder) if dst_folder is not None else None
-        return download.download(self._context(options), art_name, name, art_type, art_alias, dest, run_config, plan)
+        with self._context(options) as ctx:
+            return download.download(ctx, art_name, name, art_type, art_alias, dest, run_config, plan)
 
     def verify(
         self, art_name: str, art_type: str, art_alias: str, local: str | os.PathLike[str] | None = None
-    ) -> Manifest:
+    ) -> Index:
         """Check the bucket's copy (or a downloaded folder) against the manifest; raise IntegrityError
-        naming the first bad file."""
+        naming the first bad file. Returns the version's index: its digest, files and bytes."""
         name = checks.check_qualified_name(art_name)
         checks.check_name(art_type, "type")
         checks.check_alias(art_alias, for_upload=False)
         local_path = Path(local) if local is not None else None
-        return verify.verify(self._context(), art_name, name, art_type, art_alias, local_path)
+        with self._context() as ctx:
+            return verify.verify(ctx, art_name, name, art_type, art_alias, local_path)
 
     def ls(self, art_type: str | None = None, art_name: str | None = None) -> dict[str, Any]:
         """What the project holds, as plain data (what `wabucket ls --json` prints).
@@ -267,7 +272,8 @@ class WaBucketRefAPI:
         if art_type is not None:
             checks.check_name(art_type, "type")
         name = checks.check_qualified_name(art_name) if art_name is not None else None
-        return ls.ls(self._context(), art_name, name, art_type)
+        with self._context() as ctx:
+            return ls.ls(ctx, art_name, name, art_type)
 
     def diff(
         self,
@@ -288,7 +294,8 @@ class WaBucketRefAPI:
         checks.check_name(art_type, "type")
         side_a = self._side(art_name, a)
         side_b = self._side(art_name, b) if b is not None else None
-        return diff.diff(self._context(), art_type, side_a, side_b, Path(local) if local is not None else None)
+        with self._context() as ctx:
+            return diff.diff(ctx, art_type, side_a, side_b, Path(local) if local is not None else None)
 
     def _side(self, art_name: str, version: str) -> Side:
         """ALIAS (of art_name) or NAME:ALIAS."""
@@ -310,7 +317,8 @@ class WaBucketRefAPI:
         if art_name is not None:
             checks.check_name(art_name, "name")
         age = gc.parse_age(older_than)
-        return gc.gc(self._context(), art_type, art_name, age, delete)
+        with self._context() as ctx:
+            return gc.gc(ctx, art_type, art_name, age, delete)
 
     # ------------------------------------------------------------ what commands run on
 

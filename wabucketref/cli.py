@@ -253,10 +253,10 @@ def link(ctx, bucket_path, name, type_, alias, metadata, suffix, overwrite, quie
 def verify(ctx, type_, name, alias, local, quiet) -> None:
     """Check the bucket's copy of NAME:ALIAS (or --local DIR) against its manifest; writes nothing."""
     with _api(ctx, quiet) as api:
-        manifest = api.verify(name, type_, alias, local=local)
+        index = api.verify(name, type_, alias, local=local)
     if not (quiet or ctx.obj["quiet"]):
-        n = len(manifest.files)
-        click.echo(f"ok: {n} file{'s' * (n != 1)}, {manifest.total_size} bytes match the manifest", err=True)
+        n = index.files
+        click.echo(f"ok: {n} file{'s' * (n != 1)}, {index.bytes} bytes match the manifest", err=True)
 
 
 @cli.command("ls", context_settings=CONTEXT)

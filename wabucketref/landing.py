@@ -7,18 +7,24 @@ sha256), then renamed into place; part files a killed run left are removed by th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
+import sqlite3
 import stat
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, WaBucketError
 from .hashcache import HashCache, settle
-from .manifest import FileEntry, safe_relpath
+from .manifest import CaseFolds, FileEntry
 
 STREAM_CHUNK = 8 << 20
+HASHING_THREADS = 8  # files of one size hashed side by side, for --reuse
 PART_SUFFIX = ".wabucket-part"
 _PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see open_part
 
@@ -43,48 +49,68 @@ def hash_local(path: Path, part_size: int) -> tuple[str, list[bytes]]:
     return sha.hexdigest(), md5s
 
 
-def prepare_dest(dest: Path, paths: list[str]) -> set[str]:
-    """Make every folder the files need (once each, never through a link that leaves dest) and
-    return the paths that already exist there (usually none: then nothing is hashed)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    fresh = not any(os.scandir(dest))
-    real = os.path.realpath(dest)
-    for folder in sorted({p.rpartition("/")[0] for p in paths if "/" in safe_relpath(p)}):
-        target = dest / folder
-        if not os.path.realpath(target).startswith(real + os.sep):  # checked before anything is made
-            raise IntegrityError(f"{folder}: leads outside the destination folder")
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as e:
-            raise WaBucketError(
-                f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs"
-            ) from e
-    return set() if fresh else _scan_dest(dest, paths)
+class Destination:
+    """A download's folder as files land in it: each folder they need made once (never through a
+    link that leaves it), and, unless it was empty, the names already in each folder read once;
+    the part files a killed run (SIGKILL, a preempted job) left beside a file are removed as that
+    file comes. A few hundred folders are remembered at a time, not every file."""
 
+    FOLDERS = 256
 
-def _scan_dest(dest: Path, paths: list[str]) -> set[str]:
-    """One listing per folder: the paths already there, and the part files a killed run (SIGKILL, a
-    preempted job) left beside them deleted (every try writes a part file of its own: none is reused)."""
-    names: dict[str, set[str]] = {}
-    for p in paths:
-        folder, _, name = p.rpartition("/")
-        names.setdefault(folder, set()).add(name)
-    present = set()
-    for folder, wanted in names.items():
-        try:
-            entries = list(os.scandir(dest / folder))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name in wanted:
-                present.add(f"{folder}/{entry.name}" if folder else entry.name)
-            elif (
-                (m := _PART_NAME.fullmatch(entry.name))
-                and m.group(1) in {part_stem(n) for n in wanted}
-                and entry.is_file(follow_symlinks=False)
-            ):
-                os.unlink(entry.path)
-    return present
+    def __init__(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        self.dest = dest
+        self.real = os.path.realpath(dest)
+        self.fresh = not any(os.scandir(dest))
+        self._folders: OrderedDict[str, tuple[set[str], dict[str, list[str]]]] = OrderedDict()
+
+    def checked(self, entries: Iterator[FileEntry]) -> Iterator[tuple[FileEntry, bool]]:
+        """Each entry, with whether a file of its name is in dest already, once its folder is
+        made; two entries that would collide where case is ignored are refused (a worker
+        thread runs this: the folders are made ahead of the files)."""
+        folds = CaseFolds()
+        for e in entries:
+            folds.check(e.path)
+            yield e, self._prepare(e.path)
+
+    def _prepare(self, path: str) -> bool:
+        folder, _, name = path.rpartition("/")
+        known = self._folders.get(folder)
+        if known is None:
+            known = self._folders[folder] = self._open(folder)
+            if len(self._folders) > self.FOLDERS:
+                self._folders.popitem(last=False)
+        else:
+            self._folders.move_to_end(folder)
+        names, parts = known
+        for part in parts.pop(part_stem(name), ()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+        return name in names
+
+    def _open(self, folder: str) -> tuple[set[str], dict[str, list[str]]]:
+        """Make the folder; the names in it and its part files by the name they were for."""
+        target = self.dest / folder
+        if folder:
+            if not os.path.realpath(target).startswith(self.real + os.sep):  # checked before anything is made
+                raise IntegrityError(f"{folder}: leads outside the destination folder")
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as e:
+                raise WaBucketError(
+                    f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs"
+                ) from e
+        names: set[str] = set()
+        parts: dict[str, list[str]] = {}
+        if self.fresh:
+            return names, parts
+        for entry in os.scandir(target):
+            m = _PART_NAME.fullmatch(entry.name)
+            if m and entry.is_file(follow_symlinks=False):
+                parts.setdefault(m.group(1), []).append(entry.path)
+            else:
+                names.add(entry.name)
+        return names, parts
 
 
 def local_matches(path: Path, f: FileEntry, verify: bool, hashes: HashCache) -> bool:
@@ -148,80 +174,93 @@ def pwrite_all(fd: int, data: Any, offset: int) -> None:
 
 class Reuse:
     """Files of other folders (`--reuse`, typically an earlier version's) that stand in for a
-    download: same size and sha256. Only files of a wanted size are ever hashed, each once; the
-    file at the same path is tried first. A reused file is hard-linked into place where the file
-    system allows (a later download replaces files, never writes into them), else copied and
-    checked."""
+    download: same size and sha256. The folders are indexed once (paths and sizes, in SQLite on
+    local disk); only files of a wanted size are ever hashed, each once, the file at the same
+    path first. A reused file is hard-linked into place where the file system allows (a later
+    download replaces files, never writes into them), else copied and checked."""
 
     def __init__(self, folders: list[Path], cache: HashCache | None = None) -> None:
         self.folders = folders
         self.cache = cache or HashCache(None)
-        self._scan: asyncio.Future[None] | None = None
-        self._by_size: dict[int, list[Path]] = {}
-        self._by_path: dict[str, list[Path]] = {}
-        self._size: dict[Path, int] = {}
-        self._known: dict[Path, str] = {}  # hashes the cache remembered, looked up while indexing
-        self._hashes: dict[Path, asyncio.Future[str | None]] = {}
-        self._by_sha: dict[str, Path] = {}
-        self._of_size: dict[int, asyncio.Future[None]] = {}
+        self._db: sqlite3.Connection | None = None
+        self._index: asyncio.Future[None] | None = None
+        self._hashing: dict[int, asyncio.Future[None]] = {}  # sizes whose every file is being hashed
 
     async def find(self, f: FileEntry) -> Path | None:
         """A file with f's size and sha256, if one of the folders has it."""
-        if self._scan is None or self._scan.cancelled():
-            self._scan = asyncio.ensure_future(asyncio.to_thread(self._index))
-        await asyncio.shield(self._scan)
-        if f.size not in self._by_size:
-            return None
-        for candidate in self._by_path.get(f.path, []):  # usually the one: an earlier version's file
-            if self._size[candidate] == f.size and await self._sha256(candidate) == f.sha256:
-                return candidate
-        every = self._of_size.get(f.size)
-        if every is None or every.cancelled():  # every file of that size, side by side, each once
-            every = self._of_size[f.size] = asyncio.ensure_future(self._hash_all(self._by_size[f.size]))
-        await asyncio.shield(every)
-        return self._by_sha.get(f.sha256)
+        if self._index is None or self._index.cancelled():
+            self._index = asyncio.ensure_future(asyncio.to_thread(self._build))
+        await asyncio.shield(self._index)
+        db = self._db
+        assert db is not None
+        same_path = db.execute("SELECT path, sha256 FROM files WHERE relpath = ? AND size = ?", (f.path, f.size))
+        for path, sha in same_path.fetchall():  # usually the one: an earlier version's file
+            if (sha or await self._hash(path)) == f.sha256:
+                return Path(path)
+        while True:
+            found = db.execute("SELECT path FROM files WHERE size = ? AND sha256 = ? LIMIT 1", (f.size, f.sha256))
+            if (row := found.fetchone()) is not None:
+                return Path(row[0])
+            unhashed = db.execute("SELECT 1 FROM files WHERE size = ? AND sha256 IS NULL LIMIT 1", (f.size,))
+            if unhashed.fetchone() is None:
+                return None
+            every = self._hashing.get(f.size)  # every file of that size, side by side, each once
+            if every is None or every.cancelled():
+                every = self._hashing[f.size] = asyncio.ensure_future(self._hash_size(f.size))
+            await asyncio.shield(every)
 
-    async def _hash_all(self, paths: list[Path]) -> None:
-        hashes = await asyncio.gather(*map(self._hashing, paths))  # futures: no task per file
-        for path, sha in zip(paths, hashes, strict=True):
-            if sha is not None:
-                self._by_sha.setdefault(sha, path)
+    def _build(self) -> None:
+        """The folders' regular files (links are not followed), a table on local disk."""
+        fd, name = tempfile.mkstemp(prefix="wabucket-reuse-", suffix=".sqlite")
+        os.close(fd)
+        db = sqlite3.connect(name, check_same_thread=False, isolation_level=None)
+        os.unlink(name)  # kept open: gone with the process, however it ends
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("CREATE TABLE files (relpath TEXT, path TEXT, size INTEGER, sha256 TEXT)")
+        with db:
+            for folder in self.folders:
+                for top, dirs, names in os.walk(folder):
+                    dirs.sort()
+                    db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)", self._rows(folder, top, names))
+        db.execute("CREATE INDEX files_path ON files (relpath)")
+        db.execute("CREATE INDEX files_content ON files (size, sha256)")
+        self._db = db
 
-    def _index(self) -> None:
-        for folder in self.folders:
-            for top, dirs, names in os.walk(folder):
-                dirs.sort()
-                for name in sorted(names):
-                    path = Path(top, name)
-                    try:
-                        st = path.lstat()
-                    except OSError:
-                        continue
-                    if not stat.S_ISREG(st.st_mode) or name.endswith(PART_SUFFIX):  # links are not followed
-                        continue
-                    self._size[path] = st.st_size
-                    self._by_size.setdefault(st.st_size, []).append(path)
-                    self._by_path.setdefault(path.relative_to(folder).as_posix(), []).append(path)
-                    if (sha := self.cache.known(path, st)) is not None:
-                        self._known[path] = sha
+    def _rows(self, folder: Path, top: str, names: list[str]) -> Iterator[tuple[str, str, int, str | None]]:
+        rel = os.path.relpath(top, folder)
+        for name in sorted(names):
+            path = os.path.join(top, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or name.endswith(PART_SUFFIX):  # links are not followed
+                continue
+            relpath = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+            yield relpath, path, st.st_size, self.cache.known(Path(path), st)
 
-    def _hashing(self, path: Path) -> asyncio.Future[str | None]:
-        """The one hashing of path (started on first use; done at once if the cache knew it)."""
-        fut = self._hashes.get(path)
-        if fut is None or fut.cancelled():
-            if path in self._known:
-                fut = asyncio.get_running_loop().create_future()
-                fut.set_result(self._known[path])
-            else:
-                fut = asyncio.ensure_future(asyncio.to_thread(self._sha256_or_none, path))
-            self._hashes[path] = fut
-        return fut
-
-    async def _sha256(self, path: Path) -> str | None:
-        sha = await asyncio.shield(self._hashing(path))
-        if sha is not None:
-            self._by_sha.setdefault(sha, path)
+    async def _hash(self, path: str) -> str | None:
+        """The sha256 of one indexed file (None if it vanished or cannot be read), kept in the index."""
+        sha = await asyncio.to_thread(self._sha256_or_none, Path(path))
+        if sha is not None and self._db is not None:
+            self._db.execute("UPDATE files SET sha256 = ? WHERE path = ?", (sha, path))
+        elif self._db is not None:
+            self._db.execute("DELETE FROM files WHERE path = ?", (path,))
         return sha
+
+    async def _hash_size(self, size: int) -> None:
+        assert self._db is not None
+        rows = self._db.execute("SELECT path FROM files WHERE size = ? AND sha256 IS NULL", (size,)).fetchall()
+        turns = asyncio.Semaphore(HASHING_THREADS)
+
+        async def one(path: str) -> None:
+            async with turns:
+                await self._hash(path)
+
+        try:
+            await asyncio.gather(*(one(p) for (p,) in rows))
+        finally:
+            self._hashing.pop(size, None)
 
     def place(self, src: Path, final: Path, f: FileEntry) -> bool:
         """Put src's content at final (under a part file first); False if a copy did not match f."""
@@ -245,6 +284,11 @@ class Reuse:
             return self.cache.sha256(path)
         except OSError:  # vanished or unreadable: not a candidate
             return None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def _copy_checked(src: Path, tmp: Path, f: FileEntry) -> bool:

@@ -1,9 +1,13 @@
 """Where an alias lives in a bucket, and the record kept beside it.
 
 <base>/<TYPE>/<NAME>/<ALIAS>/...                    the files (the original tool's layout)
-<base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.jsonl     the record: the manifest, with a header
-                                                    saying where the data is (offline downloads)
+<base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.jsonl     the record: the manifest (format 1) or its
+                                                    index (format 2), with a header saying where
+                                                    the data is (offline downloads)
 <base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.partial   an upload is unfinished there (marker.py)
+<base>/<TYPE>/<NAME>/.wabucketref/shards/<DIGEST>/  the shards of a big version's manifest, by the
+                                                    version's digest (aliases with equal content
+                                                    share them)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from .manifest import Manifest
 
 META_DIR = ".wabucketref"
+SHARDS_DIR = "shards"
 RECORD_SUFFIX = ".jsonl"
 MARKER_SUFFIX = ".partial"
 MANAGED_ALIAS = re.compile(r"latest|v\d+")  # aliases W&B gives versions itself
@@ -44,6 +49,14 @@ class ArtifactKeys:
 
     def alias(self, alias: str) -> AliasKeys:
         return AliasKeys(self, alias)
+
+    def shards(self, digest: str) -> str:
+        """The folder of the shards of the version with this digest."""
+        return join(self.records, SHARDS_DIR, digest)
+
+
+def shard_key(folder: str, index: int) -> str:
+    return join(folder, f"{index:05d}.jsonl.zst")
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class BucketRecord:
     # records written before they were kept, or with W&B disabled
     entity: str | None = None
     project: str | None = None
+    files: int | None = None  # None in records written before they were counted
+    bytes: int | None = None
 
     @classmethod
     def new(
@@ -101,17 +116,18 @@ class BucketRecord:
             ref=ref,
             root=root,
             created_at=datetime.now(timezone.utc).isoformat(),
-            digest=manifest.digest(),
+            digest=manifest.digest,
             wandb_version=version,
             entity=entity,
             project=project,
+            files=manifest.file_count,
+            bytes=manifest.total_size,
         )
 
     @classmethod
-    def of(cls, manifest: Manifest) -> BucketRecord | None:
-        """The record a manifest read from the bucket carries; None if its header does not say
-        where the data is."""
-        h: dict[str, Any] = manifest.header
+    def of(cls, h: dict[str, Any]) -> BucketRecord | None:
+        """The record a stored manifest's header fields hold; None if they do not say where the
+        data is."""
         if not isinstance(h.get("root"), str):
             return None
         return cls(
@@ -125,7 +141,9 @@ class BucketRecord:
             wandb_version=h.get("wandb_version"),
             entity=h["entity"] if isinstance(h.get("entity"), str) else None,
             project=h["project"] if isinstance(h.get("project"), str) else None,
+            files=h["files"] if isinstance(h.get("files"), int) else None,
+            bytes=h["bytes"] if isinstance(h.get("bytes"), int) else None,
         )
 
-    def dumps(self, manifest: Manifest) -> bytes:
-        return manifest.dumps(header=asdict(self))
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)

@@ -82,6 +82,7 @@ class Stats:
     of_files: int | None = None  # the version's file count, when only some were selected
     copied_files: int = 0  # copied inside the bucket instead of sent (incremental uploads)
     copied_bytes: int = 0
+    left: int = 0  # files already in the folder that differ, left alone by a speculative pass
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .storage import Storage, open_bucket
@@ -106,6 +109,22 @@ class Context:
     lookup_project: str | None  # where download looks artifacts up, if the user named a project
     entity: str | None
     start_run: Callable[[str, Any], Any]  # (job type, config) -> the W&B run (None if disabled)
+    _scratch: Path | None = field(default=None, init=False)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def scratch(self, name: str) -> Path:
+        """A new empty folder for what the command keeps on local disk (manifests, indexes),
+        removed when the command ends."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="wabucket-"))
+        return Path(tempfile.mkdtemp(prefix=name + "-", dir=self._scratch))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.io.run(coro)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 DEFAULT_REQUEST_TIMEOUT = 300.0  # leaves room for a 16 MiB part on a slow link
 DEFAULT_WANDB_TIMEOUT = 300.0
+DEFAULT_SHARD_FILES = 50_000  # entries per manifest shard (lakeFS keeps ranges of ~50k entries too)
 
 # AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL are the standard names; AWS_S3_ENDPOINT_URL is what
 # W&B's own s3 handler reads, so users of W&B references may already have it set.
@@ -34,6 +35,16 @@ def request_timeout() -> float:
 def wandb_timeout() -> float:
     """How long to wait for W&B to register an artifact or finish a run (WABUCKET_WANDB_TIMEOUT)."""
     return _seconds("WABUCKET_WANDB_TIMEOUT", DEFAULT_WANDB_TIMEOUT)
+
+
+def shard_files() -> int:
+    """Entries per manifest shard (WABUCKET_SHARD_FILES); versions with no more files keep their
+    whole file list in one document (format 1), as before shards existed."""
+    try:
+        value = int(os.environ.get("WABUCKET_SHARD_FILES", ""))
+    except ValueError:
+        return DEFAULT_SHARD_FILES
+    return value if value > 0 else DEFAULT_SHARD_FILES
 
 
 def cache_enabled() -> bool:

@@ -19,12 +19,15 @@ from urllib.parse import urlsplit
 from . import settings
 from .errors import IntegrityError, NotFoundError, WaBucketError
 from .failures import USAGE, classify, first_line
-from .manifest import NO_HASH, FileEntry, Manifest, check_unique, safe_relpath
+from .manifest import NO_HASH, FileEntry, Manifest, Stored, format1_bytes, index_bytes, read_stored, safe_relpath
+from .manifest import write_manifest as _write_manifest
 
 log = logging.getLogger("wabucketref")
 
 REFERENCE_NAME = "platform_blob"  # the original tool's entry name: keep it so both read each other
-MANIFEST_NAME = "wabucketref.manifest.jsonl"
+MANIFEST_NAME = "wabucketref.manifest.jsonl"  # the whole file list (format 1)
+INDEX_NAME = "wabucketref.manifest-index.json"  # a big version's index; its shards are in the bucket
+OWN_FILES = (REFERENCE_NAME, MANIFEST_NAME, INDEX_NAME)
 
 
 @dataclass
@@ -36,7 +39,8 @@ class Resolved:
     version: str | None
     aliases: list[str] = field(default_factory=list)
     ref: str | None = None  # the bucket URI of the data, if the artifact has one
-    manifest: Manifest | None = None
+    stored: Stored | None = None  # its content manifest (format 1 on local disk, or a format-2 index)
+    shards_at: str | None = None  # where a format-2 index's shards are, as the upload said
     metadata: dict = field(default_factory=dict)
     stored_files: frozenset[str] = frozenset()  # paths W&B itself stores (--no-reff), beside or instead of a reference
     # W&B's own s3:// references (one per object): the ETags they recorded, checked instead of a
@@ -246,9 +250,10 @@ def start_run(
 
 
 def log_artifact(
-    run: Any, *, name: str, type: str, alias: str, ref: str, manifest: Manifest, metadata: dict
+    run: Any, *, name: str, type: str, alias: str, ref: str, manifest: Manifest, metadata: dict, shards: str | None
 ) -> str | None:
-    """Log the artifact as the run's output; wait until W&B has it (online). Returns its version."""
+    """Log the artifact as the run's output; wait until W&B has it (online). Returns its version.
+    shards: where a big version's shards are (its index is what W&B stores)."""
     if run is None:  # W&B disabled
         return None
     import wandb
@@ -257,12 +262,16 @@ def log_artifact(
 
     art = wandb.Artifact(name, type=type, metadata=metadata)
     # The reference's digest is the manifest's, not the URI's: the version follows the content.
+    # `extra` does not enter W&B's digest: the counts let `ls` answer without the file list.
+    extra: dict[str, Any] = {"files": manifest.file_count}
+    if shards is not None:
+        extra["shards"] = shards
     art.manifest.add_entry(
         ArtifactManifestEntry(
-            path=LogicalPath(REFERENCE_NAME), ref=ref, digest=manifest.digest(), size=manifest.total_size
+            path=LogicalPath(REFERENCE_NAME), ref=ref, digest=manifest.digest, size=manifest.total_size, extra=extra
         )
     )
-    return _log_with_manifest(run, art, alias, manifest)
+    return _log_with_manifest(run, art, alias, manifest, sharded=shards is not None)
 
 
 def log_files_artifact(
@@ -273,14 +282,16 @@ def log_files_artifact(
 
     art = wandb.Artifact(name, type=type, metadata=metadata)
     art.add_dir(str(src))
-    return _log_with_manifest(run, art, alias, manifest)
+    return _log_with_manifest(run, art, alias, manifest, sharded=False)
 
 
-def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest) -> str | None:
+def _log_with_manifest(run: Any, art: Any, alias: str, manifest: Manifest, sharded: bool) -> str | None:
+    """Add the content-only manifest (a big version's index) as a file, log, wait for W&B."""
     with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
-        path = Path(tmp) / MANIFEST_NAME
-        path.write_bytes(manifest.content_bytes())
-        art.add_file(str(path), name=MANIFEST_NAME)
+        name = INDEX_NAME if sharded else MANIFEST_NAME
+        path = Path(tmp) / name
+        path.write_bytes(index_bytes(manifest.index, {}) if sharded else format1_bytes(manifest, {}))
+        art.add_file(str(path), name=name)
         try:
             run.log_artifact(art, aliases=[alias])
             if is_offline():
@@ -305,7 +316,14 @@ def artifact_path(name: str, alias: str, project: str | None, entity: str | None
 
 
 def use_artifact(
-    run: Any, *, name: str, type: str, alias: str, project: str | None = None, entity: str | None = None
+    run: Any,
+    *,
+    name: str,
+    type: str,
+    alias: str,
+    scratch: Path,
+    project: str | None = None,
+    entity: str | None = None,
 ) -> Resolved:
     """Resolve name:alias (in `project`, if not the run's) through W&B and record it as the run's input.
 
@@ -322,25 +340,35 @@ def use_artifact(
         except (wandb.errors.CommError, ValueError) as e:
             if i == len(paths) - 1:
                 raise NotFoundError(f"artifact {name}:{alias} of type {type} not found in W&B: {first_line(e)}") from e
-    return _resolved(art, name, type, alias)
+    return _resolved(art, name, type, alias, scratch)
 
 
-def _resolved(art: Any, name: str, type: str | None, alias: str) -> Resolved:
+def _stored(art: Any, scratch: Path, source: str) -> Stored | None:
+    """The content manifest W&B keeps for a version (its index, for a big one), read into `scratch`."""
+    entries = art.manifest.entries
+    name = INDEX_NAME if INDEX_NAME in entries else MANIFEST_NAME if MANIFEST_NAME in entries else None
+    if name is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
+        path = art.get_entry(name).download(root=tmp)
+        with open(path, "rb") as f:
+            return read_stored(f, scratch, source=source)
+
+
+def _resolved(art: Any, name: str, type: str | None, alias: str, scratch: Path) -> Resolved:
     if type is not None and art.type != type:
         raise NotFoundError(f"artifact {name}:{alias} has type {art.type!r}, not {type!r}")
     entries = art.manifest.entries
     ref_entry = entries.get(REFERENCE_NAME)
-    manifest = None
-    if MANIFEST_NAME in entries:
-        with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
-            path = art.get_entry(MANIFEST_NAME).download(root=tmp)
-            manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {name}:{alias}")
+    stored = _stored(art, scratch, f"manifest of {name}:{alias}")
     ref = ref_entry.ref if ref_entry is not None else None
-    stored = frozenset(p for p in entries if p not in (REFERENCE_NAME, MANIFEST_NAME))
+    extra = (getattr(ref_entry, "extra", None) or {}) if ref_entry is not None else {}
+    files = frozenset(p for p in entries if p not in OWN_FILES)
     s3_etags = None
-    if ref is None and manifest is None and (s3 := _s3_references(entries)) is not None:
+    if ref is None and stored is None and (s3 := _s3_references(entries, scratch)) is not None:
         ref, manifest, s3_etags = s3
-        stored = frozenset()
+        stored = Stored({}, manifest.index, manifest)
+        files = frozenset()
         log.warning(
             "%s:%s refers to its files one by one in %s (W&B's own s3:// references, as the first "
             "wabucketref logged them): their sizes and ETags are checked, not a sha256",
@@ -354,27 +382,22 @@ def _resolved(art: Any, name: str, type: str | None, alias: str) -> Resolved:
         version=art.version,
         aliases=list(art.aliases),
         ref=ref,
-        manifest=manifest,
+        stored=stored,
+        shards_at=extra.get("shards") if isinstance(extra.get("shards"), str) else None,
         metadata=dict(art.metadata or {}),
-        stored_files=stored,
+        stored_files=files,
         s3_etags=s3_etags,
         artifact=art,
     )
 
 
-def _s3_references(entries: dict) -> tuple[str, Manifest, dict[str, str]] | None:
+def _s3_references(entries: dict, scratch: Path) -> tuple[str, Manifest, dict[str, str]] | None:
     """The folder and files of an artifact made of W&B's own s3:// references (one entry per object,
     named by its path under the referenced folder), as the original tool's first version logged them:
     wabucketref moves those bytes itself instead of leaving them to W&B (which needs boto3)."""
-    roots = set()
-    for path, entry in entries.items():
-        ref = entry.ref or ""
-        if not ref.startswith("s3://") or not ref.endswith("/" + path):
-            return None
-        roots.add(ref[: -len(path) - 1])
-    if len(roots) != 1:
+    root = _s3_root(entries)
+    if root is None:
         return None
-    check_unique(entries)
     files = [FileEntry(safe_relpath(path), entry.size or 0, NO_HASH) for path, entry in entries.items()]
     etags = {
         path: etag.strip('"')
@@ -382,10 +405,24 @@ def _s3_references(entries: dict) -> tuple[str, Manifest, dict[str, str]] | None
         if (etag := (getattr(entry, "extra", None) or {}).get("etag"))
     }
     # W&B's S3 handler leaves out empty objects: the download adds those it finds in the folder
-    return roots.pop(), Manifest(files, verified=False), etags
+    manifest = _write_manifest(scratch, files, verified=False, source=f"W&B's references to {root}")
+    return root, manifest, etags
 
 
-def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: str | None, alias: str) -> Resolved:
+def _s3_root(entries: dict) -> str | None:
+    """The one s3:// folder that every entry refers into, by its own path, if there is one."""
+    roots = set()
+    for path, entry in entries.items():
+        ref = entry.ref or ""
+        if not ref.startswith("s3://") or not ref.endswith("/" + path):
+            return None
+        roots.add(ref[: -len(path) - 1])
+    return roots.pop() if len(roots) == 1 else None
+
+
+def fetch_artifact(
+    project: str | None, entity: str | None, *, name: str, type: str | None, alias: str, scratch: Path
+) -> Resolved:
     """Resolve name:alias without a run (nothing is recorded as used): for verify, diff.
     type None: whatever type it has (Resolved.type says which)."""
     check_credentials()
@@ -397,7 +434,7 @@ def fetch_artifact(project: str | None, entity: str | None, *, name: str, type: 
     except (wandb.errors.CommError, ValueError) as e:
         of_type = f" of type {type}" if type else ""
         raise NotFoundError(f"artifact {name}:{alias}{of_type} not found in W&B: {first_line(e)}") from e
-    return _resolved(art, name, type, alias)
+    return _resolved(art, name, type, alias, scratch)
 
 
 def download_files(resolved: Resolved, dest: Path) -> None:
@@ -406,21 +443,23 @@ def download_files(resolved: Resolved, dest: Path) -> None:
 
     root = Path(resolved.artifact.download(root=str(dest)))
     (root / MANIFEST_NAME).unlink(missing_ok=True)
-    if resolved.manifest is None:
+    if resolved.stored is None or resolved.stored.manifest is None:
         # wandb skips an entry it cannot write (a folder in the way) with a warning only
         _check_sizes(root, dict(resolved.artifact.manifest.entries))
         return
-    for f in resolved.manifest.files:
+    for f in resolved.stored.manifest:
         p = root / f.path
         if not p.is_file() or p.stat().st_size != f.size or sha256_file(p) != f.sha256:
             raise IntegrityError(f"{f.path}: downloaded from W&B but does not match the manifest")
 
 
-def download_stored_files(resolved: Resolved, dest: Path, wanted: Callable[[str], bool] = lambda p: True) -> None:
+def download_stored_files(
+    resolved: Resolved, dest: Path, bucket_files: Manifest | None, wanted: Callable[[str], bool] = lambda p: True
+) -> None:
     """The files of a bucket-referencing version that W&B itself stores (added to it in W&B)."""
     entries = {p: resolved.artifact.manifest.entries[p] for p in resolved.stored_files if wanted(p)}
-    in_bucket = resolved.manifest.by_path() if resolved.manifest is not None else {}
-    if clash := next((p for p in entries if p in in_bucket), None):
+    clash = next((f.path for f in bucket_files if f.path in entries), None) if bucket_files and entries else None
+    if clash is not None:
         raise IntegrityError(f"{clash}: both in the bucket and stored in W&B for {resolved.name}:{resolved.version}")
     for path in entries:
         resolved.artifact.get_entry(path).download(root=str(dest))
@@ -491,19 +530,16 @@ def list_versions(project: str | None, entity: str | None, *, type: str, name: s
 def _version_row(art: Any) -> dict[str, Any]:
     entries = art.manifest.entries
     ref_entry = entries.get(REFERENCE_NAME)
-    stored = {p: e for p, e in entries.items() if p not in (REFERENCE_NAME, MANIFEST_NAME)}
+    stored = {p: e for p, e in entries.items() if p not in OWN_FILES}
     files, size = len(stored), sum(e.size or 0 for e in stored.values())
     location = "wandb"
-    if MANIFEST_NAME in entries:
-        with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
-            path = art.get_entry(MANIFEST_NAME).download(root=tmp)
-            manifest = Manifest.loads(Path(path).read_bytes(), source=f"manifest of {art.name}")
+    if (counted := _content_counts(art)) is not None:
         if ref_entry is not None:  # the bucket's files, plus any stored in W&B beside them
-            files, size = files + len(manifest.files), size + manifest.total_size
+            files, size = files + counted[0], size + counted[1]
         else:  # --no-reff: the manifest lists the stored files
-            files, size = len(manifest.files), manifest.total_size
-    elif (s3 := _s3_references(entries)) is not None:
-        location, files, size = s3[0], len(s3[1].files), s3[1].total_size
+            files, size = counted
+    elif (root := _s3_root(entries)) is not None:
+        location, files, size = root, len(entries), sum(e.size or 0 for e in entries.values())
     if ref_entry is not None:
         location = ref_entry.ref
     return {
@@ -514,6 +550,19 @@ def _version_row(art: Any) -> dict[str, Any]:
         "created": art.created_at,
         "location": location,
     }
+
+
+def _content_counts(art: Any) -> tuple[int, int] | None:
+    """(files, bytes) of the content manifest, read from what W&B says of it without its file list
+    where it can: the reference's counts, else the index, else the whole list."""
+    entries = art.manifest.entries
+    ref_entry = entries.get(REFERENCE_NAME)
+    extra = (getattr(ref_entry, "extra", None) or {}) if ref_entry is not None else {}
+    if isinstance(extra.get("files"), int) and ref_entry.size is not None:
+        return extra["files"], ref_entry.size
+    with tempfile.TemporaryDirectory(prefix="wabucket-") as tmp:
+        stored = _stored(art, Path(tmp), f"manifest of {art.name}")
+        return None if stored is None else (stored.index.files, stored.index.bytes)
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,34 @@
 """The transfer engine, shared by upload, download, link and verify on every backend.
 
-A transfer is "what the destination lacks": the plan compares the source with one listing of
-the destination (sizes, then hashes), so rerunning an interrupted command moves only what is
-missing or different. Files move with bounded concurrency; bytes are hashed while they stream;
-every file is retried with backoff; a download lands under a temporary name and is moved into
-place only after its size and sha256 matched the manifest.
+A transfer is "what the destination lacks": files are compared with the destination (its
+listing, on local disk, or the files already in a download's folder), so rerunning an
+interrupted command moves only what is missing or different. Files stream through in path
+order, pulled by a bounded number of workers: nothing holds every file. Bytes are hashed while
+they stream; every file is retried with backoff; a download lands under a temporary name and is
+moved into place only after its size and sha256 matched the manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence, Set
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .copies import SMALL_FILE, BaseVersion, CopyLog, CopySource, copy_checks_out, hash_part
 from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
 from .hashcache import HashCache
-from .landing import Reuse, hash_local, land, local_matches, prepare_dest
-from .manifest import NO_HASH, FileEntry, LocalFile, Manifest, safe_relpath
+from .landing import Destination, Reuse, hash_local, land, local_matches
+from .listing import Listing
+from .localtree import LocalFile, LocalTree
+from .manifest import FileEntry, Manifest, ManifestWriter, Selection, merge_join, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges, in_thread
 from .retry import ATTEMPTS, with_retries
@@ -33,11 +37,12 @@ from .storage import CopiesRefused, ObjectInfo, Storage, key_under
 log = logging.getLogger("wabucketref")
 
 DEFAULT_CONCURRENCY = 32
-SMALL_FILE = 4 << 20  # sent or fetched in one request; larger files move in parts
 INLINE_WRITE = 256 << 10
 LARGE_UPLOADS_IN_FLIGHT = 2  # each buffers up to UPLOAD_PARTS_PER_FILE parts in obstore
 UPLOAD_PARTS_PER_FILE = 3
+BATCH = 256  # items a worker thread produces at a time (a walk, a manifest being decoded)
 
+EVERYTHING = Selection()
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -99,20 +104,44 @@ class _Tracker:
 
 
 async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concurrency: int) -> list[R]:
-    """Run fn over items with at most `concurrency` in flight; stop starting new ones after a failure.
-
-    Workers pull from one iterator, so 100k items cost 100k results, not 100k pending tasks.
-    """
-    it = iter(enumerate(items))
+    """fn over a short list of items, at most `concurrency` at once; the results in order."""
     results: dict[int, R] = {}
+
+    async def one(item: tuple[int, T]) -> None:
+        results[item[0]] = await fn(item[1])
+
+    await for_each(one, enumerate(items), concurrency)
+    return [results[i] for i in range(len(results))]
+
+
+async def for_each(fn: Callable[[T], Awaitable[Any]], items: Iterable[T] | AsyncIterable[T], concurrency: int) -> None:
+    """fn over items with at most `concurrency` in flight, pulled as workers free up (a million
+    items cost a million calls, never a million pending tasks); after a failure no new one
+    starts, and the first failure is raised once the running ones ended."""
     errors: list[BaseException] = []
+    if isinstance(items, AsyncIterable):
+        ait, turn = aiter(items), asyncio.Lock()
+
+        async def pull() -> tuple[bool, Any]:
+            async with turn:
+                try:
+                    return True, await anext(ait)
+                except StopAsyncIteration:
+                    return False, None
+    else:
+        it = iter(items)
+
+        async def pull() -> tuple[bool, Any]:
+            item = next(it, _END)
+            return item is not _END, item
 
     async def worker() -> None:
-        for i, item in it:
-            if errors:
+        while not errors:
+            more, item = await pull()
+            if not more:
                 return
             try:
-                results[i] = await fn(item)
+                await fn(item)
             except Exception as e:
                 errors.append(e)
                 return
@@ -120,7 +149,28 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concu
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     if errors:
         raise errors[0]
-    return [results[i] for i in range(len(results))]
+
+
+_END = object()
+
+
+async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[T]:
+    """The items of a blocking iterator (a folder walk, a manifest being decoded), produced a
+    batch at a time in a worker thread, one batch ahead of the consumer."""
+
+    def take() -> list[T]:
+        return list(itertools.islice(items, size))
+
+    ahead = asyncio.ensure_future(asyncio.to_thread(take))
+    try:
+        while batch := await ahead:
+            ahead = asyncio.ensure_future(asyncio.to_thread(take))
+            for item in batch:
+                yield item
+    finally:
+        if not ahead.done():
+            ahead.cancel()  # the thread itself finishes its batch: waited for, so the iterator is free
+            await asyncio.gather(ahead, return_exceptions=True)
 
 
 # ---------------------------------------------------------------- hashing helpers
@@ -165,89 +215,24 @@ def _advancer(progress: _Tracker | None) -> Callable[[int], None]:
 # ---------------------------------------------------------------- upload
 
 
-@dataclass(frozen=True)
-class CopySource:
-    """An object of the base version with a local file's content: copied inside the bucket
-    instead of sent (an incremental upload)."""
-
-    key: str  # the object's key in the bucket
-    info: ObjectInfo  # as the base's listing showed it (size, ETag)
-    sha256: str  # of the local file (equal to the base manifest's)
-    md5s: Sequence[bytes] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
-
-
-def _hash_part(storage: Storage, size: int) -> int:
-    """The part size the ETag of an object of `size` bytes was computed over (as uploads write it)."""
-    return storage.part_size(size) if size > SMALL_FILE else size + 1
-
-
-class BaseVersion:
-    """The files of the version an incremental upload copies from, by content: its manifest, and
-    the data under `root` as `listing` shows it. A base object is used only if it is still there
-    with its manifest's size and, where the server's ETags describe content and the local file
-    was read, with the local file's content."""
-
-    def __init__(self, storage: Storage, manifest: Manifest, root: str, listing: list[ObjectInfo]) -> None:
-        self.storage = storage
-        listed = {o.key: o for o in listing}
-        self._by_content: dict[tuple[str, int], tuple[str, ObjectInfo]] = {}
-        for e in manifest.files:
-            o = listed.get(e.path)
-            if e.sha256 != NO_HASH and o is not None and o.size == e.size:
-                self._by_content.setdefault((e.sha256, e.size), (key_under(root, e.path), o))
-        self._sizes = {size for _, size in self._by_content}
-
-    async def source_for(self, f: LocalFile, hashes: HashCache) -> CopySource | None:
-        """The base's object with f's content, if any. Only files of a size the base has are
-        hashed (in a thread), and only if their hash is not remembered (hashcache.py)."""
-        if f.size not in self._sizes:
-            return None
-        known = hashes.known(f.abspath)  # here: a thread hop costs more than the lookup
-        if known is not None:
-            sha, md5s = known, None
-        else:
-            part = _hash_part(self.storage, f.size)
-            sha, md5s = await asyncio.to_thread(hashes.hashed, f.abspath, lambda p: hash_local(p, part))
-        found = self._by_content.get((sha, f.size))
-        if found is None:
-            return None
-        key, o = found
-        if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
-            log.warning("%s: the base version's copy differs from its manifest; sending the file", f.path)
-            return None
-        return CopySource(key, o, sha, md5s)
-
-
-def copy_checks_out(storage: Storage, copy: ObjectInfo | None, source: CopySource, size: int) -> bool:
-    """Is an object copied from `source` whole? Its size must be the file's; its ETag must be the
-    source's (a server that keeps ETags on copy: the source was checked before copying) or
-    describe the local file's content. Where the server's ETags say nothing of content (Azure, a
-    folder: there a copy is a hard link) or the local file was not read (its hash was
-    remembered), the size is what can be checked: the manifest's sha256 is the local file's, and
-    every download and `verify` checks the object against it."""
-    if copy is None or copy.size != size:
-        return False
-    if copy.etag and copy.etag == source.info.etag:
-        return True
-    return storage.etag_matches(copy, source.md5s) is not False
-
-
 async def upload(
     storage: Storage,
     prefix: str,
-    files: list[LocalFile],
-    existing: dict[str, ObjectInfo],
+    tree: LocalTree,
+    existing: Listing,
+    writer: ManifestWriter,
+    scratch: Path,
     opts: Options,
     base: BaseVersion | None = None,
-) -> tuple[Manifest, Stats]:
-    """Put `files` under `prefix`, skipping those the destination already holds byte for byte;
-    those whose content the `base` version has are copied inside the bucket (then checked)
-    instead of sent, where the server copies."""
-    progress = _Tracker("uploaded", len(files), sum(f.size for f in files), opts)
+) -> Stats:
+    """Put the tree's files under `prefix`, skipping those the destination already holds byte
+    for byte; those whose content the `base` version has are copied inside the bucket (then
+    checked) instead of sent, where the server copies. Each file's entry goes to `writer`."""
+    progress = _Tracker("uploaded", tree.files, tree.bytes, opts)
     large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
-    copied: dict[str, tuple[LocalFile, CopySource]] = {}
+    copies = CopyLog(scratch)
 
-    async def send(f: LocalFile) -> FileEntry:
+    async def send(f: LocalFile) -> str:
         key = key_under(prefix, f.path)
 
         async def put() -> str:
@@ -263,76 +248,93 @@ async def upload(
 
         before, started = os.stat(f.abspath), time.time_ns()
         sha = await with_retries(put, f"upload of {f.path}", opts.attempts)
-        opts.hashes.remember(f.abspath, sha, before, started)
+        opts.hashes.remember(Path(f.abspath), sha, before, started)
         progress.file_done(f.size)
-        return FileEntry(f.path, f.size, sha)
+        return sha
 
-    async def one(f: LocalFile) -> FileEntry:
+    async def one(f: LocalFile) -> None:
         key = key_under(prefix, f.path)
-        info = existing.get(f.path)
-        source = await base.source_for(f, opts.hashes) if base is not None else None
+        info = existing.get(f.path) if existing.count else None
+        source = await base.source_for(f.path, f.abspath, f.size, opts.hashes) if base is not None else None
         if info is not None and info.size == f.size:
             if source is not None:
                 sha, md5s = source.sha256, source.md5s
             else:
-                sha, md5s = await asyncio.to_thread(hash_local, f.abspath, _hash_part(storage, f.size))
+                sha, md5s = await asyncio.to_thread(hash_local, Path(f.abspath), hash_part(storage, f.size))
             same = storage.etag_matches(info, md5s)
-            if same is None and source is not None:
-                # copied by an earlier, interrupted try (a folder's hard link keeps the ETag); else
-                # copying again is cheaper than reading the object back
-                same = bool(info.etag) and info.etag == source.info.etag
-            elif same is None:
+            if same is None and source is None:
                 same = (await _remote_sha256(storage, key, info.size))[0] == sha
-            if same:
+            if same:  # (with a base, an unknown ETag is copied again: cheaper than reading the object back)
                 progress.file_done(f.size, skipped=True)
-                return FileEntry(f.path, f.size, sha)
-        if source is not None and storage.capabilities.copies:
-            try:
-                await with_retries(lambda: storage.copy(source.key, key), f"copy of {f.path}", opts.attempts)
-            except CopiesRefused:
-                pass  # storage warned once; the bytes are sent
-            except TransferError as e:  # a copy is not retried (see ObjectStoreStorage.copy)
-                log.warning("copy of %s failed (%s); sending the file", f.path, e)
-            except FileNotFoundError:
-                log.warning("%s: gone from the base version while copying; sending the file", f.path)
-            else:
-                copied[f.path] = f, source
-                progress.file_done(f.size, copied=True)
-                return FileEntry(f.path, f.size, source.sha256)
-        return await send(f)
+                writer.add(FileEntry(f.path, f.size, sha))
+                return
+        if source is not None and await _copy(storage, source, key, f.path, opts.attempts):
+            copies.add(f.path, f.abspath, f.size, source)
+            progress.file_done(f.size, copied=True)
+            writer.add(FileEntry(f.path, f.size, source.sha256))
+            return
+        writer.add(FileEntry(f.path, f.size, await send(f)))
 
-    with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-        entries = await bounded_map(one, files, opts.concurrency)
-        if copied:
-            entries = await _check_copies(storage, prefix, entries, copied, progress, send, opts)
-    return Manifest(entries), progress.stats
+    try:
+        with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
+            await for_each(one, in_batches(tree.walk()), opts.concurrency)
+            if copies.count:
+                await _check_copies(storage, prefix, copies, progress, send, scratch, opts)
+    finally:
+        copies.close()
+    return progress.stats
+
+
+async def _copy(storage: Storage, source: CopySource, key: str, path: str, attempts: int) -> bool:
+    """Copy a base object inside the bucket; False if the file must be sent instead."""
+    if not storage.capabilities.copies:
+        return False
+    try:
+        await with_retries(lambda: storage.copy(source.key, key), f"copy of {path}", attempts)
+    except CopiesRefused:
+        return False  # storage warned once; the bytes are sent
+    except TransferError as e:  # a copy is not retried (see ObjectStoreStorage.copy)
+        log.warning("copy of %s failed (%s); sending the file", path, e)
+        return False
+    except FileNotFoundError:
+        log.warning("%s: gone from the base version while copying; sending the file", path)
+        return False
+    return True
 
 
 async def _check_copies(
     storage: Storage,
     prefix: str,
-    entries: list[FileEntry],
-    copied: dict[str, tuple[LocalFile, CopySource]],
+    copies: CopyLog,
     progress: _Tracker,
-    send: Callable[[LocalFile], Awaitable[FileEntry]],
+    send: Callable[[LocalFile], Awaitable[str]],
+    scratch: Path,
     opts: Options,
-) -> list[FileEntry]:
+) -> None:
     """One listing of the alias's folder checks every copied object (copy_checks_out); those that
-    do not check out are sent from here."""
-    listed = {o.key: o for o in await storage.list_objects(prefix)}
-    bad = [f for path, (f, source) in copied.items() if not copy_checks_out(storage, listed.get(path), source, f.size)]
+    do not check out are sent from here (with the content their entry already says)."""
+    listing = await Listing.of(storage, prefix, scratch)
+    try:
+        bad = [c for c in copies if not copy_checks_out(storage, listing.get(c.path), c.size, c.md5s)]
+    finally:
+        listing.close()
     if not bad:
-        return entries
+        return
     log.warning("%d copied object(s) did not check out (first: %s); sending them from here", len(bad), bad[0].path)
-    for f in bad:
+    for c in bad:
         progress.stats.copied_files -= 1
-        progress.stats.copied_bytes -= f.size
-    resent = {e.path: e for e in await bounded_map(send, bad, opts.concurrency)}
-    return [resent.get(e.path, e) for e in entries]
+        progress.stats.copied_bytes -= c.size
+
+    async def resend(c: Any) -> None:
+        if await send(LocalFile(c.path, c.abspath, c.size)) != c.sha256:
+            raise WaBucketError(f"file changed while uploading: {c.path}")
+
+    await for_each(resend, bad, opts.concurrency)
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
+def _read_and_hash(path: str) -> tuple[bytes, str]:
+    with open(path, "rb") as f:
+        data = f.read()
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -366,71 +368,104 @@ def _read_hashed(fh: Any, sha: Any, n: int) -> bytes:
 # ---------------------------------------------------------------- download
 
 
-def check_listing(manifest: Manifest, listing: list[ObjectInfo], where: str) -> None:
+@dataclass(frozen=True)
+class Wanted:
+    """The files a download brings: a manifest's entries that a selection takes, counted."""
+
+    manifest: Manifest
+    selection: Selection
+    files: int
+    bytes: int
+
+    @classmethod
+    def of(cls, manifest: Manifest, selection: Selection = EVERYTHING) -> Wanted:
+        """Counted from the index, or by one pass over a selection (UsageError if a pattern
+        matches nothing)."""
+        if not selection.partial:
+            return cls(manifest, selection, manifest.file_count, manifest.total_size)
+        return cls(manifest, selection, *selection.check(manifest))
+
+    @property
+    def of_files(self) -> int | None:
+        """The version's file count, when only some of its files are wanted."""
+        return self.manifest.file_count if self.selection.partial else None
+
+    def entries(self) -> Iterator[FileEntry]:
+        return self.selection.entries(self.manifest) if self.selection.partial else iter(self.manifest)
+
+
+async def check_listing(storage: Storage, prefix: str, manifest: Manifest, scratch: Path) -> None:
     """The bucket must hold exactly the manifest's files with the manifest's sizes (and may hold
-    empty objects besides: obstore lists an empty folder's `dir/` object as `dir`)."""
-    found = {o.key: o for o in listing}
-    for f in manifest.files:
-        o = found.pop(f.path, None)
+    empty objects besides, such as dir markers): one listing, on local disk, merged with the
+    manifest in path order."""
+    where = storage.uri_for(prefix)
+    listing = await Listing.of(storage, prefix, scratch)
+    try:
+        await asyncio.to_thread(compare_listing, manifest, listing, where)
+    finally:
+        listing.close()
+
+
+def compare_listing(manifest: Manifest, listing: Listing, where: str) -> None:
+    """IntegrityError naming the first file missing, of another size, or not in the manifest."""
+    for f, o in merge_join(manifest, listing.sorted(), _path, _key):
         if o is None:
+            assert f is not None
             raise IntegrityError(f"{f.path}: missing from {where}")
-        if o.size != f.size:
+        if f is None:
+            if o.size:
+                raise IntegrityError(f"{o.key}: in {where} but not in the artifact's manifest")
+        elif o.size != f.size:
             raise IntegrityError(f"{f.path}: size in {where} is {o.size}, manifest says {f.size}")
-    if found := {k: o for k, o in found.items() if o.size}:
-        extra = sorted(found)[0]
-        raise IntegrityError(f"{extra}: in {where} but not in the artifact's manifest")
+
+
+def _path(e: FileEntry) -> str:
+    return e.path
+
+
+def _key(o: ObjectInfo) -> str:
+    return o.key
 
 
 async def download(
     storage: Storage,
     prefix: str,
-    manifest: Manifest,
+    wanted: Wanted,
     dest: Path,
     opts: Options,
     *,
-    trusted: Set[str] = frozenset(),
-    done: set[str] | None = None,
-    skip_existing: bool = False,
+    speculative: bool = False,
     reuse: Reuse | None = None,
-    of_files: int | None = None,
-    carried: Stats | None = None,
+    landed: Callable[[str], None] | None = None,
 ) -> Stats:
-    """Bring every manifest file into dest, verified; files already there and equal are kept.
+    """Bring the wanted files into dest, verified; files already there and equal are kept.
 
-    trusted: paths already verified in dest (not hashed again). done: filled with the paths
-    this call wrote. skip_existing: leave any file already in dest alone, and leave the summary
-    line to the caller (a speculative pass, which may yet be discarded). reuse: folders whose
-    files of the same size and sha256 are taken instead of fetched. of_files: the version's
-    file count, when `manifest` is a selection of its files (said in the summary). carried:
-    what an earlier pass of this command did (its files are the trusted ones): the summary
-    counts on from it.
+    speculative: a pass that may yet be discarded (the bucket's record, before W&B confirmed the
+    version): a file already in dest that differs is left alone (counted in Stats.left) rather
+    than replaced, and the summary line is left to the caller. reuse: folders whose files of the
+    same size and sha256 are taken instead of fetched. landed: told the path of each file
+    written.
     """
-    progress = _Tracker("downloaded", len(manifest.files), manifest.total_size, opts, summary=not skip_existing)
-    progress.stats.of_files = of_files
-    if carried is not None:
-        progress.stats = dataclasses.replace(carried, ended=None)
+    progress = _Tracker("downloaded", wanted.files, wanted.bytes, opts, summary=not speculative)
+    progress.stats.of_files = wanted.of_files
     lanes = Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
-    verify = manifest.verified
-    present = await asyncio.to_thread(prepare_dest, dest, [f.path for f in manifest.files])
+    verify = wanted.manifest.verified
+    place = await asyncio.to_thread(Destination, dest)
 
-    async def one(f: FileEntry) -> None:
+    async def one(item: tuple[FileEntry, bool]) -> None:
+        f, present = item
         final = dest / f.path
-        if f.path in trusted:
-            if carried is None:
-                progress.file_done(f.size, skipped=True)
-            else:  # counted by the earlier pass
-                progress.advance(f.size)
-            return
-        if f.path in present:
-            if skip_existing:
-                return
+        if present:  # a file of that name is there already
             if await asyncio.to_thread(local_matches, final, f, verify, opts.hashes):
                 progress.file_done(f.size, skipped=True)
                 return
+            if speculative:
+                progress.stats.left += 1
+                return
         src = await reuse.find(f) if reuse is not None and verify else None
         if src is not None and reuse is not None and await _inline_if_small(f.size, reuse.place, src, final, f):
-            if done is not None:
-                done.add(f.path)
+            if landed is not None:
+                landed(f.path)
             progress.file_done(f.size, reused=True)
             return
         key = key_under(prefix, f.path)
@@ -445,13 +480,13 @@ async def download(
             opts.hashes.remember_now(final, sha)
 
         await with_retries(get, f"download of {f.path}", opts.attempts)
-        if done is not None:
-            done.add(f.path)
+        if landed is not None:
+            landed(f.path)
         progress.file_done(f.size)
 
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            await bounded_map(one, manifest.files, opts.concurrency)
+            await for_each(one, in_batches(place.checked(wanted.entries())), opts.concurrency)
     finally:
         lanes.close()
     return progress.stats
@@ -473,13 +508,21 @@ async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:
 # ---------------------------------------------------------------- hashing what is in a bucket
 
 
-async def hash_remote(
-    storage: Storage, prefix: str, listing: list[ObjectInfo], opts: Options, verb: str
-) -> tuple[Manifest, Stats]:
-    """A manifest of objects already in the bucket (for link and verify): every byte is read once."""
-    progress = _Tracker(verb, len(listing), sum(o.size for o in listing), opts)
+async def hash_objects(
+    storage: Storage,
+    prefix: str,
+    objects: Iterator[tuple[ObjectInfo, T]],
+    count: tuple[int, int],
+    opts: Options,
+    verb: str,
+    found: Callable[[FileEntry, T], None],
+) -> Stats:
+    """The sha256 of objects already in the bucket (for link and verify), each told to `found`
+    with what came beside the object: every byte is read once. count: (objects, bytes)."""
+    progress = _Tracker(verb, count[0], count[1], opts)
 
-    async def one(o: ObjectInfo) -> FileEntry:
+    async def one(item: tuple[ObjectInfo, T]) -> None:
+        o, beside = item
         safe_relpath(o.key)
 
         async def read() -> tuple[str, int]:
@@ -490,8 +533,8 @@ async def hash_remote(
         except FileNotFoundError as e:
             raise NotFoundError(f"{o.key}: vanished from the bucket while reading it") from e
         progress.file_done(size)
-        return FileEntry(o.key, size, sha)
+        found(FileEntry(o.key, size, sha), beside)
 
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-        entries = await bounded_map(one, listing, opts.concurrency)
-    return Manifest(entries), progress.stats
+        await for_each(one, in_batches(objects), opts.concurrency)
+    return progress.stats

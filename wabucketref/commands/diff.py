@@ -1,26 +1,28 @@
 """diff: files added, removed and changed between two versions (or a version and a folder).
 
 1. resolve each side's manifest: W&B without recording a use, or offline the bucket's records
-2. a local folder: scanned, and only its files of the same size as their counterpart hashed
-3. compare the two manifests (manifest.diff): not a byte of data moves
+2. a local folder: walked, and only its files of the same size as their counterpart hashed
+3. compare the two manifests as two sorted streams (manifest.diff): not a byte of data moves
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import tracking
+from .. import tracking, transfer
 from ..errors import IntegrityError, NotFoundError, UsageError
-from ..hashcache import HashCache
 from ..layout import ArtifactKeys
-from ..manifest import NO_HASH, Change, FileEntry, Manifest, scan_folder
+from ..localtree import LocalFile, walk
+from ..manifest import NO_HASH, Change, FileEntry, Manifest, ManifestWriter, merge_join
 from ..manifest import diff as diff_manifests
+from ..records import record_header
 from ..runtime import Context
-from .resolve import bucket_record, resolve_offline
+from .resolve import manifest_of, resolve_offline
 
 log = logging.getLogger("wabucketref")
 
@@ -48,14 +50,14 @@ def diff(ctx: Context, type_: str, a: Side, b: Side | None, local: Path | None) 
     for side, r in ((a, ra), (b, rb)):
         if r is not None and r.type != type_:
             raise UsageError(f"cannot diff artifacts of different types: {side} is a {r.type}, not a {type_}")
-    manifest_a = _checked(a, ra.manifest)
+    manifest_a = _checked(a, ctx.run(manifest_of(ctx, ra)))
     if b is not None and rb is not None:
-        manifest_b = _checked(b, rb.manifest)
+        manifest_b = _checked(b, ctx.run(manifest_of(ctx, rb)))
         side_b = _describe(b, rb, manifest_b)
     else:
         assert local is not None
-        manifest_b = _folder_manifest(local, manifest_a, ctx.options.hashes)
-        side_b = {"local": str(local), "files": len(manifest_b.files), "bytes": manifest_b.total_size}
+        manifest_b = ctx.run(_folder_manifest(local, manifest_a, ctx.options, ctx.scratch("local")))
+        side_b = {"local": str(local), "files": manifest_b.file_count, "bytes": manifest_b.total_size}
     d = diff_manifests(manifest_a, manifest_b)
     return {
         "type": type_,
@@ -72,7 +74,9 @@ def diff(ctx: Context, type_: str, a: Side, b: Side | None, local: Path | None) 
 def _resolve(ctx: Context, type_: str, side: Side) -> tracking.Resolved:
     """The version (of whatever type it has: the caller compares)."""
     if not tracking.is_offline():
-        return tracking.fetch_artifact(ctx.project, ctx.entity, name=side.qualified, type=None, alias=side.alias)
+        return tracking.fetch_artifact(
+            ctx.project, ctx.entity, name=side.qualified, type=None, alias=side.alias, scratch=ctx.scratch("wandb")
+        )
     try:
         return resolve_offline(ctx, side.name, type_, side.alias)[0]
     except NotFoundError:
@@ -91,22 +95,33 @@ def _other_type(ctx: Context, type_: str, side: Side) -> str | None:
     """Offline: the type of another artifact of that name whose record the bucket holds."""
     storage, base = ctx.home()
     for other in ctx.run(storage.list_folders(base)):
-        if other != type_ and ctx.run(bucket_record(storage, ArtifactKeys(base, other, side.name), side.alias)):
+        if other != type_ and ctx.run(record_header(storage, ArtifactKeys(base, other, side.name), side.alias)):
             return other
     return None
 
 
-def _folder_manifest(root: Path, like: Manifest, known: HashCache) -> Manifest:
+async def _folder_manifest(root: Path, like: Manifest, options: transfer.Options, scratch: Path) -> Manifest:
     """The folder's files; hashed only where a file of the same path and size is in `like`, and
     its hash is not remembered."""
     if not root.is_dir():
         raise UsageError(f"not a folder: {root}")
-    files = scan_folder(root)
-    expected = like.by_path()
-    to_hash = [f for f in files if (e := expected.get(f.path)) is not None and e.size == f.size]
-    with concurrent.futures.ThreadPoolExecutor(HASHING_THREADS) as pool:
-        hashes = dict(zip((f.path for f in to_hash), pool.map(lambda f: known.sha256(f.abspath), to_hash), strict=True))
-    return Manifest([FileEntry(f.path, f.size, hashes.get(f.path, NO_HASH)) for f in files])
+    writer = ManifestWriter(scratch / "manifest")
+
+    async def one(pair: tuple[LocalFile, FileEntry | None]) -> None:
+        f, twin = pair
+        sha = NO_HASH
+        if twin is not None and twin.size == f.size:
+            sha = await asyncio.to_thread(options.hashes.sha256, Path(f.abspath))
+        writer.add(FileEntry(f.path, f.size, sha))
+
+    await transfer.for_each(one, transfer.in_batches(_with_twins(root, like)), HASHING_THREADS)
+    return await asyncio.to_thread(writer.close)
+
+
+def _with_twins(root: Path, like: Manifest) -> Iterator[tuple[LocalFile, FileEntry | None]]:
+    for f, twin in merge_join(walk(root), like, lambda f: f.path, lambda e: e.path):
+        if f is not None:
+            yield f, twin
 
 
 def _describe(side: Side, resolved: tracking.Resolved, manifest: Manifest) -> dict[str, Any]:
@@ -114,7 +129,7 @@ def _describe(side: Side, resolved: tracking.Resolved, manifest: Manifest) -> di
         "name": side.qualified,
         "alias": side.alias,
         "version": resolved.version,
-        "files": len(manifest.files),
+        "files": manifest.file_count,
         "bytes": manifest.total_size,
     }
 

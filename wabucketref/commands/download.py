@@ -4,8 +4,10 @@
 2. resolve the version: W&B (recorded as the run's input) or, offline, the bucket's records;
    online, the copy the bucket's record names is fetched meanwhile (the prefetch), and kept
    only if W&B's manifest has the same content
-3. plan: the files selected (--include/--exclude), those --reuse folders hold already
-4. fetch what the destination lacks from where the version's data is, verified (transfer.py)
+3. plan: the manifest's shards that the selection (--include/--exclude) needs, fetched and
+   checked; the files selected, counted
+4. fetch what the destination lacks (or --reuse folders hold) from where the version's data is,
+   verified (transfer.py), while one listing of the bucket checks it holds the version
 5. files W&B itself stores for the version
 """
 
@@ -18,40 +20,36 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Set
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import tracking, transfer
 from ..errors import IntegrityError, NotFoundError, UsageError
 from ..landing import Reuse
 from ..layout import ArtifactKeys
-from ..manifest import NO_HASH, FileEntry, Manifest, check_unique, selected, sha256_file
+from ..listing import Listing
+from ..manifest import NO_HASH, FileEntry, Manifest, Selection, merge_join, write_manifest
+from ..records import fetch_manifest, read_record
 from ..runtime import Context
 from ..storage import ObjectInfo, Storage
-from .resolve import bucket_record, locate, resolve_offline
+from .resolve import locate, manifest_of, resolve_offline
 
 log = logging.getLogger("wabucketref")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Plan:
     """Which of the version's files come, and where else they may be found."""
 
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    selection: Selection = transfer.EVERYTHING
     reuse: Reuse | None = None
 
     @property
     def partial(self) -> bool:
-        return bool(self.include or self.exclude)
-
-    def select(self, manifest: Manifest) -> Manifest:
-        return manifest.select(self.include, self.exclude) if self.partial else manifest
-
-    def of_files(self, manifest: Manifest) -> int | None:
-        return len(manifest.files) if self.partial else None
+        return self.selection.partial
 
 
 def download(
@@ -77,7 +75,7 @@ def download(
         try:
             if tracking.is_offline():
                 resolved, storage, key = resolve_offline(ctx, name, type_, alias)
-                ctx.while_run_starts(_fetch(storage, key, resolved, folder, ctx.options, plan), "download", run_config)
+                ctx.while_run_starts(_fetch(ctx, storage, key, resolved, folder, plan), "download", run_config)
             else:
                 _download_online(ctx, qualified_name, name, type_, alias, folder, run_config, plan)
         except BaseException:
@@ -86,44 +84,79 @@ def download(
             else:
                 _remove_empty_folders(folder, created)
             raise
+        finally:
+            if plan.reuse is not None:
+                plan.reuse.close()
     return folder
+
+
+class Landed:
+    """The paths a pass wrote into the destination, in a file on local disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def add(self, path: str) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by remove_from
+        self._file.write(path + "\n")
+
+    def remove_from(self, root: Path) -> None:
+        """Remove those files from root, and the folders they leave empty (up to root)."""
+        if self._file is None:
+            return
+        self._file.close()
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                _remove_file(root, line.rstrip("\n"))
 
 
 @dataclass
 class _Prefetch:
     """A download started from the bucket's record before W&B has answered."""
 
+    landed: Landed
     digest: str | None = None  # of the manifest it follows, once known
-    done: set[str] = field(default_factory=set)  # paths written (verified) so far
+    manifest: Manifest | None = None
     task: asyncio.Task[Any] | None = None
     stats: transfer.Stats | None = None  # once it completed
+    notes: list[str] = field(default_factory=list)
 
 
 def _download_online(
     ctx: Context, qualified_name: str, name: str, type_: str, alias: str, dest: Path, run_config: Any, plan: Plan
 ) -> None:
     tracking.preflight()  # W&B must answer before anything lands in dest
-    pre = _Prefetch()
+    pre = _Prefetch(Landed(ctx.scratch("landed") / "paths"))
     prefetch = ctx.io.submit(_prefetch(ctx, name, type_, alias, dest, pre, plan))
     try:
         run = ctx.start_run("download", run_config)
         resolved = tracking.use_artifact(
-            run, name=qualified_name, type=type_, alias=alias, project=ctx.lookup_project, entity=ctx.entity
+            run,
+            name=qualified_name,
+            type=type_,
+            alias=alias,
+            scratch=ctx.scratch("wandb"),
+            project=ctx.lookup_project,
+            entity=ctx.entity,
         )
     except BaseException:
         _stop_prefetch(ctx, prefetch, pre)
-        _remove_files(dest, pre.done)  # W&B did not confirm what the prefetch brought
+        pre.landed.remove_from(dest)  # W&B did not confirm what the prefetch brought
         raise
-    manifest = resolved.manifest
-    if manifest is not None and pre.digest == manifest.digest():
+    stored = resolved.stored
+    manifest: Manifest | None = None
+    if stored is not None and pre.digest == stored.index.digest:
         ctx.io.wait(prefetch)
-        complete = pre.done == {f.path for f in plan.select(manifest).files}
+        manifest = pre.manifest
+        complete = pre.stats is not None and not pre.stats.left
         if complete and pre.stats is not None and not ctx.options.quiet:  # its summary waited for W&B's word
             log.info(pre.stats.summary())
-        trusted, carried = set(pre.done), pre.stats
     else:
         _stop_prefetch(ctx, prefetch, pre)
-        complete, trusted, carried = False, _keep_matching(dest, pre.done, manifest), None
+        pre.landed.remove_from(dest)  # another version's files, or unchecked ones
+        complete = False
     if resolved.ref is None and resolved.has_files:
         if plan.partial or plan.reuse is not None:
             raise UsageError(
@@ -134,43 +167,32 @@ def _download_online(
         return
     if not complete:
         storage, key = locate(ctx, resolved, alias)
-        ctx.run(_fetch(storage, key, resolved, dest, ctx.options, plan, trusted, carried))
+        manifest = ctx.run(_fetch(ctx, storage, key, resolved, dest, plan))
     if resolved.has_files:  # files added to this version in W&B itself (a draft of it, `add_file`)
-        tracking.download_stored_files(resolved, dest, lambda p: selected(p, plan.include, plan.exclude))
+        tracking.download_stored_files(resolved, dest, manifest, plan.selection.matches)
 
 
 async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path, pre: _Prefetch, plan: Plan) -> None:
     pre.task = asyncio.current_task()
     try:
         storage, base = await ctx.buckets.open(ctx.bucket)
-        found = await bucket_record(storage, ArtifactKeys(base, type_, name), alias)
-        manifest, record = found if found is not None else (None, None)
-        if manifest is None or record is None:
+        artifact = ArtifactKeys(base, type_, name)
+        found = await read_record(storage, artifact, alias, ctx.scratch("record"))
+        if found is None or found.record is None:
             return
-        pre.digest = manifest.digest()
-        # Listing 10k objects takes as long as fetching hundreds of them: do both at once. Every
-        # file is checked against the manifest as it lands, and the confirmed pass lists again.
-        wanted = plan.select(manifest)
-        copy = asyncio.ensure_future(
-            transfer.download(
-                storage,
-                record.root,
-                wanted,
-                dest,
-                ctx.options,
-                done=pre.done,
-                skip_existing=True,
-                reuse=plan.reuse,
-                of_files=plan.of_files(manifest),
-            )
+        pre.digest = found.stored.index.digest
+        shards = plan.selection.shards(found.stored.index)
+        manifest = await fetch_manifest(
+            storage, artifact.shards(pre.digest), found.stored, ctx.scratch("shards"), shards
         )
-        try:
-            transfer.check_listing(manifest, await storage.list_objects(record.root), storage.uri_for(record.root))
-            pre.stats = await copy
-        finally:
-            if not copy.done():
-                copy.cancel()
-                await asyncio.gather(copy, return_exceptions=True)
+        pre.manifest = manifest
+        wanted = await asyncio.to_thread(transfer.Wanted.of, manifest, plan.selection)
+        # The listing of a big folder takes as long as fetching much of it: both at once. Every
+        # file is checked against the manifest as it lands.
+        root = found.record.root
+        pre.stats = await _checked_download(
+            ctx, storage, root, wanted, dest, plan, speculative=True, landed=pre.landed.add
+        )
     except asyncio.CancelledError:
         raise
     except Exception as e:  # the confirmed pass reports real problems
@@ -187,81 +209,123 @@ def _stop_prefetch(ctx: Context, prefetch: concurrent.futures.Future[None], pre:
     ctx.run(cancel())
 
 
-def _keep_matching(dest: Path, written: set[str], manifest: Manifest | None) -> set[str]:
-    """After a prefetch of the wrong version: keep the files this version has too, delete the rest."""
-    wanted = manifest.by_path() if manifest is not None else {}
-    keep = set()
-    for path in written:
-        f = wanted.get(path)
-        if f is not None and (dest / path).stat().st_size == f.size and sha256_file(dest / path) == f.sha256:
-            keep.add(path)
-        else:
-            (dest / path).unlink(missing_ok=True)
-    return keep
-
-
 async def _fetch(
+    ctx: Context, storage: Storage, key: str, resolved: tracking.Resolved, dest: Path, plan: Plan
+) -> Manifest:
+    """Bring the version's files into dest, verified, while one listing checks the bucket holds
+    them; returns the manifest followed."""
+    if not await storage.has_prefix(key):
+        encoded = _sdk_encoded(key)
+        if encoded != key and await storage.has_prefix(encoded):
+            key = encoded
+    manifest = await manifest_of(ctx, resolved, plan.selection)
+    if manifest is None:
+        manifest = await _unverified(ctx, storage, key)
+    elif resolved.s3_etags is not None:  # W&B's own s3:// references: the objects they name
+        manifest = await _named_objects(ctx, storage, key, manifest, resolved.s3_etags)
+    elif not manifest.file_count:
+        pass
+    elif not await storage.has_prefix(key):
+        raise NotFoundError(f"no data at {storage.uri_for(key)}")
+    wanted = await asyncio.to_thread(transfer.Wanted.of, manifest, plan.selection)
+    await _checked_download(ctx, storage, key, wanted, dest, plan)
+    return manifest
+
+
+async def _checked_download(
+    ctx: Context,
     storage: Storage,
     key: str,
-    resolved: tracking.Resolved,
+    wanted: transfer.Wanted,
     dest: Path,
-    options: transfer.Options,
     plan: Plan,
-    trusted: Set[str] = frozenset(),
-    carried: transfer.Stats | None = None,
-) -> None:
-    """Check the bucket holds the version's files, then bring them into dest, verified."""
-    listing = await storage.list_objects(key)
-    if not listing:
-        encoded = _sdk_encoded(key)
-        if encoded != key:
-            listing = await storage.list_objects(encoded)
-            key = encoded if listing else key
-    where = storage.uri_for(key)
-    if not listing and (resolved.manifest is None or resolved.manifest.files):
-        raise NotFoundError(f"no data at {where}")
-    manifest = resolved.manifest
-    if manifest is None:
-        log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
-        check_unique(o.key for o in listing)
-        listing = await storage.without_empty_folders(key, listing)
-        manifest = Manifest([FileEntry(o.key, o.size, NO_HASH) for o in listing], verified=False)
-    else:
-        if resolved.s3_etags is not None:  # W&B's own s3:// references: the objects they name
-            manifest, listing = await _named_objects(storage, key, manifest, listing)
-            _check_etags(resolved.s3_etags, listing, where)
-        transfer.check_listing(manifest, listing, where)
-    await transfer.download(
-        storage,
-        key,
-        plan.select(manifest),
-        dest,
-        options,
-        trusted=trusted,
-        reuse=plan.reuse,
-        of_files=plan.of_files(manifest),
-        carried=carried,
+    *,
+    speculative: bool = False,
+    landed: Any = None,
+) -> transfer.Stats:
+    """The transfer, and beside it, for a whole verified version, one listing of its folder."""
+    fetch = transfer.download(
+        storage, key, wanted, dest, ctx.options, speculative=speculative, reuse=plan.reuse, landed=landed
     )
+    if plan.partial or not wanted.manifest.verified:
+        return await fetch
+    check = transfer.check_listing(storage, key, wanted.manifest, ctx.scratch("listing"))
+    return (await _together(fetch, check))[0]
+
+
+async def _together(*aws: Awaitable[Any]) -> list[Any]:
+    """Run side by side; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _unverified(ctx: Context, storage: Storage, key: str) -> Manifest:
+    """An older tool's version without a manifest: its files as the bucket lists them (sizes,
+    no sha256), with a warning."""
+    scratch = ctx.scratch("unverified")
+    listing = await Listing.of(storage, key, scratch)
+    try:
+        where = storage.uri_for(key)
+        if not listing.count:
+            raise NotFoundError(f"no data at {where}")
+        log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
+        listing.delete([o.key for o in await storage.folder_markers(key, listing.empty())])
+        entries = (FileEntry(o.key, o.size, NO_HASH) for o in listing.sorted())
+        return await asyncio.to_thread(write_manifest, scratch / "manifest", entries, verified=False, source=where)
+    finally:
+        listing.close()
 
 
 async def _named_objects(
-    storage: Storage, key: str, manifest: Manifest, listing: list[ObjectInfo]
-) -> tuple[Manifest, list[ObjectInfo]]:
+    ctx: Context, storage: Storage, key: str, manifest: Manifest, recorded: dict[str, str]
+) -> Manifest:
     """W&B's s3:// references leave out empty objects: the ones in the folder are added; objects
-    added since are not the version's."""
-    known = manifest.by_path()
-    unlisted = [o for o in listing if o.size == 0 and o.key not in known]
-    empty = await storage.without_empty_folders(key, unlisted)
-    files = manifest.files + [FileEntry(o.key, 0, NO_HASH) for o in empty]
-    return Manifest(files, verified=manifest.verified), [o for o in listing if o.key in known] + empty
+    added since are not the version's. The objects W&B recorded by ETag must still have it (the
+    content of such a version has no sha256)."""
+    scratch = ctx.scratch("named")
+    listing = await Listing.of(storage, key, scratch)
+    try:
+        where = storage.uri_for(key)
+        pairs = await asyncio.to_thread(lambda: list(_unknown_empty(manifest, listing.sorted(), recorded, where)))
+        markers = {o.key for o in await storage.folder_markers(key, pairs)} if pairs else set()
+        added = (FileEntry(o.key, 0, NO_HASH) for o in pairs if o.key not in markers)
+        entries = _chain(iter(manifest), added)
+        return await asyncio.to_thread(write_manifest, scratch / "manifest", entries, verified=False, source=where)
+    finally:
+        listing.close()
 
 
-def _check_etags(recorded: dict[str, str], listing: list[ObjectInfo], where: str) -> None:
-    """Objects W&B recorded by ETag must still have it (the content of such a version has no sha256)."""
-    for o in listing:
-        want = recorded.get(o.key)
-        if want and o.etag and o.etag.strip('"') != want:
-            raise IntegrityError(f"{o.key}: changed in {where} since W&B recorded it (its ETag differs)")
+def _unknown_empty(
+    manifest: Manifest, listed: Iterator[ObjectInfo], recorded: dict[str, str], where: str
+) -> Iterator[ObjectInfo]:
+    """The empty objects of the folder the manifest does not name; an object named whose ETag
+    differs from what W&B recorded is refused."""
+    for f, o in merge_join(manifest, listed, _path, _key):
+        if f is None and o is not None and o.size == 0:
+            yield o
+        elif f is not None and o is not None:
+            want = recorded.get(o.key)
+            if want and o.etag and o.etag.strip('"') != want:
+                raise IntegrityError(f"{o.key}: changed in {where} since W&B recorded it (its ETag differs)")
+
+
+def _chain(*its: Iterator[FileEntry]) -> Iterator[FileEntry]:
+    for it in its:
+        yield from it
+
+
+def _path(e: FileEntry) -> str:
+    return e.path
+
+
+def _key(o: ObjectInfo) -> str:
+    return o.key
 
 
 def _sdk_encoded(key: str) -> str:
@@ -308,13 +372,12 @@ def _one_download_into(dest: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _remove_files(root: Path, paths: set[str]) -> None:
-    """Remove these files under root, and the folders they leave empty (up to root)."""
-    for rel in paths:
-        (root / rel).unlink(missing_ok=True)
-        for parent in (root / rel).parents:
-            if parent == root or not _remove_empty(parent):
-                break
+def _remove_file(root: Path, rel: str) -> None:
+    """Remove a file under root, and the folders it leaves empty (up to root)."""
+    (root / rel).unlink(missing_ok=True)
+    for parent in (root / rel).parents:
+        if parent == root or not _remove_empty(parent):
+            break
 
 
 def _remove_empty_folders(dest: Path, created: Path | None) -> None:

@@ -3,10 +3,12 @@
     1. W&B (online only): every version of every artifact of the entity/project, and what each
        refers to; any failure here ends gc before anything is deleted
     2. walk the bucket: for each TYPE/NAME, its records and markers (.wabucketref/) and its
-       alias folders
+       alias folders (the records' headers only, never their file lists)
     3. decide: garbage (a record of this entity/project whose version W&B no longer has; an
-       upload of it abandoned longer than `older_than`), unattributable (reported, never
-       deleted: no record, a record that names no entity/project, an unreadable one), or kept
+       upload of it abandoned longer than `older_than`; the shards of a big version's manifest
+       that no record and no W&B version has, once no upload of the artifact is running),
+       unattributable (reported, never deleted: no record, a record that names no
+       entity/project, an unreadable one), or kept
     4. report; with delete=True, remove the garbage, a batch of keys at a time
 
 Nothing is garbage that an existing version of any artifact of the project refers to: by its
@@ -21,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 
 from .. import tracking
-from ..errors import IntegrityError, UsageError, WaBucketError
-from ..layout import MARKER_SUFFIX, META_DIR, RECORD_SUFFIX, ArtifactKeys, BucketRecord, join
-from ..manifest import Manifest
+from ..errors import UsageError, WaBucketError
+from ..layout import MARKER_SUFFIX, META_DIR, RECORD_SUFFIX, SHARDS_DIR, ArtifactKeys, BucketRecord, join
 from ..marker import holder
+from ..records import record_header
 from ..runtime import Context
 from ..storage import Storage
 
@@ -92,6 +94,7 @@ class _References:
                     for i in range(len(parts)):
                         self._add("/".join(parts[i:]))
         self.aliases: dict[tuple[str, str, str], set[str | None]] = {}
+        self.digests = {v.digest for v in versions if v.digest}  # the content of every version
         for v in versions:
             for alias in v.aliases:
                 self.aliases.setdefault((v.type, v.name, alias), set()).add(v.digest)
@@ -150,11 +153,8 @@ async def _artifact(
             continue
         if info.key.endswith(RECORD_SUFFIX):
             alias = info.key[: -len(RECORD_SUFFIX)]
-            try:
-                data = await storage.get_bytes(artifact.alias(alias).record) or b""
-                records[alias] = BucketRecord.of(Manifest.loads(data, source=info.key))
-            except IntegrityError:
-                records[alias] = None
+            header = await record_header(storage, artifact, alias)
+            records[alias] = BucketRecord.of(header) if header is not None else None
         elif info.key.endswith(MARKER_SUFFIX):
             alias = info.key[: -len(MARKER_SUFFIX)]
             markers[alias] = holder(await storage.get_bytes(artifact.alias(alias).marker))
@@ -210,9 +210,47 @@ async def _artifact(
             assert marker is not None
             hours = (now - float(marker["beat"])) / 3600
             report.garbage.append(Item(what, f"an upload abandoned {hours:.1f} h ago", keys.data, bookkeeping))
+    running = any(now - float((m or {}).get("beat", 0)) <= older_than for m in markers.values())
+    await _shards(storage, artifact, records, refs, running, report)
     for item in report.garbage:
-        if item.what.startswith(f"{artifact.type}/{artifact.name}:") and not item.files:
+        if item.what.startswith(f"{artifact.type}/{artifact.name}") and not item.files:
             await _measure(storage, item)
+
+
+async def _shards(
+    storage: Storage,
+    artifact: ArtifactKeys,
+    records: dict[str, BucketRecord | None],
+    refs: _References,
+    running: bool,
+    report: Report,
+) -> None:
+    """The shard folders of big versions' manifests that no record of the artifact (of any
+    project: they share the folder) and no existing W&B version has. While an upload of the
+    artifact may run, none is garbage: it writes its shards before its record."""
+    folders = await storage.list_folders(join(artifact.records, SHARDS_DIR))
+    if not folders:
+        return
+    unreadable = any(r is None for r in records.values())
+    named = {r.digest for r in records.values() if r is not None}
+    for digest in folders:
+        if digest in named or digest in refs.digests or running:
+            report.kept += 1
+        elif unreadable:
+            report.unattributable.append(
+                Item(
+                    f"{artifact.type}/{artifact.name} shards/{digest[:12]}",
+                    "manifest shards beside an unreadable record",
+                )
+            )
+        else:
+            report.garbage.append(
+                Item(
+                    f"{artifact.type}/{artifact.name} shards/{digest[:12]}",
+                    "manifest shards of content that no record and no W&B version has",
+                    artifact.shards(digest),
+                )
+            )
 
 
 def _owner(marker: dict | None) -> tuple[str, str] | None:

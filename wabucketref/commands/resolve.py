@@ -1,4 +1,5 @@
-"""Where a version's bytes are: from W&B's answer, or, offline, from the records in the bucket."""
+"""Where a version's bytes and manifest are: from W&B's answer, or, offline, from the records in
+the bucket."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import logging
 
 from .. import tracking
 from ..errors import IntegrityError, NotFoundError
-from ..layout import MANAGED_ALIAS, RECORD_SUFFIX, ArtifactKeys, BucketRecord, join
-from ..manifest import Manifest
+from ..layout import MANAGED_ALIAS, ArtifactKeys, shard_key
+from ..manifest import Manifest, Selection
+from ..records import fetch_manifest, read_record, record_header
 from ..runtime import Context
 from ..storage import Storage
 
@@ -18,43 +20,51 @@ def resolve_offline(ctx: Context, name: str, type_: str, alias: str) -> tuple[tr
     """Without W&B, the bucket's own records say which folder an alias is."""
     storage, base = ctx.home()
     artifact = ArtifactKeys(base, type_, name)
-    found = ctx.run(bucket_record(storage, artifact, alias))
+    found = ctx.run(read_record(storage, artifact, alias, ctx.scratch("record")))
     folder = storage.uri_for(artifact.records)
     if found is None:
         if alias == "latest":
             raise NotFoundError(f"{tracking.mode()}: no versions of {type_}/{name} in {folder}")
         hint = " (version aliases like v3, and artifacts stored in W&B with --no-reff, need W&B online)"
         raise NotFoundError(f"{tracking.mode()}: no manifest for {type_}/{name}:{alias} in {folder}{hint}")
-    manifest, record = found
-    if record is None:
+    if found.record is None:
         raise IntegrityError(f"bucket manifest of {name}:{alias} does not say where the data is")
     resolved = tracking.Resolved(
-        name=name, type=type_, version=None, aliases=[record.alias or alias], manifest=manifest
+        name=name,
+        type=type_,
+        version=None,
+        aliases=[found.record.alias or alias],
+        stored=found.stored,
+        shards_at=storage.uri_for(artifact.shards(found.stored.index.digest)),
     )
-    log.info("W&B %s: %s:%s resolved from the bucket to %s", tracking.mode(), name, alias, storage.uri_for(record.root))
-    return resolved, storage, record.root
+    log.info(
+        "W&B %s: %s:%s resolved from the bucket to %s", tracking.mode(), name, alias, storage.uri_for(found.record.root)
+    )
+    return resolved, storage, found.record.root
 
 
-async def bucket_record(
-    storage: Storage, artifact: ArtifactKeys, alias: str
-) -> tuple[Manifest, BucketRecord | None] | None:
-    """The manifest kept in the bucket for an alias (`latest`: the newest one) and its record."""
-    if alias != "latest":
-        data = await storage.get_bytes(artifact.alias(alias).record)
-        if data is None:
-            return None
-        manifest = Manifest.loads(data, source=f"{artifact.name}:{alias}")
-        return manifest, BucketRecord.of(manifest)
-    newest: tuple[Manifest, BucketRecord | None] | None = None
-    for info in await storage.list_objects(artifact.records):
-        if info.key.endswith(RECORD_SUFFIX):
-            data = await storage.get_bytes(join(artifact.records, info.key)) or b""
-            manifest = Manifest.loads(data, source=info.key)
-            record = BucketRecord.of(manifest)
-            created = record.created_at if record else ""
-            if newest is None or created > (newest[1].created_at if newest[1] else ""):
-                newest = manifest, record
-    return newest
+async def manifest_of(ctx: Context, resolved: tracking.Resolved, selection: Selection | None = None) -> Manifest | None:
+    """The version's manifest on local disk, with the shards `selection` needs (all if None)."""
+    stored = resolved.stored
+    if stored is None or stored.manifest is not None:
+        return None if stored is None else stored.manifest
+    wanted = selection.shards(stored.index) if selection is not None else None
+    storage, key = await _shards_folder(ctx, resolved)
+    return await fetch_manifest(storage, key, stored, ctx.scratch("shards"), wanted)
+
+
+async def _shards_folder(ctx: Context, resolved: tracking.Resolved) -> tuple[Storage, str]:
+    """Where a big version's shards are: where its upload said, else beside the home bucket's
+    records of the artifact (a copy of the same content under another alias shares them)."""
+    assert resolved.stored is not None
+    storage, base = await ctx.buckets.open(ctx.bucket)
+    fallback = storage, ArtifactKeys(base, resolved.type, resolved.name).shards(resolved.stored.index.digest)
+    if resolved.shards_at is None or not resolved.stored.index.shards:
+        return fallback
+    said = await ctx.buckets.open(resolved.shards_at)
+    if await said[0].exists(shard_key(said[1], 0)):
+        return said
+    return fallback
 
 
 def locate(ctx: Context, resolved: tracking.Resolved, alias: str) -> tuple[Storage, str]:
@@ -81,18 +91,22 @@ async def _copy_of(ctx: Context, resolved: tracking.Resolved, alias: str) -> tup
     reference keeps naming the first alias's folder; that folder may since have been
     overwritten with other content. Each alias's own copy stays findable by its record.
     """
-    if resolved.manifest is None or not resolved.manifest.verified:
+    stored = resolved.stored
+    if stored is None or (stored.manifest is not None and not stored.manifest.verified):
         return None
-    digest = resolved.manifest.digest()
     try:
         storage, base = await ctx.buckets.open(ctx.bucket)
         artifact = ArtifactKeys(base, resolved.type, resolved.name)
         for candidate in dict.fromkeys([alias, *resolved.aliases]):
             if MANAGED_ALIAS.fullmatch(candidate):
                 continue
-            found = await bucket_record(storage, artifact, candidate)
-            if found is not None and found[1] is not None and found[0].digest() == digest:
-                return storage, found[1].root
+            header = await record_header(storage, artifact, candidate)
+            if (
+                header is not None
+                and header.get("digest") == stored.index.digest
+                and isinstance(header.get("root"), str)
+            ):
+                return storage, header["root"]
     except Exception as e:  # the reference is still there to try
         log.debug("no copy found by the bucket's records: %s", e)
     return None

@@ -1,17 +1,19 @@
 """upload: a folder into <bucket>/<TYPE>/<NAME>/<ALIAS>/, then a W&B artifact that refers to it.
 link: data already in a bucket, registered the same way.
 
-    1. scan the folder (or list the bucket folder) and check the names
+    1. walk the folder once (or list the bucket folder): check the names, count the files
     2. claim the alias: its .partial marker says an upload runs there (marker.py)
     3. find the base version (--base ALIAS, else the artifact's newest record in the bucket):
        local files whose size and sha256 equal one of its files are copied inside the bucket
-    4. move what the bucket lacks, hashing as it goes (transfer.py) -> the manifest
+    4. move what the bucket lacks, walking the folder again and hashing as it goes
+       (transfer.py) -> the manifest, written as a stream; a big one's shards go to the bucket
     5. log the artifact in W&B (tracking.py): the manifest decides its version
     6. write the record beside the data, remove the marker
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -20,13 +22,16 @@ from typing import Any
 
 from .. import tracking, transfer
 from ..checks import RUN_CONFIG_HASH
+from ..copies import BaseVersion
 from ..errors import IntegrityError, NotFoundError, UsageError, WaBucketError
 from ..layout import META_DIR, AliasKeys, ArtifactKeys, BucketRecord, join
-from ..manifest import FileEntry, LocalFile, Manifest, check_unique, scan_folder, sha256_file
+from ..listing import Listing
+from ..localtree import LocalTree
+from ..manifest import CaseFolds, FileEntry, Manifest, ManifestWriter, merge_join, sha256_file, write_manifest
 from ..marker import claim
+from ..records import Record, fetch_manifest, put_shards, read_record, write_record
 from ..runtime import Context
 from ..storage import Storage
-from .resolve import bucket_record
 
 log = logging.getLogger("wabucketref")
 
@@ -46,20 +51,20 @@ def upload(
 ) -> str:
     """Returns the alias the artifact got. base: the alias whose files are copied inside the bucket
     where the local files equal them (`latest`: the artifact's newest record; None: send everything)."""
-    files = _scan(src)
+    tree = _scan(src)
     alias = choose_alias(alias, metadata)
     viewer = tracking.preflight()  # W&B must answer before any byte moves
     entity = ctx.entity or viewer
     owner = {"entity": entity, "project": ctx.project}
     storage, prefix = ctx.home()
-    storage.check_names([f.path for f in files])
+    storage.check_names(f.path for f in tree.walk())
     keys = ArtifactKeys(prefix, type_, name).alias(alias)
-    manifest, run = ctx.while_run_starts(
-        _upload_bytes(storage, keys, files, overwrite, ctx.options, base, owner), "upload", metadata
+    (manifest, shards), run = ctx.while_run_starts(
+        _upload_bytes(ctx, storage, keys, tree, overwrite, base, owner), "upload", metadata
     )
     ref = storage.uri_for(keys.data)
     version = tracking.log_artifact(
-        run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+        run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata, shards=shards
     )
     record = BucketRecord.new(keys, ref, keys.data, manifest, version, *_logged_in(run, entity, ctx.project))
     ctx.run(_commit(storage, keys, record, manifest))
@@ -69,12 +74,13 @@ def upload(
 
 def upload_to_wandb(ctx: Context, src: Path, name: str, type_: str, alias: str | None, metadata: dict[str, Any]) -> str:
     """--no-reff: the files themselves go to W&B, with the manifest."""
-    files = _scan(src)
+    tree = _scan(src)
     alias = choose_alias(alias, metadata)
     run = ctx.start_run("upload", metadata)
     if run is None:
         raise UsageError("--no-reff stores the files in W&B, and WANDB_MODE=disabled: unset it or drop --no-reff")
-    manifest = Manifest([FileEntry(f.path, f.size, sha256_file(f.abspath)) for f in files])
+    entries = (FileEntry(f.path, f.size, sha256_file(Path(f.abspath))) for f in tree.walk())
+    manifest = write_manifest(ctx.scratch("manifest"), entries)
     tracking.log_files_artifact(run, name=name, type=type_, alias=alias, src=src, manifest=manifest, metadata=metadata)
     return alias
 
@@ -91,16 +97,24 @@ def link(
     keys = ArtifactKeys(base, type_, name).alias(alias)
     if not overwrite:
         ctx.run(_refuse_existing(storage, keys))
-    manifest = ctx.run(_hash_folder(data_storage, key, ctx.options))
+    manifest = ctx.run(_hash_folder(data_storage, key, ctx.options, ctx.scratch("link")))
+    shards = ctx.run(put_shards(storage, keys.artifact, manifest))
     run = ctx.start_run("link", metadata)
     ref = data_storage.uri_for(key)
     version = tracking.log_artifact(
-        run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata
+        run,
+        name=name,
+        type=type_,
+        alias=alias,
+        ref=ref,
+        manifest=manifest,
+        metadata=metadata,
+        shards=storage.uri_for(shards) if shards is not None else None,
     )
     if data_storage is storage:
         record = BucketRecord.new(keys, ref, key, manifest, version, *_logged_in(run, entity, ctx.project))
         try:
-            ctx.run(storage.put_bytes(keys.record, record.dumps(manifest)))
+            ctx.run(write_record(storage, keys, record, manifest))
         except Exception as e:  # a read-only bucket can still be linked
             log.warning("could not write the manifest beside the data (%s); offline download will not find it", e)
     else:
@@ -136,60 +150,89 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _scan(src: Path) -> list[LocalFile]:
-    files = scan_folder(src)
-    if not files:
+def _scan(src: Path) -> LocalTree:
+    tree = LocalTree.scan(src)
+    if not tree.files:
         raise UsageError(f"source folder has no files: {src}")
-    try:
-        check_unique(f.path for f in files)
-    except IntegrityError as e:  # the user's own folder: bad input
-        raise UsageError(str(e)) from e
-    return files
+    return tree
 
 
 async def _upload_bytes(
+    ctx: Context,
     storage: Storage,
     keys: AliasKeys,
-    files: list[LocalFile],
+    tree: LocalTree,
     overwrite: bool,
-    options: transfer.Options,
-    base: str | None = None,
+    base: str | None,
     owner: dict | None = None,
-) -> Manifest:
+) -> tuple[Manifest, str | None]:
+    """Steps 2-4: the manifest, and where its shards went (for a big version)."""
     where = storage.uri_for(keys.data)
-    listing = await storage.list_objects(keys.data)
+    scratch = ctx.scratch("upload")
+    listing = await Listing.of(storage, keys.data, scratch)
     complete = await storage.exists(keys.record)
     found = await storage.read(keys.marker)
-    base_version = await _base_version(storage, keys, base) if base else None
+    base_version = await _base_version(storage, keys, base, scratch) if base else None
     # A marker says the upload there is unfinished (even beside a record, if it was stopped just
     # before removing the marker): the same command resumes it.
-    if (complete or listing) and found is None and not overwrite:
+    if (complete or listing.count) and found is None and not overwrite:
         raise WaBucketError(f"{where} already exists; pass --overwrite to replace it")
     # The marker says "bytes here are an unfinished upload, by us": a rerun may resume over them
     # once we are gone, and no other upload writes here meanwhile.
     marker = await claim(storage, keys.marker, found, where, owner)
-    if found is not None and listing:
+    if found is not None and listing.count:
         log.info("resuming an interrupted upload to %s", where)
     if complete:
         await storage.delete([keys.record])
 
-    async def move() -> Manifest:
-        # Stale files go first: where keys are paths on a disk (rclone, a local folder), an old
-        # file `a` is in the way of a new `a/b`.
-        stale = sorted({o.key for o in listing} - {f.path for f in files})
-        await storage.delete([join(keys.data, k) for k in stale])
-        base_files = await _base_files(storage, base_version) if base_version else None
-        manifest, _ = await transfer.upload(storage, keys.data, files, {o.key: o for o in listing}, options, base_files)
+    async def move() -> tuple[Manifest, str | None]:
+        if listing.count:
+            await _delete_stale(storage, keys.data, listing, tree)
+        base_files = (
+            await asyncio.to_thread(BaseVersion.build, storage, *base_version, scratch) if base_version else None
+        )
+        writer = ManifestWriter(scratch / "manifest")
+        try:
+            await transfer.upload(storage, keys.data, tree, listing, writer, scratch, ctx.options, base_files)
+        finally:
+            if base_files is not None:
+                base_files.close()
         await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
-        return manifest
+        manifest = await asyncio.to_thread(writer.close)
+        shards = await put_shards(storage, keys.artifact, manifest)
+        return manifest, storage.uri_for(shards) if shards is not None else None
 
-    manifest = await marker.hold_during(move(), where)
+    try:
+        result = await marker.hold_during(move(), where)
+    finally:
+        listing.close()
     await marker.check_still_ours(where)
-    return manifest
+    return result
 
 
-async def _base_version(storage: Storage, keys: AliasKeys, base: str) -> tuple[Manifest, BucketRecord] | None:
-    """Step 3: the version whose files may be copied, by its record in the bucket.
+async def _delete_stale(storage: Storage, prefix: str, listing: Listing, tree: LocalTree) -> None:
+    """Objects under the alias that the folder no longer has go first: where keys are paths on a
+    disk (rclone, a local folder), an old file `a` is in the way of a new `a/b`."""
+
+    def stale() -> list[str]:
+        return [o.key for f, o in merge_join(tree.walk(), listing.sorted(), _path, _key) if f is None and o is not None]
+
+    keys = await asyncio.to_thread(stale)
+    for i in range(0, len(keys), 1000):
+        await storage.delete([join(prefix, k) for k in keys[i : i + 1000]])
+
+
+def _path(f: Any) -> str:
+    return f.path
+
+
+def _key(o: Any) -> str:
+    return o.key
+
+
+async def _base_version(storage: Storage, keys: AliasKeys, base: str, scratch: Path) -> tuple[Manifest, str] | None:
+    """Step 3: the version whose files may be copied, by its record in the bucket: its manifest
+    and the key of its data.
 
     An explicit base that cannot be used is an error; the default one (`latest`), only a note:
     the upload then sends every file, as without a base."""
@@ -197,39 +240,41 @@ async def _base_version(storage: Storage, keys: AliasKeys, base: str) -> tuple[M
     explicit = base != LATEST
     what = f"{artifact.type}/{artifact.name}:{base}"
     try:
-        found = await bucket_record(storage, artifact, base)
+        found = await read_record(storage, artifact, base, scratch)
+        record = found.record if found is not None else None
+        if (
+            found is None
+            or record is None
+            or (found.stored.manifest is not None and not found.stored.manifest.verified)
+        ):
+            if explicit:
+                raise NotFoundError(
+                    f"--base {base}: no record of {what} in {storage.uri_for(artifact.records)} "
+                    "(a base is an alias uploaded or linked into this bucket)"
+                )
+            return None
+        if record.root == keys.data or record.root.startswith(keys.data + "/"):
+            return None  # the alias being written: what it holds already is kept by the transfer plan
+        manifest = await _fetched(storage, artifact, found, scratch)
     except IntegrityError as e:
         if explicit:
             raise WaBucketError(f"--base {base}: the record of {what} is unreadable: {e}") from e
         log.warning("sending every file: the newest record of %s is unreadable (%s)", artifact.folder, e)
         return None
-    manifest, record = found if found is not None else (None, None)
-    if manifest is None or record is None or not manifest.verified:
-        if explicit:
-            raise NotFoundError(
-                f"--base {base}: no record of {what} in {storage.uri_for(artifact.records)} "
-                "(a base is an alias uploaded or linked into this bucket)"
-            )
-        return None
-    if record.root == keys.data or record.root.startswith(keys.data + "/"):
-        return None  # the alias being written: what it holds already is kept by the transfer plan
-    return manifest, record
-
-
-async def _base_files(storage: Storage, base: tuple[Manifest, BucketRecord]) -> transfer.BaseVersion:
-    """The base version's files (its manifest, and its data as the bucket lists it)."""
-    manifest, record = base
-    listing = await storage.list_objects(record.root)
     log.info(
         "incremental upload: files equal to a file of %s (%s) are copied in the bucket, not sent",
-        record.alias,
+        found.alias,
         storage.uri_for(record.root),
     )
-    return transfer.BaseVersion(storage, manifest, record.root, listing)
+    return manifest, record.root
+
+
+async def _fetched(storage: Storage, artifact: ArtifactKeys, found: Record, scratch: Path) -> Manifest:
+    return await fetch_manifest(storage, artifact.shards(found.stored.index.digest), found.stored, scratch)
 
 
 async def _commit(storage: Storage, keys: AliasKeys, record: BucketRecord, manifest: Manifest) -> None:
-    await storage.put_bytes(keys.record, record.dumps(manifest))
+    await write_record(storage, keys, record, manifest)
     await storage.delete([keys.marker])
 
 
@@ -238,18 +283,30 @@ async def _refuse_existing(storage: Storage, keys: AliasKeys) -> None:
         raise WaBucketError(f"{storage.uri_for(keys.data)} already exists; pass --overwrite to replace it")
 
 
-async def _hash_folder(storage: Storage, key: str, options: transfer.Options) -> Manifest:
-    listing = await storage.list_objects(key)
-    if not listing:
-        if key and await storage.exists(key):
-            raise UsageError(f"{storage.uri_for(key)} is a file, not a folder")
-        raise NotFoundError(f"{storage.uri_for(key)} does not exist or is empty")
-    if own := next((o.key for o in listing if META_DIR in o.key.split("/")), None):
-        raise UsageError(
-            f"{storage.uri_for(key)} holds wabucketref's own records ({own}): "
-            "link a folder of data, not one that holds artifacts"
-        )
-    check_unique(o.key for o in listing)
-    listing = await storage.without_empty_folders(key, listing)
-    manifest, _ = await transfer.hash_remote(storage, key, listing, options, "hashed")
-    return manifest
+async def _hash_folder(storage: Storage, key: str, options: transfer.Options, scratch: Path) -> Manifest:
+    listing = await Listing.of(storage, key, scratch)
+    try:
+        if not listing.count:
+            if key and await storage.exists(key):
+                raise UsageError(f"{storage.uri_for(key)} is a file, not a folder")
+            raise NotFoundError(f"{storage.uri_for(key)} does not exist or is empty")
+        if own := listing.key_with_segment(META_DIR):
+            raise UsageError(
+                f"{storage.uri_for(key)} holds wabucketref's own records ({own}): "
+                "link a folder of data, not one that holds artifacts"
+            )
+        await asyncio.to_thread(_check_case, listing)
+        listing.delete([o.key for o in await storage.folder_markers(key, listing.empty())])
+        writer = ManifestWriter(scratch / "manifest")
+        count = (listing.count, listing.total_size())
+        objects = ((o, None) for o in listing.sorted())
+        await transfer.hash_objects(storage, key, objects, count, options, "hashed", lambda e, _: writer.add(e))
+        return await asyncio.to_thread(writer.close)
+    finally:
+        listing.close()
+
+
+def _check_case(listing: Listing) -> None:
+    folds = CaseFolds()
+    for o in listing.sorted():
+        folds.check(o.key)

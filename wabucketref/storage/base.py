@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,13 +143,10 @@ class Storage(ABC):
         with self.explained():
             await with_retries(lambda: self.put(key, data), f"writing {key}")
 
-    async def without_empty_folders(self, prefix: str, listing: list[ObjectInfo]) -> list[ObjectInfo]:
-        """Drop the `dir/` objects of empty folders (S3 consoles' "Create folder", apolo_sdk's
-        upload_dir), which are listed as `dir`, a key that cannot be read. A real empty object
-        `dir` can be: every empty entry is looked up (a few at a time)."""
-        empty = [o for o in listing if o.size == 0]
-        if not empty:
-            return listing
+    async def folder_markers(self, prefix: str, empty: list[ObjectInfo]) -> list[ObjectInfo]:
+        """Of these empty objects, the `dir/` objects of empty folders (S3 consoles' "Create
+        folder", apolo_sdk's upload_dir), which are listed as `dir`, a key that cannot be read. A
+        real empty object `dir` can be: every one is looked up (a few at a time)."""
         turns = asyncio.Semaphore(16)
 
         async def readable(o: ObjectInfo) -> bool:
@@ -157,8 +154,7 @@ class Storage(ABC):
                 return await self.exists(key_under(prefix, o.key))
 
         found = await asyncio.gather(*(readable(o) for o in empty))
-        markers = {o.key for o, ok in zip(empty, found, strict=True) if not ok}
-        return [o for o in listing if o.key not in markers]
+        return [o for o, ok in zip(empty, found, strict=True) if not ok]
 
     def part_size(self, size: int) -> int:
         """Part size for multipart uploads and ranged downloads of a file of `size` bytes.
@@ -186,7 +182,7 @@ class Storage(ABC):
             return etag == md5_parts[0].hex()
         return None
 
-    def check_names(self, paths: list[str]) -> None:
+    def check_names(self, paths: Iterable[str]) -> None:
         """Refuse (UsageError) file paths this kind of bucket cannot hold."""
 
     async def remove_leftovers(self, prefix: str) -> None:

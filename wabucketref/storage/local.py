@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from obstore.store import LocalStore
@@ -27,7 +27,7 @@ class LocalStorage(ObjectStoreStorage):
     def etag_matches(self, info: ObjectInfo, md5_parts: Sequence[bytes] | None) -> bool | None:
         return None  # local ETags describe inode and mtime, not content: hash the file instead
 
-    def check_names(self, paths: list[str]) -> None:
+    def check_names(self, paths: Iterable[str]) -> None:
         if bad := next((p for p in paths if _STAGING.fullmatch(p.rpartition("/")[2])), None):
             raise UsageError(f"{bad}: a local folder bucket cannot hold a file whose name ends in '#' and digits")
 

@@ -1,0 +1,144 @@
+"""Incremental uploads: the base version's files by content (SQLite on local disk), and the
+copies made inside the bucket, checked once they are all done."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hashcache import HashCache
+from .landing import hash_local
+from .manifest import NO_HASH, Manifest
+from .storage import ObjectInfo, Storage, key_under
+
+log = logging.getLogger("wabucketref")
+
+SMALL_FILE = 4 << 20  # sent or fetched in one request; larger files move in parts (transfer.py)
+INSERT_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class CopySource:
+    """An object of the base version with a local file's content: copied inside the bucket
+    instead of sent."""
+
+    key: str  # the object's key in the bucket
+    sha256: str  # of the local file (equal to the base manifest's)
+    md5s: Sequence[bytes] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
+
+
+def hash_part(storage: Storage, size: int) -> int:
+    """The part size the ETag of an object of `size` bytes was computed over (as uploads write it)."""
+    return storage.part_size(size) if size > SMALL_FILE else size + 1
+
+
+def _db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    return db
+
+
+class BaseVersion:
+    """The files of the version an incremental upload copies from, by size and sha256 (from its
+    manifest): a table on local disk, not a dict of every file."""
+
+    def __init__(self, storage: Storage, root: str, db: sqlite3.Connection) -> None:
+        self.storage = storage
+        self.root = root
+        self._db = db
+
+    @classmethod
+    def build(cls, storage: Storage, manifest: Manifest, root: str, folder: Path) -> BaseVersion:
+        """Blocking (a thread's work): reads the manifest once."""
+        db = _db(folder / "base.sqlite")
+        db.execute("CREATE TABLE base (size INTEGER, sha256 TEXT, path TEXT)")
+        with db:
+            for batch in manifest.batches():
+                db.executemany(
+                    "INSERT INTO base VALUES (?, ?, ?)",
+                    [(e.size, e.sha256, e.path) for e in batch if e.sha256 != NO_HASH],
+                )
+        db.execute("CREATE INDEX base_content ON base (size, sha256)")
+        return cls(storage, root, db)
+
+    def _has_size(self, size: int) -> bool:
+        return self._db.execute("SELECT 1 FROM base WHERE size = ? LIMIT 1", (size,)).fetchone() is not None
+
+    def _path_of(self, size: int, sha256: str) -> str | None:
+        row = self._db.execute("SELECT path FROM base WHERE size = ? AND sha256 = ? LIMIT 1", (size, sha256)).fetchone()
+        return None if row is None else row[0]
+
+    async def source_for(self, path: str, abspath: str, size: int, hashes: HashCache) -> CopySource | None:
+        """The base's object with the local file's content, if any. Only files of a size the base
+        has are hashed (in a thread), and only if their hash is not remembered (hashcache.py)."""
+        if not self._has_size(size):
+            return None
+        known = hashes.known(Path(abspath))  # here: a thread hop costs more than the lookup
+        if known is not None:
+            sha, md5s = known, None
+        else:
+            part = hash_part(self.storage, size)
+            sha, md5s = await asyncio.to_thread(hashes.hashed, Path(abspath), lambda p: hash_local(p, part))
+        found = self._path_of(size, sha)
+        return None if found is None else CopySource(key_under(self.root, found), sha, md5s)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def copy_checks_out(storage: Storage, copy: ObjectInfo | None, size: int, md5s: Sequence[bytes] | None) -> bool:
+    """Is an object copied from a base object whole? Its size must be the file's, and its ETag
+    must not contradict the local file's content. Where the server's ETags say nothing of
+    content (Azure, a folder: there a copy is a hard link) or the local file was not read (its
+    hash was remembered), the size is what can be checked: the manifest's sha256 is the local
+    file's, and every download and `verify` checks the object against it."""
+    if copy is None or copy.size != size:
+        return False
+    return storage.etag_matches(copy, md5s) is not False
+
+
+@dataclass(frozen=True)
+class Copied:
+    path: str
+    abspath: str
+    size: int
+    sha256: str
+    md5s: Sequence[bytes] | None
+
+
+class CopyLog:
+    """The files an upload copied inside the bucket, on local disk until they are checked."""
+
+    def __init__(self, folder: Path) -> None:
+        self._db = _db(folder / "copies.sqlite")
+        self._db.execute("CREATE TABLE copied (path TEXT, abspath TEXT, size INTEGER, sha256 TEXT, md5s BLOB)")
+        self._pending: list[tuple] = []
+        self.count = 0
+
+    def add(self, path: str, abspath: str, size: int, source: CopySource) -> None:
+        md5s = b"".join(source.md5s) if source.md5s is not None else None
+        self._pending.append((path, abspath, size, source.sha256, md5s))
+        self.count += 1
+        if len(self._pending) >= INSERT_BATCH:
+            self._write()
+
+    def _write(self) -> None:
+        with self._db:
+            self._db.executemany("INSERT INTO copied VALUES (?, ?, ?, ?, ?)", self._pending)
+        self._pending = []
+
+    def __iter__(self) -> Iterator[Copied]:
+        self._write()
+        cursor = self._db.execute("SELECT path, abspath, size, sha256, md5s FROM copied")
+        while rows := cursor.fetchmany(INSERT_BATCH):
+            for path, abspath, size, sha, md5s in rows:
+                parts = None if md5s is None else [md5s[i : i + 16] for i in range(0, len(md5s), 16)]
+                yield Copied(path, abspath, size, sha, parts)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,92 @@
+"""A bucket prefix's objects, kept in SQLite on local disk: looked up by key, or read in key
+order (merged with a manifest). Servers do not all list in key order (SeaweedFS walks its
+folders), and a listing of millions of objects does not belong in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .storage import ObjectInfo, Storage
+
+SCHEMA = "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER, etag TEXT) WITHOUT ROWID"
+PAGE = 1000
+
+
+class Listing:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(SCHEMA)
+        self.count = 0
+
+    @classmethod
+    async def of(cls, storage: Storage, prefix: str, folder: Path) -> Listing:
+        """Every object under `prefix/` (keys relative to it), without the `dir/` markers of empty
+        folders that some tools write (listed as `dir`, beside the folder's objects)."""
+        fd, path = tempfile.mkstemp(prefix="listing-", suffix=".sqlite", dir=folder)
+        os.close(fd)
+        listing = cls(Path(path))
+        async for page in storage.iter_objects(prefix, PAGE):
+            await asyncio.to_thread(listing._add, page)
+        await asyncio.to_thread(listing._drop_folder_markers)
+        return listing
+
+    def _add(self, page: list[ObjectInfo]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", [(o.key, o.size, o.etag) for o in page]
+            )
+        self.count += len(page)
+
+    def _drop_folder_markers(self) -> None:
+        markers = [
+            key
+            for (key,) in self._db.execute("SELECT key FROM objects WHERE size = 0").fetchall()
+            if self._db.execute(
+                "SELECT 1 FROM objects WHERE key > ? AND key < ? LIMIT 1", (key + "/", key + "0")
+            ).fetchone()
+        ]
+        with self._db:
+            self._db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in markers])
+        self.count -= len(markers)
+
+    def get(self, key: str) -> ObjectInfo | None:
+        row = self._db.execute("SELECT size, etag FROM objects WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ObjectInfo(key, row[0], row[1])
+
+    def sorted(self) -> Iterator[ObjectInfo]:
+        """The objects in key order (the order of manifests)."""
+        cursor = self._db.execute("SELECT key, size, etag FROM objects ORDER BY key")
+        while rows := cursor.fetchmany(PAGE):
+            for key, size, etag in rows:
+                yield ObjectInfo(key, size, etag)
+
+    def total_size(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM objects").fetchone()[0])
+
+    def key_with_segment(self, segment: str) -> str | None:
+        """A key that has `segment` as one of its folders or its name, if any."""
+        row = self._db.execute(
+            "SELECT key FROM objects WHERE '/' || key || '/' LIKE ? LIMIT 1", (f"%/{segment}/%",)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def empty(self) -> list[ObjectInfo]:
+        """The empty objects (few: dir markers that hold no folder, real empty files)."""
+        rows = self._db.execute("SELECT key, etag FROM objects WHERE size = 0 ORDER BY key").fetchall()
+        return [ObjectInfo(k, 0, e) for k, e in rows]
+
+    def delete(self, keys: list[str]) -> None:
+        with self._db:
+            self._db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in keys])
+        self.count -= len(keys)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,116 @@
+"""A local folder's files, walked in path order (the order manifests and listings are in), one
+folder's entries in memory at a time.
+
+Symlinks are followed when their target stays inside the folder (a file or a folder); a link
+that points outside it, or that dangles, is refused: uploading bytes from outside the folder the
+user named would be a surprise, and silently skipping would lose data.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IntegrityError, UsageError
+from .manifest import safe_relpath
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str  # relative, "/"-separated
+    abspath: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LocalTree:
+    """A folder whose files were checked (names, links) and counted by one walk."""
+
+    root: Path
+    files: int
+    bytes: int
+
+    @classmethod
+    def scan(cls, root: Path, check: Callable[[str], None] | None = None) -> LocalTree:
+        """Walk root once: refuse what cannot be uploaded (UsageError), count the rest. `check`
+        is also called with each file's path (a bucket's own rules for names)."""
+        files = size = 0
+        for f in walk(root):
+            if check is not None:
+                check(f.path)
+            files += 1
+            size += f.size
+        return cls(root, files, size)
+
+    def walk(self) -> Iterator[LocalFile]:
+        return walk(self.root)
+
+
+def walk(root: Path) -> Iterator[LocalFile]:
+    """Every regular file under root, in path order (sockets, fifos and devices are not data:
+    skipped). A folder `a` sorts as `a/`: its files come after a file `a.txt`."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"source folder does not exist: {root}")
+    if not root.is_dir():
+        raise UsageError(f"source is not a folder: {root}")
+    real_root = os.path.realpath(root)
+    yield from _folder(str(root), "", real_root, frozenset({real_root}))
+
+
+def _folder(folder: str, rel: str, real_root: str, seen: frozenset[str]) -> Iterator[LocalFile]:
+    try:
+        entries = list(os.scandir(folder))
+    except PermissionError as e:
+        raise UsageError(f"cannot read folder: {folder}") from e
+    children: list[tuple[str, os.DirEntry[str], bool, int]] = []
+    for entry in entries:
+        relpath = rel + entry.name
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not os.path.exists(target):
+                raise UsageError(f"broken symlink in source folder: {relpath}")
+            if target != real_root and not target.startswith(real_root + os.sep):
+                raise UsageError(f"symlink points outside the source folder: {relpath} -> {target}")
+        st = entry.stat()
+        if stat.S_ISDIR(st.st_mode):
+            children.append((entry.name + "/", entry, True, 0))
+        elif stat.S_ISREG(st.st_mode):
+            children.append((entry.name, entry, False, st.st_size))
+    children.sort(key=lambda c: c[0])
+    _refuse_case_collisions(rel, [c[1].name for c in children])
+    for _, entry, is_dir, size in children:
+        relpath = rel + entry.name
+        if is_dir:
+            real = os.path.realpath(entry.path)
+            if real in seen:  # a link loop
+                raise UsageError(f"symlink loop in source folder: {relpath}")
+            yield from _folder(entry.path, relpath + "/", real_root, seen | {real})
+            continue
+        _check_name(relpath)
+        if not os.access(entry.path, os.R_OK):
+            raise UsageError(f"cannot read file: {relpath}")
+        yield LocalFile(relpath, entry.path, size)
+
+
+def _check_name(path: str) -> None:
+    try:
+        safe_relpath(path)
+        path.encode("utf-8")  # names that are not UTF-8 cannot be object keys
+    except (IntegrityError, UnicodeEncodeError) as e:
+        raise UsageError(f"file name not supported: {path!r}") from e
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):  # object stores refuse them; terminals garble them
+        raise UsageError(f"file name with a control character not supported: {path!r}")
+
+
+def _refuse_case_collisions(rel: str, names: list[str]) -> None:
+    """Two names of one folder that differ only in case would overwrite each other where case
+    is ignored; checked folder by folder, every path is covered."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise UsageError(f"paths collide when case is ignored: {rel + other!r} and {rel + name!r}")

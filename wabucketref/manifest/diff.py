@@ -1,0 +1,75 @@
+"""Two versions compared as two sorted streams: files added, removed and changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .entry import NO_HASH, FileEntry
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def merge_join(
+    a: Iterable[A], b: Iterable[B], key_a: Callable[[A], str], key_b: Callable[[B], str]
+) -> Iterator[tuple[A | None, B | None]]:
+    """Pairs of items with equal keys from two streams sorted by key, each key once; an item
+    without a partner comes paired with None."""
+    ita, itb = iter(a), iter(b)
+    x, y = next(ita, None), next(itb, None)
+    while x is not None or y is not None:
+        if y is None or (x is not None and key_a(x) < key_b(y)):
+            yield x, None
+            x = next(ita, None)
+        elif x is None or key_b(y) < key_a(x):
+            yield None, y
+            y = next(itb, None)
+        else:
+            yield x, y
+            x, y = next(ita, None), next(itb, None)
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    size_a: int | None  # None: not in A (added)
+    size_b: int | None  # None: not in B (removed)
+
+
+@dataclass
+class ManifestDiff:
+    """What differs from manifest A to manifest B, each list sorted by path (as long as the
+    changes: the unchanged files are only counted)."""
+
+    added: list[Change] = field(default_factory=list)
+    removed: list[Change] = field(default_factory=list)
+    changed: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def same(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def _path(e: FileEntry) -> str:
+    return e.path
+
+
+def diff(a: Iterable[FileEntry], b: Iterable[FileEntry]) -> ManifestDiff:
+    """Files added, removed and changed (size, else sha256) from a to b. An entry without a hash
+    (NO_HASH) on either side is compared by size only: a folder's files of another size than
+    their counterpart are not hashed."""
+    d = ManifestDiff()
+    for fa, fb in merge_join(a, b, _path, _path):
+        if fa is None:
+            assert fb is not None
+            d.added.append(Change(fb.path, None, fb.size))
+        elif fb is None:
+            d.removed.append(Change(fa.path, fa.size, None))
+        elif fa.size != fb.size or (NO_HASH not in (fa.sha256, fb.sha256) and fa.sha256 != fb.sha256):
+            d.changed.append(Change(fa.path, fa.size, fb.size))
+        else:
+            d.unchanged += 1
+    return d

@@ -1,0 +1,89 @@
+"""One file of a version (path, size, sha256), the JSON line it is stored as, and path safety."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from ..errors import IntegrityError
+
+NO_HASH = "0" * 64  # the sha256 of a file listed without one (artifacts of older tools: not verified)
+HASH_CHUNK = 1 << 20
+
+
+class FileEntry(msgspec.Struct, frozen=True, gc=False):
+    path: str  # relative, "/"-separated, checked by safe_relpath
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+
+
+_json_str = msgspec.json.encode
+DECODER = msgspec.json.Decoder(FileEntry)
+
+
+def entry_line(e: FileEntry) -> bytes:
+    """The canonical line of an entry: keys sorted, no spaces, UTF-8 (what the digest covers).
+    msgspec escapes a string exactly as json.dumps(ensure_ascii=False) does (tests check it)."""
+    return b'{"path":%s,"sha256":"%s","size":%d}\n' % (_json_str(e.path), e.sha256.encode(), e.size)
+
+
+def decode_lines(data: bytes, source: str) -> list[FileEntry]:
+    """Entries of JSON lines (blank lines allowed); IntegrityError naming `source` if one is malformed."""
+    try:
+        return DECODER.decode_lines(data)
+    except msgspec.MsgspecError as e:
+        raise IntegrityError(f"{source} is malformed: {e}") from e
+
+
+def safe_relpath(path: str) -> str:
+    """Refuse a path that could write outside the destination folder."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or (len(parts[0]) >= 2 and parts[0][1] == ":")  # a Windows drive
+    ):
+        raise IntegrityError(f"unsafe path in artifact: {path!r}")
+    return path
+
+
+class CaseFolds:
+    """Finds, among paths given in sorted order, two that collide on a case-insensitive file
+    system (one would overwrite the other). Sorted paths visit each folder's subtree in one
+    stretch, so only the folders above the current path are remembered, each with the names of
+    its children seen so far: memory grows with the widest folder, not with the file count."""
+
+    def __init__(self) -> None:
+        self._open: list[tuple[str, dict[str, str]]] = [("", {})]  # (folder, folded child -> child)
+
+    def check(self, path: str) -> None:
+        parts = path.split("/")
+        depth = 1  # folders of self._open that are ancestors of path
+        while depth < len(self._open) and depth <= len(parts) - 1 and self._open[depth][0] == "/".join(parts[:depth]):
+            depth += 1
+        del self._open[depth:]
+        for level in range(depth - 1, len(parts)):
+            children = self._open[level][1]
+            name = parts[level]
+            folded = name.casefold()
+            seen = children.setdefault(folded, name)
+            if seen != name:
+                folder = self._open[level][0]
+                first, second = (f"{folder}/{seen}", f"{folder}/{name}") if folder else (seen, name)
+                raise IntegrityError(f"paths collide when case is ignored: {first!r} and {second!r}")
+            if level < len(parts) - 1 and level + 1 >= len(self._open):
+                self._open.append(("/".join(parts[: level + 1]), {}))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()

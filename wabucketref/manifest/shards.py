@@ -1,0 +1,146 @@
+"""Shards: sorted runs of entries, each a zstd-compressed file of canonical JSON lines.
+
+A shard's identity is the sha256 of its uncompressed lines, so it does not depend on how it was
+compressed; the lines are exactly those the version digest covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from ..errors import IntegrityError
+from .entry import FileEntry, decode_lines, entry_line, safe_relpath
+
+DECODE_CHUNK = 1 << 20  # uncompressed bytes decoded at a time: a few thousand entries
+WRITE_BATCH = 512  # lines joined per write into the compressor
+LEVEL = 3
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the manifest's index says of one shard."""
+
+    first: str  # its first and last paths
+    last: str
+    files: int
+    bytes: int
+    sha256: str  # of its uncompressed lines
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str) -> ShardInfo:
+        try:
+            info = cls(str(obj["first"]), str(obj["last"]), int(obj["files"]), int(obj["bytes"]), str(obj["sha256"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(f"{source}: a shard of its index is malformed") from e
+        if info.files < 1 or info.bytes < 0 or len(info.sha256) != 64 or info.first > info.last:
+            raise IntegrityError(f"{source}: a shard of its index is malformed")
+        return info
+
+
+class ShardWriter:
+    """Writes one shard file from entries given in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close() or abort()
+        self._z = zstandard.ZstdCompressor(level=LEVEL).stream_writer(self._file, closefd=False)
+        self._sha = hashlib.sha256()
+        self._lines: list[bytes] = []
+        self.first: str | None = None
+        self.last = ""
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, e: FileEntry, line: bytes) -> None:
+        if self.first is None:
+            self.first = e.path
+        self.last = e.path
+        self.files += 1
+        self.bytes += e.size
+        self._lines.append(line)
+        if len(self._lines) >= WRITE_BATCH:
+            self._write()
+
+    def _write(self) -> None:
+        block = b"".join(self._lines)
+        self._lines = []
+        self._sha.update(block)
+        self._z.write(block)
+
+    def close(self) -> ShardInfo:
+        self._write()
+        self._z.close()
+        self._file.close()
+        return ShardInfo(self.first or "", self.last, self.files, self.bytes, self._sha.hexdigest())
+
+    def abort(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def write_shard(path: Path, entries: list[FileEntry]) -> ShardInfo:
+    """A shard file of `entries` (already sorted)."""
+    w = ShardWriter(path)
+    for e in entries:
+        w.add(e, entry_line(e))
+    return w.close()
+
+
+def read_shard(path: Path, source: str) -> Iterator[list[FileEntry]]:
+    """A shard file's entries, a batch at a time (a few thousand: memory stays flat)."""
+    for raw in _raw_lines(path):
+        yield decode_lines(raw, source)
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    """A shard file's uncompressed bytes, in blocks that end at a line's end."""
+    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+        rest = b""
+        while chunk := reader.read(DECODE_CHUNK):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield data[:cut]
+        if rest:
+            yield rest
+
+
+def accept_shard(data: bytes, info: ShardInfo, path: Path, source: str) -> None:
+    """Keep a shard fetched from elsewhere at `path`, once checked against its index entry: the
+    sha256 of its lines, then every entry (order, safe paths, first, last, count, bytes)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    try:
+        try:
+            sha = hashlib.sha256()
+            for raw in _raw_lines(tmp):
+                sha.update(raw)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"{source} is not a zstd-compressed shard: {e}") from e
+        if sha.hexdigest() != info.sha256:
+            raise IntegrityError(f"{source} does not match the manifest's index (sha256 differs)")
+        first, last, files, size = None, None, 0, 0
+        for batch in read_shard(tmp, source):
+            for entry in batch:
+                safe_relpath(entry.path)
+                if last is not None and entry.path <= last:
+                    raise IntegrityError(f"{source}: {entry.path!r} is out of order or repeated")
+                first = entry.path if first is None else first
+                last = entry.path
+                files += 1
+                size += entry.size
+        if (first, last, files, size) != (info.first, info.last, info.files, info.bytes):
+            raise IntegrityError(f"{source} does not hold what the manifest's index says")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -55,7 +55,7 @@ class Destination:
     the part files a killed run (SIGKILL, a preempted job) left beside a file are removed as that
     file comes. A few hundred folders are remembered at a time, not every file."""
 
-    FOLDERS = 256
+    FOLDERS = 32  # sorted paths leave a folder for its subfolders, and come back to it
 
     def __init__(self, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)

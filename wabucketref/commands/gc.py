@@ -211,7 +211,9 @@ async def _artifact(
             hours = (now - float(marker["beat"])) / 3600
             report.garbage.append(Item(what, f"an upload abandoned {hours:.1f} h ago", keys.data, bookkeeping))
     running = any(now - float((m or {}).get("beat", 0)) <= older_than for m in markers.values())
-    await _shards(storage, artifact, records, refs, running, report)
+    going = {i.what for i in report.garbage}
+    staying = {a: r for a, r in records.items() if f"{artifact.type}/{artifact.name}:{a}" not in going}
+    await _shards(storage, artifact, staying, refs, running, report)
     for item in report.garbage:
         if item.what.startswith(f"{artifact.type}/{artifact.name}") and not item.files:
             await _measure(storage, item)
@@ -225,8 +227,8 @@ async def _shards(
     running: bool,
     report: Report,
 ) -> None:
-    """The shard folders of big versions' manifests that no record of the artifact (of any
-    project: they share the folder) and no existing W&B version has. While an upload of the
+    """The shard folders of big versions' manifests that no record that stays (of any project:
+    they share the artifact's folder) and no existing W&B version has. While an upload of the
     artifact may run, none is garbage: it writes its shards before its record."""
     folders = await storage.list_folders(join(artifact.records, SHARDS_DIR))
     if not folders:

@@ -66,11 +66,14 @@ class _Shards:
 class ManifestWriter:
     """Collects a version's entries (any order) into sorted shards in `folder`."""
 
-    def __init__(self, folder: Path, *, verified: bool = True, source: str = "manifest") -> None:
+    def __init__(
+        self, folder: Path, *, verified: bool = True, source: str = "manifest", run_files: int = RUN_FILES
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.verified = verified
         self.source = source
+        self._run_files = run_files
         self._per_shard = settings.shard_files()
         self._out = _Shards(folder, "out0", self._per_shard)
         self._runs: list[Path] = []
@@ -78,7 +81,7 @@ class ManifestWriter:
 
     def add(self, e: FileEntry) -> None:
         self._buffer.append(e)
-        if len(self._buffer) >= RUN_FILES:
+        if len(self._buffer) >= self._run_files:
             self._flush()
 
     def extend(self, entries: Iterable[FileEntry]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, jobs, tracking
-from .commands import diff, download, gc, ls, upload, verify
+from .commands import diff, download, gc, ls, parts, upload, verify
 from .commands.diff import Side
 from .errors import UsageError
 from .hashcache import HashCache
@@ -148,6 +148,7 @@ class WaBucketRefAPI:
         incremental: bool = True,
         as_refference: bool | None = None,
         set_outputs: bool = False,
+        part: str | tuple[int, int] | None = None,
     ) -> str:
         """Upload a folder to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
 
@@ -155,7 +156,9 @@ class WaBucketRefAPI:
         of this artifact in the bucket; by default its latest) are copied inside the bucket instead
         of sent; `incremental=False` sends every file. Returns the alias. `set_outputs` prints the
         ::set-output lines for neuro-flow on stdout (the CLI does); `as_refference` is the original
-        tool's spelling of `as_reference`.
+        tool's spelling of `as_reference`. part: (index, count) or "INDEX/COUNT": the folder is one
+        part of the version, sent beside the others (which may be sent at the same time, from
+        other machines) and registered by `commit` once every part is in; nothing goes to W&B.
         """
         if as_refference is not None:
             as_reference = as_refference
@@ -165,8 +168,15 @@ class WaBucketRefAPI:
         metadata = checks.check_metadata(art_metadata)
         checks.check_new_alias(art_alias)
         base_alias = checks.check_base(base, incremental, art_alias, as_reference)
+        share = checks.check_share(part, "--part", auto=False)
+        if share is not None and (art_alias is None or not as_reference):
+            raise UsageError("--part needs the alias the parts share (-a) and a bucket upload (not --no-reff)")
         with self._context() as ctx:
-            if as_reference:
+            if share is not None:
+                assert art_alias is not None
+                parts.upload_part(ctx, Path(src_folder), art_name, art_type, art_alias, share, overwrite, base_alias)
+                alias = art_alias
+            elif as_reference:
                 alias = upload.upload(
                     ctx, Path(src_folder), art_name, art_type, art_alias, metadata, overwrite, base_alias
                 )
@@ -175,6 +185,33 @@ class WaBucketRefAPI:
         if set_outputs:
             jobs.write_outputs(art_name, art_type, alias, out_suffix)
         return alias
+
+    def commit(
+        self,
+        art_name: str,
+        art_type: str,
+        art_alias: str,
+        art_metadata: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        suffix: str | None = None,
+        *,
+        set_outputs: bool = False,
+    ) -> str | None:
+        """Register the parts uploaded with `upload_artifact(..., part=)` as one version, logged by
+        this API's run (its producer; the parts are named in its metadata). Every part must be in
+        and agree on COUNT, and a path in two parts must have the same content in both: otherwise
+        WaBucketError names the missing parts or the conflicting paths, and nothing is registered.
+        Returns the W&B version (None offline, or when the parts were committed already)."""
+        checks.check_name(art_name, "name")
+        checks.check_name(art_type, "type")
+        checks.check_alias(art_alias, for_upload=True)
+        out_suffix = checks.check_suffix(suffix)
+        metadata = checks.check_metadata(art_metadata)
+        with self._context() as ctx:
+            version = parts.commit(ctx, art_name, art_type, art_alias, metadata, overwrite)
+        if set_outputs:
+            jobs.write_outputs(art_name, art_type, art_alias, out_suffix)
+        return version
 
     def link(
         self,
@@ -215,6 +252,7 @@ class WaBucketRefAPI:
         include: str | Iterable[str] | None = None,
         exclude: str | Iterable[str] | None = None,
         reuse: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+        shard: str | tuple[int, int] | None = None,
     ) -> Path:
         """Resolve NAME:ALIAS, bring its files into dst_folder (a fresh temporary folder if None), verified.
 
@@ -228,7 +266,9 @@ class WaBucketRefAPI:
         matches `/`, so "*.bin" is every .bin file; "dir/" is everything under dir): only the
         files matching an include (all, if none) and no exclude come; a pattern matching no file
         is a UsageError. reuse: folders (e.g. an earlier version's download) whose files of the
-        same size and sha256 are hard-linked (or copied) instead of fetched.
+        same size and sha256 are hard-linked (or copied) instead of fetched. shard: (index, count),
+        "INDEX/COUNT" or "auto" (RANK and WORLD_SIZE from the environment): only that share of
+        the (selected) files, split by bytes among count workers, the same on every machine.
         """
         name = checks.check_qualified_name(art_name)
         checks.check_name(art_type, "type")
@@ -238,7 +278,9 @@ class WaBucketRefAPI:
             options = dataclasses.replace(options, attempts=checks.check_count(retries, "retries", 1))
         plan = download.Plan(
             selection=Selection(
-                checks.check_patterns(include, "--include"), checks.check_patterns(exclude, "--exclude")
+                checks.check_patterns(include, "--include"),
+                checks.check_patterns(exclude, "--exclude"),
+                checks.check_share(shard, "--shard"),
             ),
             reuse=Reuse(folders, self._hash_cache()) if (folders := checks.check_folders(reuse, "--reuse")) else None,
         )

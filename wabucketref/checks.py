@@ -112,6 +112,27 @@ def check_patterns(patterns: str | Iterable[str] | None, option: str) -> tuple[s
     return found
 
 
+def check_share(value: str | tuple[int, int] | None, option: str, auto: bool = True) -> tuple[int, int] | None:
+    """INDEX/COUNT (INDEX from 0, as torch's RANK), `auto` (RANK and WORLD_SIZE from the
+    environment, as torchrun sets them), or (index, count) from the SDK."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else "/".join(map(str, value))
+    if text == "auto" and auto:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            raise UsageError(f"{option} auto takes RANK and WORLD_SIZE from the environment (as torchrun sets them)")
+        text = f"{rank}/{world}"
+    index, slash, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise UsageError(f"invalid {option} {text!r}: INDEX/COUNT (as 0/4){' or auto' * auto}") from None
+    if not slash or n < 1 or not 0 <= i < n:
+        raise UsageError(f"invalid {option} {text!r}: INDEX/COUNT with 0 <= INDEX < COUNT (as 0/4){' or auto' * auto}")
+    return i, n
+
+
 def check_folders(folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None, option: str) -> list[Path]:
     """Folders that must exist (--reuse)."""
     found = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders or [])

@@ -146,9 +146,15 @@ def cli(ctx: click.Context, bucket, project_name, run_name, job_type, entity, co
     ),
 )
 @click.option("--no-base", is_flag=True, help="Send every file (no incremental upload).")
+@click.option(
+    "--part",
+    metavar="INDEX/COUNT",
+    help="Send SRC_DIR as part INDEX (from 0) of COUNT of one version, registered by `commit` once every part "
+    "is in (parts run at once, anywhere; nothing goes to W&B).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, base, no_base, quiet) -> None:
+def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, base, no_base, part, quiet) -> None:
     """Upload SRC_DIR to <bucket>/<TYPE>/<NAME>/<ALIAS>/ and log a W&B artifact referring to it.
 
     Files the artifact's latest version (or --base ALIAS) already has in the bucket are copied there
@@ -166,8 +172,27 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
             suffix=suffix,
             base=base,
             incremental=not no_base,
+            part=part,
             set_outputs=True,
         )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-n", "--name", required=True, help="Artifact name ([A-Za-z0-9_.-]).")
+@click.option("-t", "--type", "type_", required=True, help="Artifact type.")
+@click.option("-a", "--alias", required=True, help="The alias the parts were uploaded to.")
+@click.option("-m", "--metadata", multiple=True, metavar="KEY=VALUE", help="Artifact metadata (repeatable).")
+@click.option("-s", "--suffix", help="Suffix for the ::set-output names ([A-Za-z0-9_]).")
+@click.option("--overwrite", is_flag=True, help="Replace a version the alias already is, with other content.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.pass_context
+def commit(ctx, name, type_, alias, metadata, suffix, overwrite, quiet) -> None:
+    """Register the parts uploaded with `upload --part` as one version of NAME:ALIAS.
+
+    Every part must be in and agree on COUNT; a path in two parts must have the same content."""
+    meta = parse_pairs(metadata)
+    with _api(ctx, quiet) as api:
+        api.commit(name, type_, alias, meta, overwrite=overwrite, suffix=suffix, set_outputs=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -203,9 +228,15 @@ def upload(ctx, src_dir, name, type_, alias, metadata, reff, suffix, overwrite, 
     type=click.Path(path_type=Path),
     help="Take files of the same size and sha256 from DIR (an earlier version's) instead of fetching; repeatable.",
 )
+@click.option(
+    "--shard",
+    metavar="INDEX/COUNT",
+    help="Only this share of the files, split by bytes among COUNT workers (INDEX from 0, as RANK); "
+    "'auto' takes RANK and WORLD_SIZE from the environment.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def download(ctx, type_, name, alias, dest, run_args, include, exclude, reuse, quiet) -> None:
+def download(ctx, type_, name, alias, dest, run_args, include, exclude, reuse, shard, quiet) -> None:
     """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path.
 
     NAME may be qualified as PROJECT/NAME or ENTITY/PROJECT/NAME to read another project's artifact."""
@@ -220,6 +251,7 @@ def download(ctx, type_, name, alias, dest, run_args, include, exclude, reuse, q
             include=include,
             exclude=exclude,
             reuse=reuse,
+            shard=shard,
         )
     click.echo(str(path))
 

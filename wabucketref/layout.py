@@ -8,6 +8,10 @@
 <base>/<TYPE>/<NAME>/.wabucketref/shards/<DIGEST>/  the shards of a big version's manifest, by the
                                                     version's digest (aliases with equal content
                                                     share them)
+<base>/<TYPE>/<NAME>/.wabucketref/<ALIAS>.parts/    an upload made of parts, until it is committed:
+    <INDEX>-of-<COUNT>.jsonl                        each part's manifest (as a record's, with a
+                                                    header naming the part)
+    <INDEX>-of-<COUNT>.partial                      a part being uploaded (or interrupted)
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ META_DIR = ".wabucketref"
 SHARDS_DIR = "shards"
 RECORD_SUFFIX = ".jsonl"
 MARKER_SUFFIX = ".partial"
+PARTS_SUFFIX = ".parts"
+PART_NAME = re.compile(r"(\d+)-of-(\d+)(\.jsonl|\.partial)")
 MANAGED_ALIAS = re.compile(r"latest|v\d+")  # aliases W&B gives versions itself
 
 
@@ -77,6 +83,17 @@ class AliasKeys:
     @property
     def marker(self) -> str:
         return join(self.artifact.records, self.alias + MARKER_SUFFIX)
+
+    @property
+    def parts(self) -> str:
+        """The folder of the parts of an upload in parts (`upload --part`), until committed."""
+        return join(self.artifact.records, self.alias + PARTS_SUFFIX)
+
+    def part(self, index: int, count: int) -> str:
+        return join(self.parts, f"{index}-of-{count}{RECORD_SUFFIX}")
+
+    def part_marker(self, index: int, count: int) -> str:
+        return join(self.parts, f"{index}-of-{count}{MARKER_SUFFIX}")
 
 
 @dataclass(frozen=True)

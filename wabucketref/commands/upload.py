@@ -51,7 +51,7 @@ def upload(
 ) -> str:
     """Returns the alias the artifact got. base: the alias whose files are copied inside the bucket
     where the local files equal them (`latest`: the artifact's newest record; None: send everything)."""
-    tree = _scan(src)
+    tree = scan(src)
     alias = choose_alias(alias, metadata)
     viewer = tracking.preflight()  # W&B must answer before any byte moves
     entity = ctx.entity or viewer
@@ -66,7 +66,7 @@ def upload(
     version = tracking.log_artifact(
         run, name=name, type=type_, alias=alias, ref=ref, manifest=manifest, metadata=metadata, shards=shards
     )
-    record = BucketRecord.new(keys, ref, keys.data, manifest, version, *_logged_in(run, entity, ctx.project))
+    record = BucketRecord.new(keys, ref, keys.data, manifest, version, *logged_in(run, entity, ctx.project))
     ctx.run(_commit(storage, keys, record, manifest))
     log.info("artifact %s:%s (%s) -> %s", name, alias, version or tracking.mode(), ref)
     return alias
@@ -74,7 +74,7 @@ def upload(
 
 def upload_to_wandb(ctx: Context, src: Path, name: str, type_: str, alias: str | None, metadata: dict[str, Any]) -> str:
     """--no-reff: the files themselves go to W&B, with the manifest."""
-    tree = _scan(src)
+    tree = scan(src)
     alias = choose_alias(alias, metadata)
     run = ctx.start_run("upload", metadata)
     if run is None:
@@ -112,7 +112,7 @@ def link(
         shards=storage.uri_for(shards) if shards is not None else None,
     )
     if data_storage is storage:
-        record = BucketRecord.new(keys, ref, key, manifest, version, *_logged_in(run, entity, ctx.project))
+        record = BucketRecord.new(keys, ref, key, manifest, version, *logged_in(run, entity, ctx.project))
         try:
             ctx.run(write_record(storage, keys, record, manifest))
         except Exception as e:  # a read-only bucket can still be linked
@@ -125,7 +125,7 @@ def link(
     return alias
 
 
-def _logged_in(run: Any, entity: str | None, project: str | None) -> tuple[str | None, str | None]:
+def logged_in(run: Any, entity: str | None, project: str | None) -> tuple[str | None, str | None]:
     """The W&B entity and project a version was logged in (the run's, online)."""
     if run is None or tracking.is_offline():  # not in W&B (yet): gc never deletes what this record names
         return None, None
@@ -150,7 +150,7 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _scan(src: Path) -> LocalTree:
+def scan(src: Path) -> LocalTree:
     tree = LocalTree.scan(src)
     if not tree.files:
         raise UsageError(f"source folder has no files: {src}")
@@ -172,7 +172,7 @@ async def _upload_bytes(
     listing = await Listing.of(storage, keys.data, scratch)
     complete = await storage.exists(keys.record)
     found = await storage.read(keys.marker)
-    base_version = await _base_version(storage, keys, base, scratch) if base else None
+    base_files = await base_version(storage, keys, base, scratch) if base else None
     # A marker says the upload there is unfinished (even beside a record, if it was stopped just
     # before removing the marker): the same command resumes it.
     if (complete or listing.count) and found is None and not overwrite:
@@ -188,17 +188,7 @@ async def _upload_bytes(
     async def move() -> tuple[Manifest, str | None]:
         if listing.count:
             await _delete_stale(storage, keys.data, listing, tree)
-        base_files = (
-            await asyncio.to_thread(BaseVersion.build, storage, *base_version, scratch) if base_version else None
-        )
-        writer = ManifestWriter(scratch / "manifest")
-        try:
-            await transfer.upload(storage, keys.data, tree, listing, writer, scratch, ctx.options, base_files)
-        finally:
-            if base_files is not None:
-                base_files.close()
-        await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
-        manifest = await asyncio.to_thread(writer.close)
+        manifest = await send_tree(storage, keys, tree, listing, base_files, scratch, ctx.options)
         shards = await put_shards(storage, keys.artifact, manifest)
         return manifest, storage.uri_for(shards) if shards is not None else None
 
@@ -208,6 +198,28 @@ async def _upload_bytes(
         listing.close()
     await marker.check_still_ours(where)
     return result
+
+
+async def send_tree(
+    storage: Storage,
+    keys: AliasKeys,
+    tree: LocalTree,
+    listing: Listing,
+    base: tuple[Manifest, str] | None,
+    scratch: Path,
+    options: transfer.Options,
+) -> Manifest:
+    """Step 4: what the alias's folder lacks of the tree (copied from the base where it has
+    the content) -> the manifest, on local disk."""
+    base_files = await asyncio.to_thread(BaseVersion.build, storage, *base, scratch) if base else None
+    writer = ManifestWriter(scratch / "manifest")
+    try:
+        await transfer.upload(storage, keys.data, tree, listing, writer, scratch, options, base_files)
+    finally:
+        if base_files is not None:
+            base_files.close()
+    await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
+    return await asyncio.to_thread(writer.close)
 
 
 async def _delete_stale(storage: Storage, prefix: str, listing: Listing, tree: LocalTree) -> None:
@@ -230,7 +242,7 @@ def _key(o: Any) -> str:
     return o.key
 
 
-async def _base_version(storage: Storage, keys: AliasKeys, base: str, scratch: Path) -> tuple[Manifest, str] | None:
+async def base_version(storage: Storage, keys: AliasKeys, base: str, scratch: Path) -> tuple[Manifest, str] | None:
     """Step 3: the version whose files may be copied, by its record in the bucket: its manifest
     and the key of its data.
 

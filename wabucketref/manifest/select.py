@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import UsageError
 from .entry import FileEntry
 from .reader import Index, Manifest
+from .split import share
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -37,8 +38,12 @@ def may_hold(first: str, last: str, prefix: str) -> bool:
 
 @dataclass(frozen=True)
 class Selection:
+    """The files matching an include pattern (all, if none) and no exclude pattern; of those,
+    with `shard` (index, count), only that share of a split among count workers (split.py)."""
+
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None
     _compiled: tuple[list[re.Pattern[str]], list[re.Pattern[str]]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,7 +54,7 @@ class Selection:
 
     @property
     def partial(self) -> bool:
-        return bool(self.include or self.exclude)
+        return bool(self.include or self.exclude or self.shard)
 
     def matches(self, path: str) -> bool:
         include, exclude = self._compiled
@@ -65,31 +70,45 @@ class Selection:
 
     def entries(self, manifest: Manifest) -> Iterator[FileEntry]:
         """The selected entries, in path order."""
+        matching = self._matching(manifest)
+        return matching if self.shard is None else share(matching, *self.shard)
+
+    def _matching(self, manifest: Manifest) -> Iterator[FileEntry]:
         for batch in manifest.batches(self.shards(manifest.index)):
             for e in batch:
                 if self.matches(e.path):
                     yield e
 
     def check(self, manifest: Manifest) -> tuple[int, int]:
-        """(files, bytes) selected. A pattern that matches no file of the version, or a selection
-        of nothing, is a UsageError."""
+        """(files, bytes) selected. A pattern that matches no file of the version, or patterns
+        that together select nothing, are a UsageError (a share may be empty: more workers than
+        files)."""
         include, exclude = self._compiled
-        hits = [0] * (len(include) + len(exclude))
+        patterns = (*include, *exclude)
+        hits = [False] * len(patterns)
+        matched = 0
+
+        def matching() -> Iterator[FileEntry]:
+            nonlocal matched
+            for batch in manifest.batches(self.shards(manifest.index)):
+                for e in batch:
+                    for n, p in enumerate(patterns):
+                        if not hits[n] and p.match(e.path):
+                            hits[n] = True
+                    if self.matches(e.path):
+                        matched += 1
+                        yield e
+
         files = size = 0
-        for batch in manifest.batches(self.shards(manifest.index)):
-            for e in batch:
-                for n, p in enumerate((*include, *exclude)):
-                    if not hits[n] and p.match(e.path):
-                        hits[n] = 1
-                if self.matches(e.path):
-                    files += 1
-                    size += e.size
+        for e in share(matching(), *(self.shard or (0, 1))):
+            files += 1
+            size += e.size
         for n, (option, pattern) in enumerate(_options(self.include, self.exclude)):
             if not hits[n]:
                 raise UsageError(
                     f"{option} {_pattern(pattern)!r} matches no file of the artifact ({manifest.file_count} files)"
                 )
-        if not files:
+        if not matched:
             raise UsageError("--include and --exclude together leave no file of the artifact")
         return files, size
 

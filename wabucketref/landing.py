@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import IntegrityError, WaBucketError
 from .hashcache import HashCache, settle
-from .manifest import CaseFolds, FileEntry
+from .manifest import FileEntry
 
 STREAM_CHUNK = 8 << 20
 HASHING_THREADS = 8  # files of one size hashed side by side, for --reuse
@@ -66,11 +66,8 @@ class Destination:
 
     def checked(self, entries: Iterator[FileEntry]) -> Iterator[tuple[FileEntry, bool]]:
         """Each entry, with whether a file of its name is in dest already, once its folder is
-        made; two entries that would collide where case is ignored are refused (a worker
-        thread runs this: the folders are made ahead of the files)."""
-        folds = CaseFolds()
+        made (a worker thread runs this: the folders are made ahead of the files)."""
         for e in entries:
-            folds.check(e.path)
             yield e, self._prepare(e.path)
 
     def _prepare(self, path: str) -> bool:
@@ -97,8 +94,13 @@ class Destination:
             try:
                 target.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError) as e:
+                parts = folder.split("/")
+                block = next(
+                    (p for n in range(1, len(parts) + 1) if not (p := self.dest.joinpath(*parts[:n])).is_dir()), target
+                )
+                rel = block.relative_to(self.dest).as_posix()
                 raise WaBucketError(
-                    f"{e.filename}: a file is in the way of the folder {folder}/ that the artifact needs"
+                    f"{block}: a file is in the way of the folder {rel}/ that the artifact needs"
                 ) from e
         names: set[str] = set()
         parts: dict[str, list[str]] = {}

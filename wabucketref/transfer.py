@@ -28,7 +28,7 @@ from .hashcache import HashCache
 from .landing import Destination, Reuse, hash_local, land, local_matches
 from .listing import Listing
 from .localtree import LocalFile, LocalTree
-from .manifest import FileEntry, Manifest, ManifestWriter, Selection, merge_join, safe_relpath
+from .manifest import CaseFolds, FileEntry, Manifest, ManifestWriter, Selection, merge_join, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges, in_thread
 from .retry import ATTEMPTS, with_retries
@@ -379,8 +379,13 @@ class Wanted:
 
     @classmethod
     def of(cls, manifest: Manifest, selection: Selection = EVERYTHING) -> Wanted:
-        """Counted from the index, or by one pass over a selection (UsageError if a pattern
-        matches nothing)."""
+        """Checked and counted, before anything lands: one pass over the manifest refuses two
+        paths that would collide where case is ignored, and counts a selection (UsageError if
+        a pattern matches nothing)."""
+        folds = CaseFolds()
+        for batch in manifest.batches(selection.shards(manifest.index)):
+            for e in batch:
+                folds.check(e.path)
         if not selection.partial:
             return cls(manifest, selection, manifest.file_count, manifest.total_size)
         return cls(manifest, selection, *selection.check(manifest))

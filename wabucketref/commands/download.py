@@ -30,7 +30,7 @@ from ..errors import IntegrityError, NotFoundError, UsageError
 from ..landing import Reuse
 from ..layout import ArtifactKeys
 from ..listing import Listing
-from ..manifest import NO_HASH, FileEntry, Manifest, Selection, merge_join, write_manifest
+from ..manifest import NO_HASH, FileEntry, Manifest, Selection, merge_join, safe_relpath, write_manifest
 from ..records import fetch_manifest, read_record
 from ..runtime import Context
 from ..storage import ObjectInfo, Storage
@@ -276,7 +276,7 @@ async def _unverified(ctx: Context, storage: Storage, key: str) -> Manifest:
             raise NotFoundError(f"no data at {where}")
         log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
         listing.delete([o.key for o in await storage.folder_markers(key, listing.empty())])
-        entries = (FileEntry(o.key, o.size, NO_HASH) for o in listing.sorted())
+        entries = (FileEntry(safe_relpath(o.key), o.size, NO_HASH) for o in listing.sorted())
         return await asyncio.to_thread(write_manifest, scratch / "manifest", entries, verified=False, source=where)
     finally:
         listing.close()
@@ -294,7 +294,7 @@ async def _named_objects(
         where = storage.uri_for(key)
         pairs = await asyncio.to_thread(lambda: list(_unknown_empty(manifest, listing.sorted(), recorded, where)))
         markers = {o.key for o in await storage.folder_markers(key, pairs)} if pairs else set()
-        added = (FileEntry(o.key, 0, NO_HASH) for o in pairs if o.key not in markers)
+        added = (FileEntry(safe_relpath(o.key), 0, NO_HASH) for o in pairs if o.key not in markers)
         entries = _chain(iter(manifest), added)
         return await asyncio.to_thread(write_manifest, scratch / "manifest", entries, verified=False, source=where)
     finally:

@@ -94,9 +94,10 @@ class Destination:
             try:
                 target.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError) as e:
-                parts = folder.split("/")
+                segments = folder.split("/")
                 block = next(
-                    (p for n in range(1, len(parts) + 1) if not (p := self.dest.joinpath(*parts[:n])).is_dir()), target
+                    (p for n in range(1, len(segments) + 1) if not (p := self.dest.joinpath(*segments[:n])).is_dir()),
+                    target,
                 )
                 rel = block.relative_to(self.dest).as_posix()
                 raise WaBucketError(

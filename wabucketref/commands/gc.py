@@ -21,10 +21,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .. import tracking
 from ..errors import UsageError, WaBucketError
-from ..layout import MARKER_SUFFIX, META_DIR, RECORD_SUFFIX, SHARDS_DIR, ArtifactKeys, BucketRecord, join
+from ..layout import (
+    MARKER_SUFFIX,
+    META_DIR,
+    PART_NAME,
+    PARTS_SUFFIX,
+    RECORD_SUFFIX,
+    SHARDS_DIR,
+    ArtifactKeys,
+    BucketRecord,
+    join,
+)
+from ..manifest import peek_header
 from ..marker import holder
 from ..records import record_header
 from ..runtime import Context
@@ -148,7 +160,11 @@ async def _artifact(
 ) -> None:
     records: dict[str, BucketRecord | None] = {}
     markers: dict[str, dict | None] = {}
+    parts: dict[str, list[str]] = {}  # uploads in parts, until committed: their parts' keys
     for info in await storage.list_objects(artifact.records):
+        folder, _, leaf = info.key.rpartition("/")
+        if folder.endswith(PARTS_SUFFIX) and "/" not in folder and PART_NAME.fullmatch(leaf):
+            parts.setdefault(folder[: -len(PARTS_SUFFIX)], []).append(info.key)
         if "/" in info.key:
             continue
         if info.key.endswith(RECORD_SUFFIX):
@@ -160,10 +176,13 @@ async def _artifact(
             markers[alias] = holder(await storage.get_bytes(artifact.alias(alias).marker))
     folders = [f for f in await storage.list_folders(artifact.folder) if f != META_DIR]
     now = time.time()
+    part_digests = await _parts(storage, artifact, parts, records, ours, older_than, now, report)
     for alias in sorted(set(records) | set(markers) | set(folders)):
         keys = artifact.alias(alias)
         what = f"{artifact.type}/{artifact.name}:{alias}"
         bookkeeping = [k for k, there in ((keys.record, alias in records), (keys.marker, alias in markers)) if there]
+        if alias in parts and alias not in records and alias not in markers:
+            continue  # its folder is its parts' (above)
         if alias not in records and alias not in markers:
             report.unattributable.append(
                 Item(what, "no record: not written by wabucketref, or before records", keys.data)
@@ -213,16 +232,74 @@ async def _artifact(
     running = any(now - float((m or {}).get("beat", 0)) <= older_than for m in markers.values())
     going = {i.what for i in report.garbage}
     staying = {a: r for a, r in records.items() if f"{artifact.type}/{artifact.name}:{a}" not in going}
-    await _shards(storage, artifact, staying, refs, running, report)
+    await _shards(storage, artifact, staying, part_digests, refs, running, report)
     for item in report.garbage:
         if item.what.startswith(f"{artifact.type}/{artifact.name}") and not item.files:
             await _measure(storage, item)
+
+
+async def _parts(
+    storage: Storage,
+    artifact: ArtifactKeys,
+    parts: dict[str, list[str]],
+    records: dict[str, BucketRecord | None],
+    ours: tuple[str, str],
+    older_than: float,
+    now: float,
+    report: Report,
+) -> set[str]:
+    """Uploads in parts never committed: garbage once every part of this entity/project was last
+    written longer ago than `older_than` (with the alias's folder, unless the alias is a version
+    already). Returns the digests of the parts' manifests that stay (their shards stay too)."""
+    staying: set[str] = set()
+    for alias, part_keys in sorted(parts.items()):
+        what = f"{artifact.type}/{artifact.name}:{alias}"
+        headers = [_part_header(await storage.get_bytes(join(artifact.records, k))) for k in part_keys]
+        owners = {_owner(h) for h in headers}
+        digests = {h["digest"] for h in headers if h and isinstance(h.get("digest"), str)}
+        if None in owners:
+            report.unattributable.append(Item(what, "parts of an upload that name no W&B project"))
+            staying |= digests
+            continue
+        if owners != {ours}:
+            report.others += 1
+            staying |= digests
+            continue
+        newest = max(_written(h) for h in headers)
+        if now - newest <= older_than:
+            report.kept += 1  # its parts may still be coming, or its commit
+            staying |= digests
+            continue
+        keys = artifact.alias(alias)
+        done = sum(k.endswith(RECORD_SUFFIX) for k in part_keys)
+        why = f"an upload in parts never committed ({done} part(s) in, last written {(now - newest) / 3600:.1f} h ago)"
+        data = None if alias in records else keys.data
+        report.garbage.append(Item(what, why, data, [join(artifact.records, k) for k in part_keys]))
+    return staying
+
+
+def _part_header(data: bytes | None) -> dict | None:
+    """A part's manifest header, or its marker's holder."""
+    return peek_header(data or b"") or holder(data)
+
+
+def _written(header: dict | None) -> float:
+    """When a part was last written (0 if it does not say)."""
+    if header is None:
+        return 0.0
+    if isinstance(header.get("beat"), (int, float)):
+        return float(header["beat"])
+    try:
+        return datetime.fromisoformat(str(header.get("created_at"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 async def _shards(
     storage: Storage,
     artifact: ArtifactKeys,
     records: dict[str, BucketRecord | None],
+    part_digests: set[str],
     refs: _References,
     running: bool,
     report: Report,
@@ -234,7 +311,7 @@ async def _shards(
     if not folders:
         return
     unreadable = any(r is None for r in records.values())
-    named = {r.digest for r in records.values() if r is not None}
+    named = {r.digest for r in records.values() if r is not None} | part_digests
     for digest in folders:
         if digest in named or digest in refs.digests or running:
             report.kept += 1

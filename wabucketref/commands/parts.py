@@ -245,7 +245,7 @@ def _merge(parts: list[Manifest], scratch: Path, what: str) -> Manifest:
     """The parts' entries as one sorted stream; a path in several parts is one file if its
     content is the same in each, else a conflict (all of them are counted, the first named)."""
     writer = ManifestWriter(scratch / "merged")
-    tagged = [((e.path, i, e) for e in m) for i, m in enumerate(parts)]
+    tagged = [_tagged(i, m) for i, m in enumerate(parts)]
     conflicts: list[str] = []
     count = 0
     for path, group in itertools.groupby(heapq.merge(*tagged, key=operator.itemgetter(0)), key=operator.itemgetter(0)):
@@ -264,6 +264,10 @@ def _merge(parts: list[Manifest], scratch: Path, what: str) -> Manifest:
             f"{count} path(s) of {what} have different content in different parts: {', '.join(conflicts)}{more}"
         )
     return manifest
+
+
+def _tagged(index: int, manifest: Manifest) -> Iterator[tuple[str, int, FileEntry]]:
+    return ((e.path, index, e) for e in manifest)
 
 
 async def _check_bucket(storage: Storage, keys: AliasKeys, manifest: Manifest, scratch: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Env, RawBucket, one_error_line, online, tree_hashes, use_backend, write_tree
 from tests.test_reliability import FAST_WANDB, spawn, wait_until
-from wabucketref.manifest import FileEntry, read_stored
+from wabucketref.manifest import read_stored
 from wabucketref.manifest.split import split
 
 rnd = random.Random(24)

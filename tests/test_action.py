@@ -137,6 +137,35 @@ jobs:
       name: imagenet
       bucket: s3://bkt/prefix
       extra_args: --delete --older-than 12h
+  download_shard:
+    action: @ACTION@
+    args:
+      command: download
+      type: dataset
+      name: imagenet
+      alias: v3
+      path: /mnt/models/data
+      shard: auto
+  upload_part:
+    action: @ACTION@
+    args:
+      command: upload
+      type: dataset
+      name: imagenet
+      alias: merged
+      path: /mnt/models/part-2
+      part: 2/8
+      shard: ignored
+  commit:
+    action: @ACTION@
+    args:
+      command: commit
+      type: dataset
+      name: imagenet
+      alias: merged
+      suffix: data
+      metadata: '{"parts": 8}'
+      part: ignored
   platform_image:
     action: @ACTION@
     args:
@@ -313,6 +342,21 @@ def test_gc(workspace: Path) -> None:
     ]
 
 
+def test_shard_part_and_commit(workspace: Path) -> None:
+    assert split_run_line(render_live(workspace, "download_shard")).args == [
+        "--project-name", "demo_ws", "download", "dataset", "imagenet", "v3", "-d", "/mnt/models/data",
+        "--shard", "auto",
+    ]
+    assert split_run_line(render_live(workspace, "upload_part")).args == [
+        "--project-name", "demo_ws", "upload", "/mnt/models/part-2", "-n", "imagenet", "-t", "dataset",
+        "-a", "merged", "--part", "2/8",
+    ]
+    assert split_run_line(render_live(workspace, "commit")).args == [
+        "--project-name", "demo_ws", "commit", "-t", "dataset", "-n", "imagenet", "-a", "merged", "-s", "data",
+        "-m", "parts=8",
+    ]
+
+
 def test_rendered_line_is_shell_safe(workspace: Path) -> None:
     # The dry-run line round-trips through shlex (values with spaces stay one word).
     rendered = render_live(workspace, "upload_full")
@@ -386,6 +430,15 @@ CLI_PARSE = {
                    {"type_": "dataset", "name": "imagenet", "a": "latest", "local": Path("/mnt/models/data")}),
     "gc": ("gc", {"bucket": "s3://bkt/prefix", "project_name": "demo_ws"},
            {"type_": "dataset", "name": "imagenet", "delete": True, "older_than": "12h"}),
+    "download_shard": ("download", {"project_name": "demo_ws"},
+                       {"type_": "dataset", "name": "imagenet", "alias": "v3", "dest": "/mnt/models/data",
+                        "shard": "auto"}),
+    "upload_part": ("upload", {"project_name": "demo_ws"},
+                    {"src_dir": Path("/mnt/models/part-2"), "name": "imagenet", "type_": "dataset", "alias": "merged",
+                     "part": "2/8", "reff": True}),
+    "commit": ("commit", {"project_name": "demo_ws"},
+               {"name": "imagenet", "type_": "dataset", "alias": "merged", "suffix": "data",
+                "metadata": ("parts=8",)}),
     "platform_image": ("download", {"project_name": "demo_ws"},
                        {"type_": "model", "name": "my-model", "alias": "best", "dest": "/mnt/models/restored"}),
 }

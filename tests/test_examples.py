@@ -207,3 +207,88 @@ def test_train_example_runs_offline(env) -> None:
     assert list(bucket.glob("model/my-model/*/model.json"))
     # The dataset came back through the bucket (not from the generated temp folder).
     assert (Path(result["dataset_folder"]) / "train.csv").exists()
+
+
+# ---- scale out: parts, commit, shards ----------------------------------------------------
+
+SCALEOUT = EXAMPLES / "scaleout.yml"
+PARTS = 4
+
+
+@pytest.fixture(scope="module")
+def scaleout_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("ex") / "scaleout_ws", {"scaleout": SCALEOUT.read_text()})
+
+
+def test_scaleout_example_parses_and_waits_for_every_part(scaleout_ws: Path) -> None:
+    from apolo_flow import ast
+    from apolo_flow.parser import parse_batch
+
+    assert isinstance(parse_batch(ROOT, SCALEOUT), ast.BatchFlow)
+    graph = dict(load_batch(scaleout_ws, "scaleout").graph)
+    parts = {f"part_{i}" for i in range(PARTS)}
+    assert set(graph["commit"]) == parts  # the commit waits for every part
+    assert all(dict(graph[f"train_{i}"]) == {"commit": ast.NeedsLevel.COMPLETED} for i in range(PARTS))
+    assert all(not graph[p] for p in parts)  # the parts run side by side
+    assert re.findall(r"ghcr\.io/neuro-inc/wabucketref:\S+", SCALEOUT.read_text()) == [IMAGE]
+
+
+def scaleout_commands(ws: Path, bucket: str, project: str, data: Path) -> tuple[list[list[str]], list[str], list[list[str]]]:
+    """The CLI arguments of the flow's tasks, as apolo-flow renders them, pointed at this test's bucket,
+    project and data folder (the volume's mount)."""
+
+    def args(task_id: str, needs: dict | None = None) -> list[str]:
+        task = render_batch_task(ws, "scaleout", task_id, needs)
+        words = task.cmd.split()
+        words[words.index("--bucket") + 1] = bucket
+        words[words.index("--project-name") + 1] = project
+        return [w.replace("/mnt/data", str(data)) for w in words]
+
+    parts = [args(f"part_{i}") for i in range(PARTS)]
+    commit = args("commit", {f"part_{i}": {} for i in range(PARTS)})
+    outputs = {"commit": {"artifact_name": "imagenet-prepared", "artifact_type": "dataset", "artifact_alias": "prepared"}}
+    trains = [args(f"train_{i}", outputs) for i in range(PARTS)]
+    return parts, commit, trains
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "platform"])
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_scaleout_example_runs_as_concurrent_jobs(scaleout_ws, env, request, wandb_server, tmp_path, kind, mode):
+    """The rendered commands run as the flow runs them: the parts at once, then the commit, then the
+    shares at once; the shares are the committed version, each file once."""
+    import subprocess
+    import sys
+
+    from tests.conftest import online, outputs, tree_hashes, use_backend, write_tree
+
+    env = use_backend(env, kind, request, tmp_path)
+    if mode == "online":
+        env = online(env, wandb_server)
+    data = tmp_path / "mnt-data"
+    for i in range(PARTS):
+        write_tree(data / "prepared" / str(i), {f"class{c}/img{i}-{c}-{n}.jpg": f"{i}{c}{n}".encode() * (n + 1)
+                                                for c in range(3) for n in range(5)})
+    parts, commit, trains = scaleout_commands(scaleout_ws, env.bucket, env.vars["WANDB_PROJECT"], data)
+
+    def run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+        procs = [subprocess.Popen([sys.executable, "-m", "wabucketref", *c], env=env.vars, cwd=env.cwd,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
+        done = [(p, *p.communicate(timeout=300)) for p in procs]
+        return [subprocess.CompletedProcess(c, p.returncode, out, err) for c, (p, out, err) in zip(commands, done)]
+
+    sent = run_all(parts)
+    assert all(r.returncode == 0 for r in sent), [r.stderr for r in sent]
+    [committed] = run_all([commit])
+    assert committed.returncode == 0, committed.stderr
+    assert outputs(committed.stdout) == {"artifact_name": "imagenet-prepared", "artifact_type": "dataset",
+                                         "artifact_alias": "prepared"}
+    got = run_all(trains)
+    assert all(r.returncode == 0 for r in got), [r.stderr for r in got]
+    shares = [tree_hashes(data / "shards" / str(i)) if (data / "shards" / str(i)).exists() else {} for i in range(PARTS)]
+    union = {p: h for s in shares for p, h in s.items()}
+    assert union == {p: h for i in range(PARTS) for p, h in tree_hashes(data / "prepared" / str(i)).items()}
+    assert sum(map(len, shares)) == len(union) and all(shares)
+    if mode == "online":
+        [version] = wandb_server.artifact_versions(env.vars["WANDB_PROJECT"], "imagenet-prepared")
+        assert "prepared" in version["aliases"] and len(version["metadata"]["wabucketref_parts"]) == PARTS

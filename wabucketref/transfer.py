@@ -237,7 +237,7 @@ async def upload(
 
         async def put() -> str:
             if f.size <= SMALL_FILE:
-                data, sha = await asyncio.to_thread(_read_and_hash, f.abspath)
+                data, sha = await _inline_if_small(f.size, _read_and_hash, f.abspath)
                 if len(data) != f.size:
                     raise WaBucketError(f"file changed while uploading: {f.path}")
                 await storage.put(key, data)

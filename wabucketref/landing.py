@@ -196,9 +196,9 @@ class Reuse:
         await asyncio.shield(self._index)
         db = self._db
         assert db is not None
-        same_path = db.execute("SELECT path, sha256 FROM files WHERE relpath = ? AND size = ?", (f.path, f.size))
-        for path, sha in same_path.fetchall():  # usually the one: an earlier version's file
-            if (sha or await self._hash(path)) == f.sha256:
+        same_path = db.execute("SELECT rowid, path, sha256 FROM files WHERE relpath = ? AND size = ?", (f.path, f.size))
+        for row, path, sha in same_path.fetchall():  # usually the one: an earlier version's file
+            if (sha or await self._hash(row, path)) == f.sha256:
                 return Path(path)
         while True:
             found = db.execute("SELECT path FROM files WHERE size = ? AND sha256 = ? LIMIT 1", (f.size, f.sha256))
@@ -242,26 +242,27 @@ class Reuse:
             relpath = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
             yield relpath, path, st.st_size, self.cache.known(Path(path), st)
 
-    async def _hash(self, path: str) -> str | None:
+    async def _hash(self, row: int, path: str) -> str | None:
         """The sha256 of one indexed file (None if it vanished or cannot be read), kept in the index."""
         sha = await asyncio.to_thread(self._sha256_or_none, Path(path))
         if sha is not None and self._db is not None:
-            self._db.execute("UPDATE files SET sha256 = ? WHERE path = ?", (sha, path))
+            self._db.execute("UPDATE files SET sha256 = ? WHERE rowid = ?", (sha, row))
         elif self._db is not None:
-            self._db.execute("DELETE FROM files WHERE path = ?", (path,))
+            self._db.execute("DELETE FROM files WHERE rowid = ?", (row,))
         return sha
 
     async def _hash_size(self, size: int) -> None:
         assert self._db is not None
-        rows = self._db.execute("SELECT path FROM files WHERE size = ? AND sha256 IS NULL", (size,)).fetchall()
         turns = asyncio.Semaphore(HASHING_THREADS)
 
-        async def one(path: str) -> None:
+        async def one(row: int, path: str) -> None:
             async with turns:
-                await self._hash(path)
+                await self._hash(row, path)
 
+        query = "SELECT rowid, path FROM files WHERE size = ? AND sha256 IS NULL LIMIT 256"
         try:
-            await asyncio.gather(*(one(p) for (p,) in rows))
+            while rows := self._db.execute(query, (size,)).fetchall():  # a batch at a time: each gets its hash
+                await asyncio.gather(*(one(r, p) for r, p in rows))
         finally:
             self._hashing.pop(size, None)
 

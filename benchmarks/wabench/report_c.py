@@ -175,7 +175,7 @@ def memory_targets(idx: Index, counts: list[int]) -> list[Target]:
             f"C: peak memory of every wabucketref command at {big:,} files <= {GROWTH:g}x + 30 MB of itself at {small:,}",
             excess[worst] if worst else None,
             0.0,
-            f"closest: {worst} {mb(at_small[worst])} MB -> {mb(at_big[worst])} MB "
+            f"tightest: {worst} {mb(at_small[worst])} MB -> {mb(at_big[worst])} MB "
             f"(limit {mb(int(GROWTH * at_small[worst] + GROWTH_PLUS))} MB)"
             + (f"; over: {', '.join(grown)}" if grown else "")
             if worst

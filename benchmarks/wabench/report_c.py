@@ -209,7 +209,7 @@ def _unchanged_target(idx: Index, count: int) -> Target:
     limit = UNCHANGED_SHARE * first if first is not None else None
     value = None if m is None or sent is None else (m if sent == 0 else float("inf"))
     shown = (
-        f"sent {fmt(sent, 0)} files ({human_size((sent or 0) * FILE_SIZE)}, from the summary line) in {fmt(m)} s; "
+        f"sent {fmt(sent, 0)} files = {human_size((sent or 0) * FILE_SIZE)} (the summary line's count x 1 KiB) in {fmt(m)} s; "
         f"first upload {fmt(first)} s (limit {fmt(limit)} s)"
     )
     return (

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from .hashcache import HashCache
 from .landing import hash_local
+from .listing import Listing
 from .manifest import NO_HASH, Manifest
+from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage, key_under
 
 log = logging.getLogger("wabucketref")
@@ -27,6 +29,7 @@ class CopySource:
     instead of sent."""
 
     key: str  # the object's key in the bucket
+    etag: str | None  # the object's, as the base's listing showed it
     sha256: str  # of the local file (equal to the base manifest's)
     md5s: Sequence[bytes] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
 
@@ -36,35 +39,32 @@ def hash_part(storage: Storage, size: int) -> int:
     return storage.part_size(size) if size > SMALL_FILE else size + 1
 
 
-def _db(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    return db
-
-
 class BaseVersion:
     """The files of the version an incremental upload copies from, by size and sha256 (from its
-    manifest): a table on local disk, not a dict of every file."""
+    manifest: a table on local disk, not a dict of every file), and its data under `root` as
+    the bucket lists it. A base object is used only if it is still there with its manifest's
+    size and, where the server's ETags describe content and the local file was read, with the
+    local file's content."""
 
-    def __init__(self, storage: Storage, root: str, db: sqlite3.Connection) -> None:
+    def __init__(self, storage: Storage, root: str, db: sqlite3.Connection, listing: Listing) -> None:
         self.storage = storage
         self.root = root
         self._db = db
+        self._listing = listing
 
     @classmethod
-    def build(cls, storage: Storage, manifest: Manifest, root: str, folder: Path) -> BaseVersion:
+    def build(cls, storage: Storage, manifest: Manifest, root: str, folder: Path, listing: Listing) -> BaseVersion:
         """Blocking (a thread's work): reads the manifest once."""
-        db = _db(folder / "base.sqlite")
+        db = open_db(folder / "base.sqlite")
         db.execute("CREATE TABLE base (size INTEGER, sha256 TEXT, path TEXT)")
-        with db:
+        with transaction(db):
             for batch in manifest.batches():
                 db.executemany(
                     "INSERT INTO base VALUES (?, ?, ?)",
                     [(e.size, e.sha256, e.path) for e in batch if e.sha256 != NO_HASH],
                 )
         db.execute("CREATE INDEX base_content ON base (size, sha256)")
-        return cls(storage, root, db)
+        return cls(storage, root, db, listing)
 
     def _has_size(self, size: int) -> bool:
         return self._db.execute("SELECT 1 FROM base WHERE size = ? LIMIT 1", (size,)).fetchone() is not None
@@ -85,21 +85,31 @@ class BaseVersion:
             part = hash_part(self.storage, size)
             sha, md5s = await asyncio.to_thread(hashes.hashed, Path(abspath), lambda p: hash_local(p, part))
         found = self._path_of(size, sha)
-        return None if found is None else CopySource(key_under(self.root, found), sha, md5s)
+        o = self._listing.get(found) if found is not None else None
+        if found is None or o is None or o.size != size:
+            return None
+        if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
+            log.warning("%s: the base version's copy differs from its manifest; sending the file", path)
+            return None
+        return CopySource(key_under(self.root, found), o.etag, sha, md5s)
 
     def close(self) -> None:
         self._db.close()
+        self._listing.close()
 
 
-def copy_checks_out(storage: Storage, copy: ObjectInfo | None, size: int, md5s: Sequence[bytes] | None) -> bool:
-    """Is an object copied from a base object whole? Its size must be the file's, and its ETag
-    must not contradict the local file's content. Where the server's ETags say nothing of
-    content (Azure, a folder: there a copy is a hard link) or the local file was not read (its
-    hash was remembered), the size is what can be checked: the manifest's sha256 is the local
-    file's, and every download and `verify` checks the object against it."""
-    if copy is None or copy.size != size:
+def copy_checks_out(storage: Storage, copy: ObjectInfo | None, copied: Copied) -> bool:
+    """Is an object copied from a base object whole? Its size must be the file's; its ETag must
+    be the source's (a server that keeps ETags on copy: the source was checked before copying)
+    or not contradict the local file's content. Where the server's ETags say nothing of content
+    (Azure, a folder: there a copy is a hard link) or the local file was not read (its hash was
+    remembered), the size is what can be checked: the manifest's sha256 is the local file's,
+    and every download and `verify` checks the object against it."""
+    if copy is None or copy.size != copied.size:
         return False
-    return storage.etag_matches(copy, md5s) is not False
+    if copy.etag and copy.etag == copied.source_etag:
+        return True
+    return storage.etag_matches(copy, copied.md5s) is not False
 
 
 @dataclass(frozen=True)
@@ -109,36 +119,39 @@ class Copied:
     size: int
     sha256: str
     md5s: Sequence[bytes] | None
+    source_etag: str | None
 
 
 class CopyLog:
     """The files an upload copied inside the bucket, on local disk until they are checked."""
 
     def __init__(self, folder: Path) -> None:
-        self._db = _db(folder / "copies.sqlite")
-        self._db.execute("CREATE TABLE copied (path TEXT, abspath TEXT, size INTEGER, sha256 TEXT, md5s BLOB)")
+        self._db = open_db(folder / "copies.sqlite")
+        self._db.execute(
+            "CREATE TABLE copied (path TEXT, abspath TEXT, size INTEGER, sha256 TEXT, md5s BLOB, etag TEXT)"
+        )
         self._pending: list[tuple] = []
         self.count = 0
 
     def add(self, path: str, abspath: str, size: int, source: CopySource) -> None:
         md5s = b"".join(source.md5s) if source.md5s is not None else None
-        self._pending.append((path, abspath, size, source.sha256, md5s))
+        self._pending.append((path, abspath, size, source.sha256, md5s, source.etag))
         self.count += 1
         if len(self._pending) >= INSERT_BATCH:
             self._write()
 
     def _write(self) -> None:
-        with self._db:
-            self._db.executemany("INSERT INTO copied VALUES (?, ?, ?, ?, ?)", self._pending)
+        with transaction(self._db):
+            self._db.executemany("INSERT INTO copied VALUES (?, ?, ?, ?, ?, ?)", self._pending)
         self._pending = []
 
     def __iter__(self) -> Iterator[Copied]:
         self._write()
-        cursor = self._db.execute("SELECT path, abspath, size, sha256, md5s FROM copied")
+        cursor = self._db.execute("SELECT path, abspath, size, sha256, md5s, etag FROM copied")
         while rows := cursor.fetchmany(INSERT_BATCH):
-            for path, abspath, size, sha, md5s in rows:
+            for path, abspath, size, sha, md5s, etag in rows:
                 parts = None if md5s is None else [md5s[i : i + 16] for i in range(0, len(md5s), 16)]
-                yield Copied(path, abspath, size, sha, parts)
+                yield Copied(path, abspath, size, sha, parts, etag)
 
     def close(self) -> None:
         self._db.close()

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from . import settings
 from .manifest import sha256_file
+from .scratchdb import transaction
 
 log = logging.getLogger("wabucketref")
 
@@ -127,7 +128,7 @@ class HashCache:
             if not pending or (db := self._open()) is None:
                 return
             try:
-                with db:
+                with transaction(db):  # one transaction: autocommit would commit each row
                     db.executemany(
                         "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [(*key, *row, hashed) for key, (row, hashed) in pending.items()],

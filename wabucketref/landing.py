@@ -22,6 +22,7 @@ from typing import Any
 from .errors import IntegrityError, WaBucketError
 from .hashcache import HashCache, settle
 from .manifest import FileEntry
+from .scratchdb import open_db, transaction
 
 STREAM_CHUNK = 8 << 20
 HASHING_THREADS = 8  # files of one size hashed side by side, for --reuse
@@ -196,9 +197,11 @@ class Reuse:
         await asyncio.shield(self._index)
         db = self._db
         assert db is not None
-        same_path = db.execute("SELECT rowid, path, sha256 FROM files WHERE relpath = ? AND size = ?", (f.path, f.size))
-        for row, path, sha in same_path.fetchall():  # usually the one: an earlier version's file
-            if (sha or await self._hash(row, path)) == f.sha256:
+        same_path = db.execute(
+            "SELECT rowid, path, size, sha256 FROM files INDEXED BY files_path WHERE relpath = ?", (f.path,)
+        )
+        for row, path, size, sha in same_path.fetchall():  # usually the one: an earlier version's file
+            if size == f.size and (sha or await self._hash(row, path)) == f.sha256:
                 return Path(path)
         while True:
             found = db.execute("SELECT path FROM files WHERE size = ? AND sha256 = ? LIMIT 1", (f.size, f.sha256))
@@ -216,11 +219,10 @@ class Reuse:
         """The folders' regular files (links are not followed), a table on local disk."""
         fd, name = tempfile.mkstemp(prefix="wabucket-reuse-", suffix=".sqlite")
         os.close(fd)
-        db = sqlite3.connect(name, check_same_thread=False, isolation_level=None)
+        db = open_db(name)
         os.unlink(name)  # kept open: gone with the process, however it ends
-        db.execute("PRAGMA journal_mode=OFF")
         db.execute("CREATE TABLE files (relpath TEXT, path TEXT, size INTEGER, sha256 TEXT)")
-        with db:
+        with transaction(db):
             for folder in self.folders:
                 for top, dirs, names in os.walk(folder):
                     dirs.sort()

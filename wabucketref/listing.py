@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage
 
 SCHEMA = "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER, etag TEXT) WITHOUT ROWID"
@@ -20,9 +20,7 @@ PAGE = 1000
 class Listing:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
+        self._db = open_db(path)
         self._db.execute(SCHEMA)
         self.count = 0
 
@@ -39,7 +37,7 @@ class Listing:
         return listing
 
     def _add(self, page: list[ObjectInfo]) -> None:
-        with self._db:
+        with transaction(self._db):
             self._db.executemany(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", [(o.key, o.size, o.etag) for o in page]
             )
@@ -53,7 +51,7 @@ class Listing:
                 "SELECT 1 FROM objects WHERE key > ? AND key < ? LIMIT 1", (key + "/", key + "0")
             ).fetchone()
         ]
-        with self._db:
+        with transaction(self._db):
             self._db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in markers])
         self.count -= len(markers)
 
@@ -84,7 +82,7 @@ class Listing:
         return [ObjectInfo(k, 0, e) for k, e in rows]
 
     def delete(self, keys: list[str]) -> None:
-        with self._db:
+        with transaction(self._db):
             self._db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in keys])
         self.count -= len(keys)
 

@@ -262,9 +262,13 @@ async def upload(
             else:
                 sha, md5s = await asyncio.to_thread(hash_local, Path(f.abspath), hash_part(storage, f.size))
             same = storage.etag_matches(info, md5s)
-            if same is None and source is None:
+            if same is None and source is not None:
+                # copied by an earlier, interrupted try (a folder's hard link keeps the ETag); else
+                # copying again is cheaper than reading the object back
+                same = bool(info.etag) and info.etag == source.etag
+            elif same is None:
                 same = (await _remote_sha256(storage, key, info.size))[0] == sha
-            if same:  # (with a base, an unknown ETag is copied again: cheaper than reading the object back)
+            if same:
                 progress.file_done(f.size, skipped=True)
                 writer.add(FileEntry(f.path, f.size, sha))
                 return
@@ -315,7 +319,7 @@ async def _check_copies(
     do not check out are sent from here (with the content their entry already says)."""
     listing = await Listing.of(storage, prefix, scratch)
     try:
-        bad = [c for c in copies if not copy_checks_out(storage, listing.get(c.path), c.size, c.md5s)]
+        bad = [c for c in copies if not copy_checks_out(storage, listing.get(c.path), c)]
     finally:
         listing.close()
     if not bad:

@@ -211,7 +211,10 @@ async def send_tree(
 ) -> Manifest:
     """Step 4: what the alias's folder lacks of the tree (copied from the base where it has
     the content) -> the manifest, on local disk."""
-    base_files = await asyncio.to_thread(BaseVersion.build, storage, *base, scratch) if base else None
+    base_files = None
+    if base is not None:
+        base_listing = await Listing.of(storage, base[1], scratch)
+        base_files = await asyncio.to_thread(BaseVersion.build, storage, *base, scratch, base_listing)
     writer = ManifestWriter(scratch / "manifest")
     try:
         await transfer.upload(storage, keys.data, tree, listing, writer, scratch, options, base_files)

@@ -288,6 +288,29 @@ class WaBucketRefAPI:
         with self._context(options) as ctx:
             return download.download(ctx, art_name, name, art_type, art_alias, dest, run_config, plan)
 
+    def plan_download(
+        self,
+        art_name: str,
+        art_type: str,
+        art_alias: str,
+        *,
+        include: str | Iterable[str] | None = None,
+        exclude: str | Iterable[str] | None = None,
+        shard: str | tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """What download_artifact would bring, without moving a byte or recording a use:
+        {"version", "files", "bytes", "of_files", "of_bytes"} (the selection, and the version)."""
+        name = checks.check_qualified_name(art_name)
+        checks.check_name(art_type, "type")
+        checks.check_alias(art_alias, for_upload=False)
+        selection = Selection(
+            checks.check_patterns(include, "--include"),
+            checks.check_patterns(exclude, "--exclude"),
+            checks.check_share(shard, "--shard"),
+        )
+        with self._context() as ctx:
+            return download.plan(ctx, art_name, name, art_type, art_alias, download.Plan(selection))
+
     def verify(
         self, art_name: str, art_type: str, art_alias: str, local: str | os.PathLike[str] | None = None
     ) -> Index:

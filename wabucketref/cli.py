@@ -234,13 +234,21 @@ def commit(ctx, name, type_, alias, metadata, suffix, overwrite, quiet) -> None:
     help="Only this share of the files, split by bytes among COUNT workers (INDEX from 0, as RANK); "
     "'auto' takes RANK and WORLD_SIZE from the environment.",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Only say what would come (files, bytes), from the manifest; nothing moves."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.pass_context
-def download(ctx, type_, name, alias, dest, run_args, include, exclude, reuse, shard, quiet) -> None:
+def download(ctx, type_, name, alias, dest, run_args, include, exclude, reuse, shard, dry_run, quiet) -> None:
     """Resolve NAME:ALIAS in W&B and download its files, verified; print the destination path.
 
     NAME may be qualified as PROJECT/NAME or ENTITY/PROJECT/NAME to read another project's artifact."""
     config = parse_run_args(run_args)
+    if dry_run:
+        with _api(ctx, quiet) as api:
+            p = api.plan_download(name, type_, alias, include=include, exclude=exclude, shard=shard)
+        click.echo(f"would download {p['files']} of {p['of_files']} files ({p['bytes']} of {p['of_bytes']} bytes)")
+        return
     with _api(ctx, quiet) as api:
         path = api.download_artifact(
             name,

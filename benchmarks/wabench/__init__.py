@@ -11,7 +11,7 @@ table        the A/B table: every contender uploads, then downloads, each data s
 versions     partial, reusing and incremental transfers of A and B (the reference)
 dataset_c    data set C: a million small files (generation, in-place change, checks)
 bench_c      C's runs: folder bucket, its peers, S3
-synthetic    the slot for a 10,000,000-entry version (TODO: the lead's new manifest)
+synthetic    a synthetic 10,000,000-entry version (its manifest written directly): ls, diff, a dry run, gc
 report       the markdown report and the JSON document, section by section
 report_versions  the partial/reusing and incremental sections of the report
 report_c     C's section of the report and its targets

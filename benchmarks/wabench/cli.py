@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{','.join(map(str, SMALL_COUNTS))} with --small); needs --only C",
     )
     p.add_argument(
+        "--synthetic-entries",
+        type=int,
+        metavar="N",
+        help="entries of C's synthetic version (manifest only, no bytes; default 10,000,000, 20,000 with --small)",
+    )
+    p.add_argument(
         "--contenders",
         nargs="+",
         metavar="NAME",
@@ -108,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--c-files needs --only C")
     if args.only == "C" and args.c_files is None:
         args.c_files = list(SMALL_COUNTS if args.small else COUNTS)
+    if args.synthetic_entries is None:
+        args.synthetic_entries = 20_000 if args.small else 10_000_000
     return args
 
 

@@ -129,12 +129,16 @@ def _notes(count: int, c: str, op: str, row: dict[str, Any]) -> str:
 
 
 def _synthetic_slot(out: Out, idx: Index) -> None:
-    out(f"**{synthetic.ENTRIES:,} entries** (a synthetic version: its manifest written directly, no file bytes):")
+    ran = sorted({d for d, _, _ in idx.by if d.startswith(synthetic.PREFIX)})
+    dataset = ran[-1] if ran else f"{synthetic.PREFIX}{synthetic.ENTRIES}"
+    entries = int(dataset[len(synthetic.PREFIX) :])
+    out(f"**{entries:,} entries** (a synthetic version: its manifest written directly, no file bytes):")
     out("")
     for op, what in synthetic.OPS.items():
-        m = idx.med(synthetic.DATASET, op, WAB_FOLDER)
-        shown = f"{m:.2f} s" if m is not None else idx.error(synthetic.DATASET, op, WAB_FOLDER) or synthetic.NOT_YET
-        out(f"- {what}: {shown}")
+        m = idx.med(dataset, op, WAB_FOLDER)
+        peak = max((memory(r) for r in idx.ok(dataset, op, WAB_FOLDER)), default=None)
+        shown = f"{m:.2f} s, peak {mb(peak)} MB" if m is not None and peak is not None else None
+        out(f"- {what}: {shown or idx.error(dataset, op, WAB_FOLDER) or synthetic.NOT_YET}")
     out("")
 
 

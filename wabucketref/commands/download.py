@@ -90,6 +90,29 @@ def download(
     return folder
 
 
+def plan(ctx: Context, qualified_name: str, name: str, type_: str, alias: str, plan: Plan) -> dict[str, Any]:
+    """What a download would bring (--dry-run): the version resolved without recording a use,
+    its selection counted from the manifest's shards it needs; nothing moves."""
+    if tracking.is_offline():
+        resolved = resolve_offline(ctx, name, type_, alias)[0]
+    else:
+        tracking.preflight()
+        resolved = tracking.fetch_artifact(
+            ctx.project, ctx.entity, name=qualified_name, type=type_, alias=alias, scratch=ctx.scratch("wandb")
+        )
+    manifest = ctx.run(manifest_of(ctx, resolved, plan.selection))
+    if manifest is None:
+        raise UsageError(f"{qualified_name}:{alias} has no content manifest: a dry run cannot say what it holds")
+    wanted = ctx.run(asyncio.to_thread(transfer.Wanted.of, manifest, plan.selection))
+    return {
+        "version": resolved.version,
+        "files": wanted.files,
+        "bytes": wanted.bytes,
+        "of_files": manifest.file_count,
+        "of_bytes": manifest.total_size,
+    }
+
+
 class Landed:
     """The paths a pass wrote into the destination, in a file on local disk."""
 

@@ -82,6 +82,7 @@ async def fetch_manifest(
     all) are fetched from `shards` in the bucket, each checked against the index."""
     if stored.manifest is not None:
         return stored.manifest
+    folder.mkdir(parents=True, exist_ok=True)
     index = stored.index
     paths: list[Path | None] = [None] * len(index.shards)
     turns = asyncio.Semaphore(SHARDS_IN_FLIGHT)

@@ -38,13 +38,7 @@ class LocalStorage(ObjectStoreStorage):
         if len(data) > self.SMALL:
             return await super().put(key, data)
         path = os.path.join(self.root, key)
-        folder = os.path.dirname(path)
-        if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders[folder] = None
-            if len(self._folders) > 256:
-                self._folders.popitem(last=False)
-        staging = f"{path}#{random.randrange(1 << 30)}"
+        staging = self._staging(path)
         fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
@@ -53,6 +47,26 @@ class LocalStorage(ObjectStoreStorage):
         finally:
             os.close(fd)
         os.replace(staging, path)
+
+    async def copy(self, src_key: str, dst_key: str) -> None:
+        """A hard link (as obstore's LocalStore copies), made here: no bytes move."""
+        path = os.path.join(self.root, dst_key)
+        staging = self._staging(path)
+        try:
+            os.link(os.path.join(self.root, src_key), staging)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise FileNotFoundError(f"{src_key}: not found in {self.uri}") from e
+        os.replace(staging, path)
+
+    def _staging(self, path: str) -> str:
+        """A staging name beside `path` (NAME#N, as obstore's), its folder made."""
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders[folder] = None
+            if len(self._folders) > 256:
+                self._folders.popitem(last=False)
+        return f"{path}#{random.randrange(1 << 30)}"
 
     async def get(self, key: str, size: int | None = None) -> Any:
         if size is None or size > self.SMALL:

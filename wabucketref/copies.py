@@ -8,12 +8,13 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from .hashcache import HashCache
 from .landing import hash_local
 from .listing import Listing
-from .manifest import NO_HASH, Manifest
+from .manifest import NO_HASH, FileEntry, Manifest, merge_join
 from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage, key_under
 
@@ -40,52 +41,55 @@ def hash_part(storage: Storage, size: int) -> int:
 
 
 class BaseVersion:
-    """The files of the version an incremental upload copies from, by size and sha256 (from its
-    manifest: a table on local disk, not a dict of every file), and its data under `root` as
+    """The files of the version an incremental upload copies from, and its data under `root` as
     the bucket lists it. A base object is used only if it is still there with its manifest's
     size and, where the server's ETags describe content and the local file was read, with the
-    local file's content."""
+    local file's content.
 
-    def __init__(self, storage: Storage, root: str, db: sqlite3.Connection, listing: Listing) -> None:
+    A new version mostly keeps its files where they were: the local files come in path order,
+    and the base's manifest and listing are read alongside them, as sorted streams. Only a file
+    the base has elsewhere is looked up by content, in a table on local disk built the first
+    time one is asked for."""
+
+    def __init__(self, storage: Storage, root: str, manifest: Manifest, listing: Listing, folder: Path) -> None:
         self.storage = storage
         self.root = root
-        self._db = db
+        self._manifest = manifest
         self._listing = listing
+        self._folder = folder
+        self._aligned = merge_join(iter(manifest), listing.sorted(), attrgetter("path"), attrgetter("key"))
+        self._ahead = next(self._aligned, None)
+        self._db: sqlite3.Connection | None = None
+        self._building: asyncio.Future[sqlite3.Connection] | None = None
 
-    @classmethod
-    def build(cls, storage: Storage, manifest: Manifest, root: str, folder: Path, listing: Listing) -> BaseVersion:
-        """Blocking (a thread's work): reads the manifest once."""
-        db = open_db(folder / "base.sqlite")
-        db.execute("CREATE TABLE base (size INTEGER, sha256 TEXT, path TEXT)")
-        with transaction(db):
-            for batch in manifest.batches():
-                db.executemany(
-                    "INSERT INTO base VALUES (?, ?, ?)",
-                    [(e.size, e.sha256, e.path) for e in batch if e.sha256 != NO_HASH],
-                )
-        db.execute("CREATE INDEX base_content ON base (size, sha256)")
-        return cls(storage, root, db, listing)
-
-    def _has_size(self, size: int) -> bool:
-        return self._db.execute("SELECT 1 FROM base WHERE size = ? LIMIT 1", (size,)).fetchone() is not None
-
-    def _path_of(self, size: int, sha256: str) -> str | None:
-        row = self._db.execute("SELECT path FROM base WHERE size = ? AND sha256 = ? LIMIT 1", (size, sha256)).fetchone()
-        return None if row is None else row[0]
+    def _at(self, path: str) -> tuple[FileEntry, ObjectInfo | None] | None:
+        """The base's entry at `path` and its object, if any (paths asked in increasing order)."""
+        while self._ahead is not None and _of(self._ahead) < path:
+            self._ahead = next(self._aligned, None)
+        if self._ahead is None or self._ahead[0] is None or self._ahead[0].path != path:
+            return None
+        return self._ahead[0], self._ahead[1]
 
     async def source_for(self, path: str, abspath: str, size: int, hashes: HashCache) -> CopySource | None:
         """The base's object with the local file's content, if any. Only files of a size the base
         has are hashed (in a thread), and only if their hash is not remembered (hashcache.py)."""
-        if not self._has_size(size):
-            return None
-        known = hashes.known(Path(abspath))  # here: a thread hop costs more than the lookup
+        at = self._at(path)  # first, before any await: the files come in path order
+        if at is None or at[0].size != size or at[0].sha256 == NO_HASH:
+            at = None
+            if not await self._has_size(size):
+                return None
+        known = hashes.known(abspath)  # here: a thread hop costs more than the lookup
         if known is not None:
             sha, md5s = known, None
         else:
             part = hash_part(self.storage, size)
-            sha, md5s = await asyncio.to_thread(hashes.hashed, Path(abspath), lambda p: hash_local(p, part))
-        found = self._path_of(size, sha)
-        o = self._listing.get(found) if found is not None else None
+            sha, md5s = await asyncio.to_thread(hashes.hashed, abspath, lambda p: hash_local(p, part))
+        found: str | None
+        if at is not None and at[0].sha256 == sha:
+            found, o = at[0].path, at[1]
+        else:
+            found = await self._path_of(size, sha)
+            o = self._listing.get(found) if found is not None else None
         if found is None or o is None or o.size != size:
             return None
         if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
@@ -93,9 +97,41 @@ class BaseVersion:
             return None
         return CopySource(key_under(self.root, found), o.etag, sha, md5s)
 
+    async def _by_content(self) -> sqlite3.Connection:
+        if self._building is None:
+            self._building = asyncio.ensure_future(asyncio.to_thread(self._build))
+        return await asyncio.shield(self._building)
+
+    def _build(self) -> sqlite3.Connection:
+        """The base's files by size and sha256 (reads the manifest once more; a thread's work)."""
+        db = open_db(self._folder / "base.sqlite")
+        db.execute("CREATE TABLE base (size INTEGER, sha256 TEXT, path TEXT)")
+        with transaction(db):
+            for batch in self._manifest.batches():
+                rows = [(e.size, e.sha256, e.path) for e in batch if e.sha256 != NO_HASH]
+                db.executemany("INSERT INTO base VALUES (?, ?, ?)", rows)
+        db.execute("CREATE INDEX base_content ON base (size, sha256)")
+        self._db = db
+        return db
+
+    async def _has_size(self, size: int) -> bool:
+        db = await self._by_content()
+        return db.execute("SELECT 1 FROM base WHERE size = ? LIMIT 1", (size,)).fetchone() is not None
+
+    async def _path_of(self, size: int, sha256: str) -> str | None:
+        db = await self._by_content()
+        row = db.execute("SELECT path FROM base WHERE size = ? AND sha256 = ? LIMIT 1", (size, sha256)).fetchone()
+        return None if row is None else row[0]
+
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
         self._listing.close()
+
+
+def _of(pair: tuple[FileEntry | None, ObjectInfo | None]) -> str:
+    entry, o = pair
+    return entry.path if entry is not None else o.key if o is not None else ""
 
 
 def copy_checks_out(storage: Storage, copy: ObjectInfo | None, copied: Copied) -> bool:

@@ -38,6 +38,7 @@ FLUSH_EVERY = 2000  # entries
 BUSY_TIMEOUT = 5.0  # seconds another command may hold the file
 
 X = TypeVar("X")
+StrPath = str | os.PathLike[str]
 _Key = tuple[int, int]
 _Row = tuple[int, int, int, str]  # size, mtime_ns, ctime_ns, sha256
 
@@ -64,7 +65,7 @@ class HashCache:
         folder = settings.cache_folder() if settings.cache_enabled() else None
         return cls(folder / "hashes.sqlite" if folder is not None else None)
 
-    def known(self, path: Path, st: os.stat_result | None = None) -> str | None:
+    def known(self, path: StrPath, st: os.stat_result | None = None) -> str | None:
         """path's sha256 if it was remembered and the file is unchanged since (`st`: its stat, if
         the caller has it)."""
         try:
@@ -84,7 +85,7 @@ class HashCache:
             return None
         return str(found[3])
 
-    def remember(self, path: Path, sha256: str, before: os.stat_result, started_ns: int) -> None:
+    def remember(self, path: StrPath, sha256: str, before: os.stat_result, started_ns: int) -> None:
         """path's content, read from `started_ns` on, had this sha256; `before` is its stat from
         before the read. Kept only if the file had settled and is unchanged after the read."""
         if self.path is None or started_ns - before.st_mtime_ns < RACY_NS:
@@ -101,17 +102,17 @@ class HashCache:
         if full:
             self.flush()
 
-    def remember_now(self, path: Path, sha256: str) -> None:
+    def remember_now(self, path: StrPath, sha256: str) -> None:
         """path's content is known to have this sha256 now (a file this command wrote and settled,
         or linked from a file whose hash it knew)."""
         with contextlib.suppress(OSError):
             self.remember(path, sha256, os.stat(path), time.time_ns())
 
-    def sha256(self, path: Path) -> str:
+    def sha256(self, path: StrPath) -> str:
         """path's sha256: remembered, else read (and remembered)."""
         return self.hashed(path, lambda p: (sha256_file(p), None))[0]
 
-    def hashed(self, path: Path, compute: Callable[[Path], tuple[str, X]]) -> tuple[str, X | None]:
+    def hashed(self, path: StrPath, compute: Callable[[StrPath], tuple[str, X]]) -> tuple[str, X | None]:
         """(sha256, what else `compute` returns): remembered (the rest is then None), else computed."""
         if (sha := self.known(path)) is not None:
             return sha, None

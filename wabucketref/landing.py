@@ -30,7 +30,7 @@ PART_SUFFIX = ".wabucket-part"
 _PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see open_part
 
 
-def hash_local(path: Path, part_size: int) -> tuple[str, list[bytes]]:
+def hash_local(path: str | os.PathLike[str], part_size: int) -> tuple[str, list[bytes]]:
     """sha256 of a file, plus the MD5 of each part of `part_size` (to compare S3 ETags)."""
     sha = hashlib.sha256()
     md5s: list[bytes] = []

@@ -214,7 +214,7 @@ async def send_tree(
     base_files = None
     if base is not None:
         base_listing = await Listing.of(storage, base[1], scratch)
-        base_files = await asyncio.to_thread(BaseVersion.build, storage, *base, scratch, base_listing)
+        base_files = BaseVersion(storage, base[1], base[0], base_listing, scratch)
     writer = ManifestWriter(scratch / "manifest")
     try:
         await transfer.upload(storage, keys.data, tree, listing, writer, scratch, options, base_files)

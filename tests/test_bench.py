@@ -28,7 +28,7 @@ def test_benchmark_smoke(tmp_path):
             for op in ("upload", "download"):
                 assert f"| {dataset} | {op} | {contender} |" in proc.stdout, (contender, dataset, op)
     for row in ("| download-next-reuse |", "| download-next-reuse-cold |", "| A | upload-next-incremental-cold |",
-                "| B | upload-next-incremental |", "| B | upload-unchanged-incremental |"):
+                "| B | upload-unchanged-incremental |", "| upload-4-parts |", "| commit |", "| download-4-shards |"):
         assert row in proc.stdout, row
     assert "FAILED" not in proc.stdout
     assert "python benchmarks/bench.py" in proc.stdout  # the command to reproduce it

@@ -12,8 +12,9 @@ from .contenders import DESCRIPTIONS, PEERS
 from .datasets import Dataset
 from .fmt import cell, fmt, mb, median_of
 from .measure import Run
-from .report_c import c_section
+from .report_c import c_section, memory
 from .report_versions import incremental_section, partial_section
+from .scaleout import scaleout_section
 from .tally import Index, Out, Target
 
 
@@ -34,6 +35,7 @@ def report(
     table = _main_table(out, idx, datasets, contenders) if datasets else {}
     partial, partial_targets = partial_section(out, idx, datasets)
     incremental, incremental_targets = incremental_section(out, idx, datasets)
+    scaleout = scaleout_section(out, idx, datasets, memory)
     book = _bookkeeping(out, idx, datasets, contenders) if datasets else {}
     c_data, c_targets = c_section(out, idx, runs)
     help_med, rss_runs = _startup(out, runs, help_times)
@@ -52,6 +54,7 @@ def report(
         "bookkeeping": book,
         "partial": partial,
         "incremental": incremental,
+        "scaleout": scaleout,
         "help_seconds": help_times,
         "targets": targets,
         "runs": [asdict(r) for r in runs],

@@ -10,6 +10,7 @@ from .common import REFERENCE
 from .contenders import Contenders, Remote
 from .datasets import Dataset, tree_hashes, tree_stats
 from .measure import Run, measure
+from .scaleout import bench_scaleout
 from .stack import Stack
 from .steps import progress, rotate
 from .versions import bench_incremental, bench_partial
@@ -47,6 +48,8 @@ def bench_dataset(
             bench_partial(ds, cs, uploads[REFERENCE].get(0), work, args, runs)
         if REFERENCE in contenders:
             bench_incremental(ds, cs, work, args, runs)
+        if ds.name == "A" and REFERENCE in contenders:
+            bench_scaleout(ds, cs, work, args, runs)
     finally:
         stack.stop()
         if not args.keep:

@@ -8,6 +8,7 @@ are done: at 1.28M files each copy is about 5 GB of 4 KiB blocks."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -26,7 +27,19 @@ from .synthetic import bench_synthetic
 
 WAB_FOLDER = "wabucketref-folder"
 WAB_S3 = "wabucketref-s3"
-FOLDER_OPS = ["upload", "download", "verify", "upload-unchanged", "upload-changed", "ls", "diff", "download-1%", "gc"]
+FOLDER_OPS = [
+    "upload",
+    "download",
+    "verify",
+    "upload-unchanged",
+    "upload-changed",
+    "ls",
+    "diff",
+    "download-1%",
+    "gc",
+    "upload-4-parts",
+    "commit",
+]
 FOLDER_PEERS = ["cp", "rclone-local"]
 S3_OPS = ["upload", "download", "upload-unchanged"]
 S3_PEERS = ["s5cmd", "rclone"]
@@ -207,6 +220,32 @@ def _folder_versions(b: CBench, rep: int, wab: list[str], art: str, alias_dir: P
         pattern=pattern,
     )
     b.run(WAB_FOLDER, "gc", rep, [*wab, "gc"])  # a dry run: it reports, deletes nothing
+    _parts(b, rep, wab, art)
+
+
+def _parts(b: CBench, rep: int, wab: list[str], art: str) -> None:
+    """The version sent again as 4 parts by 4 processes at once (a quarter of C's folders each,
+    hard links of them, made untimed), then their commit."""
+    from .scaleout import N, together
+
+    folders = sorted(p.name for p in b.tree.path.iterdir())
+    parts = [b.work / f"part{i}" for i in range(N)]
+    for k, folder in enumerate(folders):
+        shutil.copytree(b.tree.path / folder, parts[k % N] / folder, copy_function=os.link)
+    try:
+        sends = [
+            [*wab, "upload", str(p), "-n", f"{art}-parts", "-t", "dataset", "-a", "whole", "--part", f"{i}/{N}"]
+            for i, p in enumerate(parts)
+        ]
+        sent = b.run(WAB_FOLDER, "upload-4-parts", rep, together(sends))
+        commit = [*wab, "commit", "-n", f"{art}-parts", "-t", "dataset", "-a", "whole"]
+        if sent.ok:
+            b.run(WAB_FOLDER, "commit", rep, commit)
+        else:
+            b.skip(WAB_FOLDER, "commit", rep, "the parts failed")
+    finally:
+        for p in parts:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _all_of(b: CBench, stored: Check) -> Check:

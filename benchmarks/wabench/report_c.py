@@ -203,7 +203,23 @@ def speed_targets(idx: Index, count: int) -> list[Target]:
         m = idx.med(d, op, WAB_FOLDER)
         targets.append((f"C: `{op}` at {count:,} files under {FAST_S:g} s", m, FAST_S, f"{fmt(m)} s"))
     targets.append(_unchanged_target(idx, count))
+    targets.append(_commit_target(idx, count))
     return targets
+
+
+def _commit_target(idx: Index, count: int) -> Target:
+    d = f"C-{count}"
+    m, parts = idx.med(d, "commit", WAB_FOLDER), idx.med(d, "upload-4-parts", WAB_FOLDER)
+    peak = max((memory(r) for r in idx.ok(d, "commit", WAB_FOLDER)), default=None)
+    limit = parts / 10 if parts is not None else None
+    value = None if m is None or peak is None else (m if peak <= MEMORY_LIMIT else float("inf"))
+    shown = f"commit {fmt(m)} s, peak {mb(peak) if peak else '-'} MB; the 4 parts' upload {fmt(parts)} s (limit {fmt(limit)} s)"
+    return (
+        f"C folder bucket: commit of {count:,} files in 4 parts < 1/10 of the parts' upload, <= 512 MiB",
+        value,
+        limit,
+        shown,
+    )
 
 
 def _unchanged_target(idx: Index, count: int) -> Target:

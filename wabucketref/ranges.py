@@ -29,6 +29,7 @@ RANGES_IN_FLIGHT = 4  # ranged GETs of large files, all files together (see Lane
 RANGE_SIZE = 16 << 20
 READ_BACK = 1 << 20
 PROGRESS_STEP = 4 << 20  # bytes a lane writes between two progress updates (each wakes the event loop)
+HASHING_THREADS = 32  # files whose read-backs run at once (transfer.download has up to `concurrency` files in flight)
 STOP_POLL = 0.1  # seconds between two looks at `stop` of a hashing thread with nothing to hash
 
 R = TypeVar("R")
@@ -70,13 +71,13 @@ class Lanes:
     ~140k page faults and a cold copy per GiB.
     """
 
-    def __init__(self, n: int, files: int):
+    def __init__(self, n: int, files: int = HASHING_THREADS):
         self.free = n
         self.waiting: list[tuple[int, int, asyncio.Future]] = []
         self.order = itertools.count()
         self.threads = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="wabucket-range")
-        # One hashing thread per file in ranges (up to `files` at once): the first ranges of many
-        # files stream side by side, each hashed as it lands.
+        # A hashing thread per file in ranges (up to `files` at once; more wait for one): the first
+        # ranges of many files stream side by side.
         self.hashers = concurrent.futures.ThreadPoolExecutor(files, thread_name_prefix="wabucket-hash")
 
     async def acquire(self, index: int) -> None:

@@ -25,18 +25,6 @@ log = logging.getLogger("wabucketref")
 
 REFERENCE_NAME = "platform_blob"  # the original tool's entry name: keep it so both read each other
 MANIFEST_NAME = "wabucketref.manifest.jsonl"
-# What a run that only records one command (the CLI's: it ends with the command) never uses: Launch
-# jobs, code and git capture, system metrics and machine info. wandb then starts no wandb-symon
-# process and runs 1 git command instead of 5 (wandb 0.31: ~0.05 CPU-s and ~0.1 s less per command).
-# A run the SDK starts may become the caller's training run: it keeps wandb's defaults.
-COMMAND_RUN_SETTINGS: dict[str, Any] = {
-    "disable_job_creation": True,
-    "save_code": False,
-    "disable_code": True,
-    "disable_git": True,
-    "x_disable_stats": True,
-    "x_disable_machine_info": True,
-}
 
 
 @dataclass
@@ -223,6 +211,20 @@ def _share_ca_with_wandb_service() -> None:
     REQUESTS_CA_BUNDLE: a CA named there must reach the service (a child process) too."""
     if os.environ.get("REQUESTS_CA_BUNDLE") and not os.environ.get("SSL_CERT_FILE"):
         os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"]
+
+
+# What a run that only records one command (the CLI's: it ends with the command) never uses: Launch
+# jobs, code and git capture, system metrics and machine info. wandb then starts no wandb-symon
+# process and runs 1 git command instead of 5 (wandb 0.31: ~0.05 CPU-s and ~0.1 s less per command).
+# A run the SDK starts may become the caller's training run: it keeps wandb's defaults.
+COMMAND_RUN_SETTINGS: dict[str, Any] = {
+    "disable_job_creation": True,
+    "save_code": False,
+    "disable_code": True,
+    "disable_git": True,
+    "x_disable_stats": True,
+    "x_disable_machine_info": True,
+}
 
 
 def start_run(

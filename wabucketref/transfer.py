@@ -409,7 +409,7 @@ async def download(
     progress.stats.of_files = of_files
     if carried is not None:
         progress.stats = dataclasses.replace(carried, ended=None)
-    lanes = Lanes(min(RANGES_IN_FLIGHT, opts.concurrency), files=opts.concurrency)
+    lanes = Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
     verify = manifest.verified
     present = await asyncio.to_thread(prepare_dest, dest, [f.path for f in manifest.files])
 

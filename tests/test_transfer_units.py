@@ -18,22 +18,25 @@ PART = 1000
 
 
 def _write_ranges(path, data: bytes, order: list[int], chunk: int, threaded: bool) -> tuple[str, int, int]:
-    """Write `data` range by range in `order` (chunk by chunk, as lanes do); returns (sha, hashed_to, bytes read back)."""
+    """Write `data` range by range in `order` (chunk by chunk, as lanes do) while the hashing thread
+    runs beside them; returns (sha, hashed_to, bytes read back)."""
     starts = list(range(0, len(data), PART))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     reads = 0
-    real_pread = os.pread
+    real_preadv = os.preadv
 
-    def counting_pread(fd_, n, offset):
+    def counting_preadv(fd_, buffers, offset):
         nonlocal reads
-        out = real_pread(fd_, n, offset)
-        reads += len(out)
-        return out
+        got = real_preadv(fd_, buffers, offset)
+        reads += got
+        return got
 
-    os.pread = counting_pread
+    os.preadv = counting_preadv
     try:
         os.ftruncate(fd, len(data))
-        hashing = _InOrderHash(fd, starts)
+        hashing = _InOrderHash(fd, starts, len(data))
+        hasher = threading.Thread(target=hashing.run, args=(threading.Event(),))
+        hasher.start()
 
         def one(i: int) -> None:
             start = starts[i]
@@ -42,7 +45,6 @@ def _write_ranges(path, data: bytes, order: list[int], chunk: int, threaded: boo
                 piece = data[offset:min(offset + chunk, end)]
                 os.pwrite(fd, piece, offset)
                 hashing.wrote(start, offset, piece)
-            hashing.catch_up()
 
         if threaded:
             threads = [threading.Thread(target=one, args=(i,)) for i in order]
@@ -53,9 +55,11 @@ def _write_ranges(path, data: bytes, order: list[int], chunk: int, threaded: boo
         else:
             for i in order:
                 one(i)
+        hasher.join(timeout=10)
+        assert not hasher.is_alive()
         return hashing.sha.hexdigest(), hashing.hashed_to, reads
     finally:
-        os.pread = real_pread
+        os.preadv = real_preadv
         os.close(fd)
 
 
@@ -74,6 +78,7 @@ def test_ranges_in_any_order_hash_to_the_whole_files_sha256(tmp_path, seed, thre
 def test_in_order_ranges_are_hashed_as_written_and_others_read_back(tmp_path):
     data = random.Random(1).randbytes(SIZE)
     in_order = _write_ranges(tmp_path / "a", data, [0, 1, 2, 3, 4, 5], 100, threaded=False)
+    assert in_order[:2] == (hashlib.sha256(data).hexdigest(), SIZE)
     assert in_order[2] == 0  # nothing read back
     reverse = _write_ranges(tmp_path / "b", data, [5, 4, 3, 2, 1, 0], 100, threaded=False)
     assert reverse[0] == hashlib.sha256(data).hexdigest()
@@ -82,7 +87,7 @@ def test_in_order_ranges_are_hashed_as_written_and_others_read_back(tmp_path):
 
 def test_a_free_lane_goes_to_the_range_nearest_its_files_start():
     async def main() -> list[str]:
-        lanes = _Lanes(1)
+        lanes = _Lanes(1, files=1)
         got = []
         await lanes.acquire(0)  # held by file a, range 0
 
@@ -121,7 +126,7 @@ def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
     fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
     try:
         os.ftruncate(fd, len(data))
-        hashing = _InOrderHash(fd, [0, PART, 2 * PART])
+        hashing = _InOrderHash(fd, [0, PART, 2 * PART], len(data))
         for start in (0, 2 * PART):  # ranges 0 and 2 done; range 1 broke off after 300 bytes
             os.pwrite(fd, data[start:start + PART], start)
             hashing.wrote(start, start, data[start:start + PART])
@@ -131,6 +136,65 @@ def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
         f = FileEntry("obj", len(data), hashlib.sha256(data).hexdigest())
         _stream_range(store, "obj", f, PART, 2 * PART, hashing, fetched.append, threading.Event())
         assert sum(fetched) == PART - 300
+        hashing.run(threading.Event())  # everything is written: hashes it all and returns
         assert hashing.hashed_to == len(data) and hashing.sha.hexdigest() == f.sha256
+    finally:
+        os.close(fd)
+
+
+def test_a_whole_file_tried_again_is_hashed_from_its_first_byte(tmp_path):
+    """From a server that ignores ranges a file comes whole: a try that broke off (here after half
+    the file, of other bytes) is started over from byte 0, its bytes and their hash dropped, while
+    the hashing thread runs beside."""
+    from wabucketref.manifest import FileEntry
+    from wabucketref.ranges import stream_range as _stream_range
+    from wabucketref.storage.local import LocalStorage
+
+    data = random.Random(3).randbytes(3 * PART)
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket" / "obj").write_bytes(data)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, len(data))
+        hashing = _InOrderHash(fd, [0], len(data))
+        hasher = threading.Thread(target=hashing.run, args=(threading.Event(),))
+        hasher.start()
+        junk = bytes(len(data) // 2)
+        os.pwrite(fd, junk, 0)
+        hashing.wrote(0, 0, junk)
+        fetched = []
+        f = FileEntry("obj", len(data), hashlib.sha256(data).hexdigest())
+        _stream_range(LocalStorage(tmp_path / "bucket"), "obj", f, 0, len(data), hashing, fetched.append,
+                      threading.Event(), whole=True)
+        hasher.join(timeout=10)
+        assert not hasher.is_alive()
+        assert sum(fetched) == len(data)
+        assert hashing.hashed_to == len(data) and hashing.sha.hexdigest() == f.sha256
+    finally:
+        os.close(fd)
+
+
+def test_a_stopped_hashing_thread_ends_without_its_bytes(tmp_path):
+    """Cancelling a download stops its hashing thread (it may be waiting for bytes that will never
+    come) before the part file is closed and removed."""
+    from wabucketref.ranges import Stopped
+
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
+    try:
+        hashing = _InOrderHash(fd, [0, PART], 2 * PART)
+        stop = threading.Event()
+        ended: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                hashing.run(stop)
+            except BaseException as e:  # noqa: BLE001
+                ended.append(e)
+
+        hasher = threading.Thread(target=run)
+        hasher.start()
+        stop.set()
+        hasher.join(timeout=5)
+        assert not hasher.is_alive() and isinstance(ended[0], Stopped)
     finally:
         os.close(fd)

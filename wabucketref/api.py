@@ -62,6 +62,7 @@ class WaBucketRefAPI:
         self.options = Options(concurrency=concurrency, quiet=quiet, progress=progress or ProgressCallback())
         self.run: Any = None  # the W&B run commands are recorded in: the caller's, or the one started here
         self._own_run: Any = None  # the run this API started, finished by close()
+        self.command_runs = False  # the CLI's: a run it starts records one command (tracking.COMMAND_RUN_SETTINGS)
         self._io: LoopThread | None = None
         self._buckets = Buckets()
         self._hashes: HashCache | None = None
@@ -128,6 +129,7 @@ class WaBucketRefAPI:
             job_type=job_type or self.job_type,
             tags=list(dict.fromkeys(all_tags)),
             config=config,
+            command_only=self.command_runs,
         )
         return self.run
 

@@ -36,7 +36,7 @@ def _api(ctx: click.Context, quiet: bool = False) -> Any:
     quiet = quiet or o["quiet"]
     if quiet:  # a command's own -q: as quiet as the global one
         logging.getLogger().setLevel(logging.WARNING)
-    return WaBucketRefAPI(
+    api = WaBucketRefAPI(
         bucket=o["bucket"],
         project_name=o["project_name"],
         entity=o["entity"],
@@ -46,6 +46,8 @@ def _api(ctx: click.Context, quiet: bool = False) -> Any:
         concurrency=o["concurrency"],
         progress=None if quiet else TqdmProgress(),
     )
+    api.command_runs = True  # its run ends with the command
+    return api
 
 
 @click.group(context_settings=CONTEXT)

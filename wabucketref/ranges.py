@@ -28,6 +28,9 @@ from .storage import RangesIgnored, Storage
 RANGES_IN_FLIGHT = 4  # ranged GETs of large files, all files together (see Lanes)
 RANGE_SIZE = 16 << 20
 READ_BACK = 1 << 20
+PROGRESS_STEP = 4 << 20  # bytes a lane writes between two progress updates (each wakes the event loop)
+HASHING_THREADS = 32  # files whose read-backs run at once (transfer.download has up to `concurrency` files in flight)
+STOP_POLL = 0.1  # seconds between two looks at `stop` of a hashing thread with nothing to hash
 
 R = TypeVar("R")
 
@@ -68,11 +71,14 @@ class Lanes:
     ~140k page faults and a cold copy per GiB.
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, files: int = HASHING_THREADS):
         self.free = n
         self.waiting: list[tuple[int, int, asyncio.Future]] = []
         self.order = itertools.count()
         self.threads = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="wabucket-range")
+        # A hashing thread per file in ranges (up to `files` at once; more wait for one): the first
+        # ranges of many files stream side by side.
+        self.hashers = concurrent.futures.ThreadPoolExecutor(files, thread_name_prefix="wabucket-hash")
 
     async def acquire(self, index: int) -> None:
         if self.free and not self.waiting:
@@ -97,48 +103,85 @@ class Lanes:
 
     def close(self) -> None:
         self.threads.shutdown(wait=False)
+        self.hashers.shutdown(wait=False)
 
 
 class InOrderHash:
-    """sha256 of a file whose ranges are written side by side, in threads.
+    """sha256 of a file whose ranges are written side by side by lane threads.
 
-    Bytes next in order are hashed as they are written (still in cache); the others are read back
-    from the file once everything before them is hashed.
+    A lane that writes where the hash has got to hashes its chunk at once, still in cache.
+    Bytes written ahead by other ranges are read back from the file by a thread of its own
+    (`run`) as soon as everything before them is written: beside the lanes, never holding
+    them up (hashlib releases the GIL).
     """
 
-    def __init__(self, fd: int, starts: list[int]):
+    def __init__(self, fd: int, starts: list[int], size: int):
         self.fd = fd
         self.starts = starts
-        self.lock = threading.Lock()
+        self.size = size
+        self.cond = threading.Condition()
+        self.generation = 0
         self.restart()
 
     def restart(self) -> None:
-        with self.lock:
+        """Start over from byte 0 (a whole-file GET tried again)."""
+        with self.cond:
+            self.generation += 1  # a read-back under way is dropped
             self.sha = hashlib.sha256()
             self.hashed_to = 0
+            self.next = 0  # hashed_to, plus the bytes being hashed
+            self.busy = False  # someone is hashing: updates must follow each other, in order
             self.written = dict.fromkeys(self.starts, 0)  # bytes written from the start of each range
 
     def wrote(self, start: int, offset: int, chunk: Any) -> None:
-        with self.lock:
+        """A lane wrote `chunk` at `offset`, in the range that begins at `start`."""
+        with self.cond:
             self.written[start] = offset + len(chunk) - start
-            if self.hashed_to == offset:
-                self.sha.update(chunk)
-                self.hashed_to += len(chunk)
+            if offset != self.next or self.busy:  # read back later
+                return
+            self.busy = True
+            self.next += len(chunk)
+            sha = self.sha
+        sha.update(chunk)
+        with self.cond:
+            self.hashed_to += len(chunk)
+            self.busy = False
+            if self.hashed_to == self.size or self._written_from(self.next) > self.next:
+                self.cond.notify()  # the end, or bytes of other ranges to read back
 
-    def catch_up(self) -> None:
-        """Hash what other ranges wrote ahead of the in-order one (called as each range ends)."""
-        with self.lock:
-            while True:
-                start = self.starts[bisect.bisect_right(self.starts, self.hashed_to) - 1]
-                end = start + self.written[start]
-                if end <= self.hashed_to:
-                    return
-                while self.hashed_to < end:
-                    chunk = os.pread(self.fd, min(READ_BACK, end - self.hashed_to), self.hashed_to)
-                    if not chunk:
-                        raise WaBucketError("part file shrank while downloading")
-                    self.sha.update(chunk)
-                    self.hashed_to += len(chunk)
+    def run(self, stop: threading.Event) -> None:
+        """Read back and hash, in order, what lanes wrote ahead; returns once the whole file is
+        hashed (runs in a thread of its own)."""
+        buffer = memoryview(bytearray(READ_BACK))
+        while True:
+            with self.cond:
+                while True:
+                    if stop.is_set():
+                        raise Stopped
+                    if self.hashed_to == self.size:
+                        return
+                    if not self.busy and (n := min(READ_BACK, self._written_from(self.next) - self.next)) > 0:
+                        break
+                    self.cond.wait(STOP_POLL)
+                at, self.next, self.busy = self.next, self.next + n, True
+                sha, generation = self.sha, self.generation
+            if os.preadv(self.fd, [buffer[:n]], at) != n:
+                raise WaBucketError("part file shrank while downloading")
+            sha.update(buffer[:n])
+            with self.cond:
+                if generation == self.generation:
+                    self.hashed_to += n
+                    self.busy = False
+
+    def _written_from(self, offset: int) -> int:
+        """Where the bytes written without a gap from `offset` on end (called with cond held)."""
+        while offset < self.size:
+            start = self.starts[bisect.bisect_right(self.starts, offset) - 1]
+            end = start + self.written[start]
+            if end <= offset:
+                break
+            offset = end
+        return offset
 
 
 class Stopped(WaBucketError):
@@ -158,26 +201,33 @@ def stream_range(
 ) -> None:
     """One ranged GET, written in place chunk by chunk (runs in a lane's thread); a retry resumes
     where the previous try stopped writing. whole: one plain GET of the file, every try from byte 0."""
-    if whole:
+    if whole and hashing.written[start] < end - start:
         hashing.restart()
     offset = start + hashing.written[start]
-    if offset < end:  # else the last try wrote it all and failed after
-        try:
-            chunks = storage.stream(key) if whole else storage.stream(key, offset, end)
-        except FileNotFoundError as e:
-            raise IntegrityError(f"{f.path}: missing from the bucket") from e
-        for chunk in chunks:
-            if stop.is_set():
-                raise Stopped
-            if offset + len(chunk) > end:
-                break
-            pwrite_all(hashing.fd, chunk, offset)
-            hashing.wrote(start, offset, chunk)
-            offset += len(chunk)
-            advance(len(chunk))
+    unreported = 0  # bytes written since the last progress update
+    try:
+        if offset < end:  # else the last try wrote it all and failed after
+            try:
+                chunks = storage.stream(key) if whole else storage.stream(key, offset, end)
+            except FileNotFoundError as e:
+                raise IntegrityError(f"{f.path}: missing from the bucket") from e
+            for chunk in chunks:
+                if stop.is_set():
+                    raise Stopped
+                if offset + len(chunk) > end:
+                    break
+                pwrite_all(hashing.fd, chunk, offset)
+                hashing.wrote(start, offset, chunk)
+                offset += len(chunk)
+                unreported += len(chunk)
+                if unreported >= PROGRESS_STEP:
+                    advance(unreported)
+                    unreported = 0
+    finally:
+        if unreported:
+            advance(unreported)
     if offset != end:
         raise IntegrityError(f"{f.path}: the bucket returned a wrong length for bytes {start}-{end}")
-    hashing.catch_up()
 
 
 async def get_ranges(
@@ -218,7 +268,7 @@ async def _get_parts(
     part = f.size if whole else max(storage.part_size(f.size), RANGE_SIZE)
     starts = list(range(0, f.size, part))
     tmp, fd = open_part(final)
-    hashing = InOrderHash(fd, starts)
+    hashing = InOrderHash(fd, starts, f.size)
     stop = threading.Event()
 
     async def fetch(index: int, start: int) -> None:
@@ -238,13 +288,14 @@ async def _get_parts(
     try:
         os.ftruncate(fd, f.size)
         tasks = [asyncio.ensure_future(fetch(i, start)) for i, start in enumerate(starts)]
+        tasks.append(asyncio.ensure_future(in_thread(lanes.hashers, stop, hashing.run, stop)))
         try:
             await asyncio.gather(*tasks)
         except BaseException:
             stop.set()
             for t in tasks:
                 t.cancel()
-            await wait_out(tasks)  # each waits for its thread (in_thread)
+            await wait_out(tasks)  # each waits for its thread (in_thread), the hashing one too
             raise
         sha = hashing.sha.hexdigest()
         check_file(f, hashing.hashed_to, sha, verify)

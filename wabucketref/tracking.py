@@ -217,6 +217,20 @@ def _share_ca_with_wandb_service() -> None:
         os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"]
 
 
+# What a run that only records one command (the CLI's: it ends with the command) never uses: Launch
+# jobs, code and git capture, system metrics and machine info. wandb then starts no wandb-symon
+# process and runs 1 git command instead of 5 (wandb 0.31: ~0.05 CPU-s and ~0.1 s less per command).
+# A run the SDK starts may become the caller's training run: it keeps wandb's defaults.
+COMMAND_RUN_SETTINGS: dict[str, Any] = {
+    "disable_job_creation": True,
+    "save_code": False,
+    "disable_code": True,
+    "disable_git": True,
+    "x_disable_stats": True,
+    "x_disable_machine_info": True,
+}
+
+
 def start_run(
     *,
     project: str | None,
@@ -225,11 +239,15 @@ def start_run(
     job_type: str | None,
     tags: list[str] | None = None,
     config: dict[str, Any] | str | None = None,
+    command_only: bool = False,
 ) -> Any:
+    """command_only: the run records one command and ends with it (COMMAND_RUN_SETTINGS)."""
     check_credentials()
     import wandb
 
     _share_ca_with_wandb_service()
+    known = wandb.Settings.model_fields  # the names this wandb has (some are young: wandb>=0.19 is allowed)
+    lean: dict[str, Any] = {k: v for k, v in COMMAND_RUN_SETTINGS.items() if k in known} if command_only else {}
     try:
         return wandb.init(
             project=project,
@@ -239,7 +257,7 @@ def start_run(
             tags=tags or None,
             config=config or None,
             settings=wandb.Settings(
-                console="off", silent=True, init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 90))
+                console="off", silent=True, init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 90)), **lean
             ),
         )
     except Exception as e:  # wandb raises many types for unreachable servers

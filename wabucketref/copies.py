@@ -17,6 +17,7 @@ from .listing import Listing
 from .manifest import NO_HASH, FileEntry, Manifest, merge_join
 from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage, key_under
+from .threads import in_thread
 
 log = logging.getLogger("wabucketref")
 
@@ -83,7 +84,7 @@ class BaseVersion:
             sha, md5s = known, None
         else:
             part = hash_part(self.storage, size)
-            sha, md5s = await asyncio.to_thread(hashes.hashed, abspath, lambda p: hash_local(p, part))
+            sha, md5s = await in_thread(hashes.hashed, abspath, lambda p: hash_local(p, part))
         found: str | None
         if at is not None and at[0].sha256 == sha:
             found, o = at[0].path, at[1]
@@ -99,7 +100,7 @@ class BaseVersion:
 
     async def _by_content(self) -> sqlite3.Connection:
         if self._building is None:
-            self._building = asyncio.ensure_future(asyncio.to_thread(self._build))
+            self._building = asyncio.ensure_future(in_thread(self._build))
         return await asyncio.shield(self._building)
 
     def _build(self) -> sqlite3.Connection:

@@ -23,6 +23,7 @@ from .errors import IntegrityError, WaBucketError
 from .hashcache import HashCache, settle
 from .manifest import FileEntry
 from .scratchdb import open_db, transaction
+from .threads import in_thread, together
 
 STREAM_CHUNK = 8 << 20
 HASHING_THREADS = 8  # files of one size hashed side by side, for --reuse
@@ -193,7 +194,7 @@ class Reuse:
     async def find(self, f: FileEntry) -> Path | None:
         """A file with f's size and sha256, if one of the folders has it."""
         if self._index is None or self._index.cancelled():
-            self._index = asyncio.ensure_future(asyncio.to_thread(self._build))
+            self._index = asyncio.ensure_future(in_thread(self._build))
         await asyncio.shield(self._index)
         db = self._db
         assert db is not None
@@ -246,7 +247,7 @@ class Reuse:
 
     async def _hash(self, row: int, path: str) -> str | None:
         """The sha256 of one indexed file (None if it vanished or cannot be read), kept in the index."""
-        sha = await asyncio.to_thread(self._sha256_or_none, Path(path))
+        sha = await in_thread(self._sha256_or_none, Path(path))
         if sha is not None and self._db is not None:
             self._db.execute("UPDATE files SET sha256 = ? WHERE rowid = ?", (sha, row))
         elif self._db is not None:
@@ -264,7 +265,7 @@ class Reuse:
         query = "SELECT rowid, path FROM files WHERE size = ? AND sha256 IS NULL LIMIT 256"
         try:
             while rows := self._db.execute(query, (size,)).fetchall():  # a batch at a time: each gets its hash
-                await asyncio.gather(*(one(r, p) for r, p in rows))
+                await together(*(one(r, p) for r, p in rows))
         finally:
             self._hashing.pop(size, None)
 

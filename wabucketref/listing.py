@@ -4,7 +4,6 @@ folders), and a listing of millions of objects does not belong in memory."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage
+from .threads import in_thread
 
 SCHEMA = "CREATE TABLE objects (key TEXT PRIMARY KEY, size INTEGER, etag TEXT) WITHOUT ROWID"
 PAGE = 1000
@@ -32,8 +32,8 @@ class Listing:
         os.close(fd)
         listing = cls(Path(path))
         async for page in storage.iter_objects(prefix, PAGE):
-            await asyncio.to_thread(listing._add, page)
-        await asyncio.to_thread(listing._drop_folder_markers)
+            await in_thread(listing._add, page)
+        await in_thread(listing._drop_folder_markers)
         return listing
 
     def _add(self, page: list[ObjectInfo]) -> None:

@@ -24,6 +24,7 @@ from .landing import check_file, open_part, pwrite_all
 from .manifest import FileEntry
 from .retry import with_retries
 from .storage import RangesIgnored, Storage
+from .threads import in_thread, wait_out
 
 RANGES_IN_FLIGHT = 4  # ranged GETs of large files, all files together (see Lanes)
 RANGE_SIZE = 16 << 20
@@ -33,32 +34,6 @@ HASHING_THREADS = 32  # files whose read-backs run at once (transfer.download ha
 STOP_POLL = 0.1  # seconds between two looks at `stop` of a hashing thread with nothing to hash
 
 R = TypeVar("R")
-
-
-async def in_thread(executor: Any, stop: threading.Event, fn: Callable[..., R], *args: Any) -> R:
-    """fn(*args) in a thread of `executor`. A thread cannot be cancelled: if the caller is, `stop`
-    is set (fn checks it between chunks) and the thread is waited for, since it may still be
-    writing a file the caller is about to remove."""
-    thread = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-    try:
-        return await asyncio.shield(thread)
-    except asyncio.CancelledError:
-        stop.set()
-        await wait_out([thread])
-        raise
-
-
-async def wait_out(aws: list[Any]) -> None:
-    """Wait until every future or task is done, even if this task is cancelled again meanwhile
-    (a second cancel must not let the caller close a file that a thread still writes)."""
-    while pending := [a for a in aws if not a.done()]:
-        try:
-            await asyncio.wait(pending)
-        except asyncio.CancelledError:
-            continue
-    for a in aws:  # retrieved, so that asyncio does not log them as never retrieved
-        if not a.cancelled():
-            a.exception()
 
 
 class Lanes:
@@ -277,7 +252,18 @@ async def _get_parts(
             end = min(start + part, f.size)
             await with_retries(
                 lambda: in_thread(
-                    lanes.threads, stop, stream_range, storage, key, f, start, end, hashing, advance, stop, whole
+                    stream_range,
+                    storage,
+                    key,
+                    f,
+                    start,
+                    end,
+                    hashing,
+                    advance,
+                    stop,
+                    whole,
+                    executor=lanes.threads,
+                    stop=stop,
                 ),
                 f"download of {f.path} (bytes {start}-{end})",
                 attempts,
@@ -288,7 +274,7 @@ async def _get_parts(
     try:
         os.ftruncate(fd, f.size)
         tasks = [asyncio.ensure_future(fetch(i, start)) for i, start in enumerate(starts)]
-        tasks.append(asyncio.ensure_future(in_thread(lanes.hashers, stop, hashing.run, stop)))
+        tasks.append(asyncio.ensure_future(in_thread(hashing.run, stop, executor=lanes.hashers, stop=stop)))
         try:
             await asyncio.gather(*tasks)
         except BaseException:

@@ -12,6 +12,7 @@ from .errors import IntegrityError
 from .layout import RECORD_SUFFIX, AliasKeys, ArtifactKeys, BucketRecord, shard_key
 from .manifest import Manifest, Stored, accept_shard, format1_bytes, index_bytes, peek_header, read_stored
 from .storage import Storage
+from .threads import in_thread, together
 
 SHARDS_IN_FLIGHT = 4
 
@@ -94,10 +95,10 @@ async def fetch_manifest(
         if data is None:
             raise IntegrityError(f"shard {i} of the manifest is missing from {storage.uri_for(shards)}")
         path = folder / f"{i:05d}.jsonl.zst"
-        await asyncio.to_thread(accept_shard, data, index.shards[i], path, storage.uri_for(key))
+        await in_thread(accept_shard, data, index.shards[i], path, storage.uri_for(key))
         paths[i] = path
 
-    await asyncio.gather(*map(one, range(len(index.shards)) if wanted is None else wanted))
+    await together(*map(one, range(len(index.shards)) if wanted is None else wanted))
     return Manifest(index, paths, source=storage.uri_for(shards))
 
 
@@ -116,11 +117,11 @@ async def put_shards(storage: Storage, artifact: ArtifactKeys, manifest: Manifes
 
     async def one(i: int, path: Path | None) -> None:
         assert path is not None  # a manifest this command wrote has every shard
-        data = await asyncio.to_thread(path.read_bytes)
+        data = await in_thread(path.read_bytes)
         async with turns:
             await storage.put_bytes(shard_key(folder, i), data)
 
-    await asyncio.gather(*(one(i, p) for i, p in enumerate(manifest.paths)))
+    await together(*(one(i, p) for i, p in enumerate(manifest.paths)))
     return folder
 
 

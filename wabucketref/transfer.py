@@ -30,9 +30,10 @@ from .listing import Listing
 from .localtree import LocalFile, LocalTree
 from .manifest import CaseFolds, FileEntry, Manifest, ManifestWriter, Selection, merge_join, safe_relpath
 from .progress import ProgressCallback, Stats
-from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges, in_thread
+from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges
 from .retry import ATTEMPTS, with_retries
 from .storage import CopiesRefused, ObjectInfo, Storage, key_under
+from .threads import in_thread, wait_out
 
 log = logging.getLogger("wabucketref")
 
@@ -161,16 +162,15 @@ async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[T]:
     def take() -> list[T]:
         return list(itertools.islice(items, size))
 
-    ahead = asyncio.ensure_future(asyncio.to_thread(take))
+    ahead = asyncio.ensure_future(in_thread(take))
     try:
         while batch := await ahead:
-            ahead = asyncio.ensure_future(asyncio.to_thread(take))
+            ahead = asyncio.ensure_future(in_thread(take))
             for item in batch:
                 yield item
     finally:
-        if not ahead.done():
-            ahead.cancel()  # the thread itself finishes its batch: waited for, so the iterator is free
-            await asyncio.gather(ahead, return_exceptions=True)
+        ahead.cancel()  # the thread finishes its batch and is waited for: the iterator is free again
+        await wait_out([ahead])
 
 
 # ---------------------------------------------------------------- hashing helpers
@@ -185,7 +185,7 @@ async def _remote_sha256(storage: Storage, key: str, size: int, progress: _Track
         advance(len(data))
         return hashlib.sha256(data).hexdigest(), len(data)
     stop = threading.Event()
-    return await in_thread(None, stop, _hash_stream, storage, key, advance, stop)
+    return await in_thread(_hash_stream, storage, key, advance, stop, stop=stop)
 
 
 def _hash_stream(storage: Storage, key: str, advance: Callable[[int], None], stop: threading.Event) -> tuple[str, int]:
@@ -260,7 +260,7 @@ async def upload(
             if source is not None:
                 sha, md5s = source.sha256, source.md5s
             else:
-                sha, md5s = await asyncio.to_thread(hash_local, Path(f.abspath), hash_part(storage, f.size))
+                sha, md5s = await in_thread(hash_local, Path(f.abspath), hash_part(storage, f.size))
             same = storage.etag_matches(info, md5s)
             if same is None and source is not None:
                 # copied by an earlier, interrupted try (a folder's hard link keeps the ETag); else
@@ -352,7 +352,7 @@ async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: _Tr
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent
         with open(f.abspath, "rb") as fh:
-            while chunk := await asyncio.to_thread(_read_hashed, fh, sha, part):
+            while chunk := await in_thread(_read_hashed, fh, sha, part):
                 sent += len(chunk)
                 progress.advance(len(chunk))
                 yield chunk
@@ -410,7 +410,7 @@ async def check_listing(storage: Storage, prefix: str, manifest: Manifest, scrat
     where = storage.uri_for(prefix)
     listing = await Listing.of(storage, prefix, scratch)
     try:
-        await asyncio.to_thread(compare_listing, manifest, listing, where)
+        await in_thread(compare_listing, manifest, listing, where)
     finally:
         listing.close()
 
@@ -459,13 +459,13 @@ async def download(
     progress.stats.of_files = wanted.of_files
     lanes = Lanes(min(RANGES_IN_FLIGHT, opts.concurrency))
     verify = wanted.manifest.verified
-    place = await asyncio.to_thread(Destination, dest)
+    place = await in_thread(Destination, dest)
 
     async def one(item: tuple[FileEntry, bool]) -> None:
         f, present = item
         final = dest / f.path
         if present:  # a file of that name is there already
-            if await asyncio.to_thread(local_matches, final, f, verify, opts.hashes):
+            if await in_thread(local_matches, final, f, verify, opts.hashes):
                 progress.file_done(f.size, skipped=True)
                 return
             if speculative:
@@ -503,7 +503,7 @@ async def download(
 
 async def _inline_if_small(size: int, fn: Callable[..., R], *args: Any) -> R:
     """fn(*args) on this thread for a small file (a thread hop costs more than linking or writing it)."""
-    return fn(*args) if size <= INLINE_WRITE else await asyncio.to_thread(fn, *args)
+    return fn(*args) if size <= INLINE_WRITE else await in_thread(fn, *args)
 
 
 async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:

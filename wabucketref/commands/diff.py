@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from ..manifest import NO_HASH, Change, FileEntry, Manifest, ManifestWriter, mer
 from ..manifest import diff as diff_manifests
 from ..records import record_header
 from ..runtime import Context
+from ..threads import in_thread
 from .resolve import manifest_of, resolve_offline
 
 log = logging.getLogger("wabucketref")
@@ -111,11 +111,11 @@ async def _folder_manifest(root: Path, like: Manifest, options: transfer.Options
         f, twin = pair
         sha = NO_HASH
         if twin is not None and twin.size == f.size:
-            sha = await asyncio.to_thread(options.hashes.sha256, Path(f.abspath))
+            sha = await in_thread(options.hashes.sha256, Path(f.abspath))
         writer.add(FileEntry(f.path, f.size, sha))
 
     await transfer.for_each(one, transfer.in_batches(_with_twins(root, like)), HASHING_THREADS)
-    return await asyncio.to_thread(writer.close)
+    return await in_thread(writer.close)
 
 
 def _with_twins(root: Path, like: Manifest) -> Iterator[tuple[LocalFile, FileEntry | None]]:

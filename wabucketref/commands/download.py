@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from ..manifest import NO_HASH, FileEntry, Manifest, Selection, merge_join, safe
 from ..records import fetch_manifest, read_record
 from ..runtime import Context
 from ..storage import ObjectInfo, Storage
+from ..threads import in_thread, together
 from .resolve import locate, manifest_of, resolve_offline
 
 log = logging.getLogger("wabucketref")
@@ -103,7 +105,7 @@ def plan(ctx: Context, qualified_name: str, name: str, type_: str, alias: str, p
     manifest = ctx.run(manifest_of(ctx, resolved, plan.selection))
     if manifest is None:
         raise UsageError(f"{qualified_name}:{alias} has no content manifest: a dry run cannot say what it holds")
-    wanted = ctx.run(asyncio.to_thread(transfer.Wanted.of, manifest, plan.selection))
+    wanted = ctx.run(in_thread(transfer.Wanted.of, manifest, plan.selection))
     return {
         "version": resolved.version,
         "files": wanted.files,
@@ -209,7 +211,7 @@ async def _prefetch(ctx: Context, name: str, type_: str, alias: str, dest: Path,
             storage, artifact.shards(pre.digest), found.stored, ctx.scratch("shards"), shards
         )
         pre.manifest = manifest
-        wanted = await asyncio.to_thread(transfer.Wanted.of, manifest, plan.selection)
+        wanted = await in_thread(transfer.Wanted.of, manifest, plan.selection)
         # The listing of a big folder takes as long as fetching much of it: both at once. Every
         # file is checked against the manifest as it lands.
         root = found.record.root
@@ -250,7 +252,7 @@ async def _fetch(
         pass
     elif not await storage.has_prefix(key):
         raise NotFoundError(f"no data at {storage.uri_for(key)}")
-    wanted = await asyncio.to_thread(transfer.Wanted.of, manifest, plan.selection)
+    wanted = await in_thread(transfer.Wanted.of, manifest, plan.selection)
     await _checked_download(ctx, storage, key, wanted, dest, plan)
     return manifest
 
@@ -273,19 +275,7 @@ async def _checked_download(
     if plan.partial or not wanted.manifest.verified:
         return await fetch
     check = transfer.check_listing(storage, key, wanted.manifest, ctx.scratch("listing"))
-    return (await _together(fetch, check))[0]
-
-
-async def _together(*aws: Awaitable[Any]) -> list[Any]:
-    """Run side by side; the first failure cancels the others and is raised."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return (await together(fetch, check))[0]
 
 
 async def _unverified(ctx: Context, storage: Storage, key: str) -> Manifest:
@@ -300,7 +290,8 @@ async def _unverified(ctx: Context, storage: Storage, key: str) -> Manifest:
         log.warning("%s has no content manifest (written by an older tool): files are not verified", where)
         listing.delete([o.key for o in await storage.folder_markers(key, listing.empty())])
         entries = (FileEntry(safe_relpath(o.key), o.size, NO_HASH) for o in listing.sorted())
-        return await asyncio.to_thread(write_manifest, scratch / "manifest", entries, verified=False, source=where)
+        unverified = functools.partial(write_manifest, verified=False, source=where)
+        return await in_thread(unverified, scratch / "manifest", entries)
     finally:
         listing.close()
 
@@ -315,11 +306,12 @@ async def _named_objects(
     listing = await Listing.of(storage, key, scratch)
     try:
         where = storage.uri_for(key)
-        pairs = await asyncio.to_thread(lambda: list(_unknown_empty(manifest, listing.sorted(), recorded, where)))
+        pairs = await in_thread(lambda: list(_unknown_empty(manifest, listing.sorted(), recorded, where)))
         markers = {o.key for o in await storage.folder_markers(key, pairs)} if pairs else set()
         added = (FileEntry(safe_relpath(o.key), 0, NO_HASH) for o in pairs if o.key not in markers)
         entries = _chain(iter(manifest), added)
-        return await asyncio.to_thread(write_manifest, scratch / "manifest", entries, verified=False, source=where)
+        unverified = functools.partial(write_manifest, verified=False, source=where)
+        return await in_thread(unverified, scratch / "manifest", entries)
     finally:
         listing.close()
 

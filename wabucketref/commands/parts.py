@@ -18,7 +18,6 @@ A failure at any step registers nothing; commit can be run again.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
@@ -39,6 +38,7 @@ from ..marker import Marker, claim
 from ..records import fetch_manifest, put_shards, stored_bytes, write_record
 from ..runtime import Context
 from ..storage import Storage
+from ..threads import in_thread
 from .upload import base_version, logged_in, scan, send_tree
 
 log = logging.getLogger("wabucketref")
@@ -182,7 +182,7 @@ async def _gather(
     try:
         scratch = ctx.scratch("commit")
         parts = [await _read_part(storage, keys, i, count, scratch) for i in range(count)]
-        manifest = await asyncio.to_thread(_merge, [m for m, _ in parts], scratch, what)
+        manifest = await in_thread(_merge, [m for m, _ in parts], scratch, what)
         await _check_bucket(storage, keys, manifest, scratch)
         await _refuse_other_content(storage, keys, manifest, overwrite)
         shards = await put_shards(storage, keys.artifact, manifest)
@@ -275,7 +275,7 @@ async def _check_bucket(storage: Storage, keys: AliasKeys, manifest: Manifest, s
     where = storage.uri_for(keys.data)
     listing = await Listing.of(storage, keys.data, scratch)
     try:
-        stale = await asyncio.to_thread(lambda: list(_stale(manifest, listing, where)))
+        stale = await in_thread(lambda: list(_stale(manifest, listing, where)))
     finally:
         listing.close()
     if stale:

@@ -13,7 +13,6 @@ link: data already in a bucket, registered the same way.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import uuid
@@ -32,6 +31,7 @@ from ..marker import claim
 from ..records import Record, fetch_manifest, put_shards, read_record, write_record
 from ..runtime import Context
 from ..storage import Storage
+from ..threads import in_thread
 
 log = logging.getLogger("wabucketref")
 
@@ -222,7 +222,7 @@ async def send_tree(
         if base_files is not None:
             base_files.close()
     await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
-    return await asyncio.to_thread(writer.close)
+    return await in_thread(writer.close)
 
 
 async def _delete_stale(storage: Storage, prefix: str, listing: Listing, tree: LocalTree) -> None:
@@ -232,7 +232,7 @@ async def _delete_stale(storage: Storage, prefix: str, listing: Listing, tree: L
     def stale() -> list[str]:
         return [o.key for f, o in merge_join(tree.walk(), listing.sorted(), _path, _key) if f is None and o is not None]
 
-    keys = await asyncio.to_thread(stale)
+    keys = await in_thread(stale)
     for i in range(0, len(keys), 1000):
         await storage.delete([join(prefix, k) for k in keys[i : i + 1000]])
 
@@ -310,13 +310,13 @@ async def _hash_folder(storage: Storage, key: str, options: transfer.Options, sc
                 f"{storage.uri_for(key)} holds wabucketref's own records ({own}): "
                 "link a folder of data, not one that holds artifacts"
             )
-        await asyncio.to_thread(_check_case, listing)
+        await in_thread(_check_case, listing)
         listing.delete([o.key for o in await storage.folder_markers(key, listing.empty())])
         writer = ManifestWriter(scratch / "manifest")
         count = (listing.count, listing.total_size())
         objects = ((o, None) for o in listing.sorted())
         await transfer.hash_objects(storage, key, objects, count, options, "hashed", lambda e, _: writer.add(e))
-        return await asyncio.to_thread(writer.close)
+        return await in_thread(writer.close)
     finally:
         listing.close()
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..localtree import LocalFile, walk
 from ..manifest import FileEntry, Index, Manifest, merge_join, sha256_file
 from ..runtime import Context
 from ..storage import ObjectInfo, Storage
+from ..threads import in_thread
 from .resolve import locate, manifest_of, resolve_offline
 
 log = logging.getLogger("wabucketref")
@@ -59,7 +59,7 @@ def verify(ctx: Context, qualified_name: str, name: str, type_: str, alias: str,
 async def _compare_folder(manifest: Manifest, root: Path, stored: frozenset[str], options: transfer.Options) -> None:
     if not root.is_dir():
         raise UsageError(f"not a folder: {root}")
-    problem, absent, named = await asyncio.to_thread(_compare_names, manifest, root, stored)
+    problem, absent, named = await in_thread(_compare_names, manifest, root, stored)
     if absent:  # a partial download (--include) says which
         shown = ", ".join(named) + (f", and {absent - len(named)} more" if absent > len(named) else "")
         raise IntegrityError(f"{absent} of {manifest.file_count} files missing from {root}: {shown}")
@@ -68,7 +68,7 @@ async def _compare_folder(manifest: Manifest, root: Path, stored: frozenset[str]
 
     async def check(pair: tuple[FileEntry, LocalFile]) -> None:
         f, local = pair
-        if await asyncio.to_thread(sha256_file, Path(local.abspath)) != f.sha256:
+        if await in_thread(sha256_file, Path(local.abspath)) != f.sha256:
             raise IntegrityError(f"{f.path}: content in {root} does not match the manifest")
 
     await transfer.for_each(check, transfer.in_batches(_pairs(manifest, root, stored)), options.concurrency)
@@ -113,7 +113,7 @@ async def _compare_bucket(
 ) -> None:
     listing = await Listing.of(storage, key, scratch)
     try:
-        await asyncio.to_thread(transfer.compare_listing, manifest, listing, storage.uri_for(key))
+        await in_thread(transfer.compare_listing, manifest, listing, storage.uri_for(key))
 
         def pairs() -> Iterator[tuple[ObjectInfo, FileEntry]]:
             for f, o in merge_join(manifest, listing.sorted(), _path, lambda o: o.key):

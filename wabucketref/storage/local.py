@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-import random
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from obstore.store import LocalStore
 
 from ..errors import UsageError, WaBucketError
 from .base import ObjectInfo
 from .objectstore import ObjectStoreStorage
+
+T = TypeVar("T")
 
 # obstore's LocalStore writes NAME through a staging file NAME#N and renames it; so it refuses such
 # names as keys, and leaves the staging file behind when a write is interrupted.
@@ -38,8 +40,8 @@ class LocalStorage(ObjectStoreStorage):
         if len(data) > self.SMALL:
             return await super().put(key, data)
         path = os.path.join(self.root, key)
-        staging = self._staging(path)
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        staging, fd = self._staging(path, lambda name: os.open(name, flags, 0o644))
         try:
             view = memoryview(data)
             while view:
@@ -50,23 +52,29 @@ class LocalStorage(ObjectStoreStorage):
 
     async def copy(self, src_key: str, dst_key: str) -> None:
         """A hard link (as obstore's LocalStore copies), made here: no bytes move."""
-        path = os.path.join(self.root, dst_key)
-        staging = self._staging(path)
+        path, src = os.path.join(self.root, dst_key), os.path.join(self.root, src_key)
         try:
-            os.link(os.path.join(self.root, src_key), staging)
+            staging, _ = self._staging(path, lambda name: os.link(src, name))
         except (FileNotFoundError, NotADirectoryError) as e:
             raise FileNotFoundError(f"{src_key}: not found in {self.uri}") from e
         os.replace(staging, path)
 
-    def _staging(self, path: str) -> str:
-        """A staging name beside `path` (NAME#N, as obstore's), its folder made."""
+    def _staging(self, path: str, make: Callable[[str], T]) -> tuple[str, T]:
+        """Make a staging file beside `path` (NAME#N, the first N free, as obstore names them:
+        a longest file name leaves no room for more), its folder made first."""
         folder = os.path.dirname(path)
         if folder not in self._folders:
             os.makedirs(folder, exist_ok=True)
             self._folders[folder] = None
             if len(self._folders) > 256:
                 self._folders.popitem(last=False)
-        return f"{path}#{random.randrange(1 << 30)}"
+        for n in itertools.count(1):
+            name = f"{path}#{n}"
+            try:
+                return name, make(name)
+            except FileExistsError:  # another writer of this key, or a killed one's leftover
+                continue
+        raise AssertionError("unreachable")
 
     async def get(self, key: str, size: int | None = None) -> Any:
         if size is None or size > self.SMALL:

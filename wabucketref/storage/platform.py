@@ -7,7 +7,6 @@ through obstore's client for that provider, which is far faster than the SDK's o
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import NotFoundError, UsageError, WaBucketError
 from ..failures import classify
+from ..threads import in_thread
 from . import session_cache
 from .azure import AzureStorage
 from .base import Storage, check_prefix
@@ -72,7 +72,7 @@ async def _turn(config: Path) -> AsyncIterator[None]:
     try:
         config.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(config.parent / f".{config.name}.wabucket-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        await in_thread(fcntl.flock, fd, fcntl.LOCK_EX)
     except (OSError, AttributeError) as e:  # AttributeError: no fcntl (Windows)
         log.debug("platform config not locked: %s", e)
     except BaseException:

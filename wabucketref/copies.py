@@ -8,7 +8,6 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 
 from .hashcache import HashCache
@@ -58,7 +57,7 @@ class BaseVersion:
         self._manifest = manifest
         self._listing = listing
         self._folder = folder
-        self._aligned = merge_join(iter(manifest), listing.sorted(), attrgetter("path"), attrgetter("key"))
+        self._aligned = merge_join(iter(manifest), listing.sorted())
         self._ahead = next(self._aligned, None)
         self._db: sqlite3.Connection | None = None
         self._building: asyncio.Future[sqlite3.Connection] | None = None

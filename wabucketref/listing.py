@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .manifest import FileEntry, merge_join
 from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage
 from .threads import in_thread
@@ -88,3 +89,12 @@ class Listing:
 
     def close(self) -> None:
         self._db.close()
+
+
+def mismatches(manifest: Iterable[FileEntry], listing: Listing) -> Iterator[tuple[FileEntry | None, ObjectInfo | None]]:
+    """Where a folder does not hold a manifest's files with their sizes, in path order: an entry
+    without its object, an object of another size, an object the manifest lacks (empty objects,
+    such as folder markers, aside)."""
+    for f, o in merge_join(manifest, listing.sorted()):
+        if o is None or (f is None and o.size) or (f is not None and o.size != f.size):
+            yield f, o

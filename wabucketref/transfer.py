@@ -26,9 +26,9 @@ from .copies import SMALL_FILE, BaseVersion, CopyLog, CopySource, copy_checks_ou
 from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
 from .hashcache import HashCache
 from .landing import Destination, Reuse, hash_local, land, local_matches
-from .listing import Listing
+from .listing import Listing, mismatches
 from .localtree import LocalFile, LocalTree
-from .manifest import CaseFolds, FileEntry, Manifest, ManifestWriter, Selection, merge_join, safe_relpath
+from .manifest import CaseFolds, FileEntry, Manifest, ManifestWriter, Selection, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges
 from .retry import ATTEMPTS, with_retries
@@ -417,23 +417,12 @@ async def check_listing(storage: Storage, prefix: str, manifest: Manifest, scrat
 
 def compare_listing(manifest: Manifest, listing: Listing, where: str) -> None:
     """IntegrityError naming the first file missing, of another size, or not in the manifest."""
-    for f, o in merge_join(manifest, listing.sorted(), _path, _key):
+    for f, o in mismatches(manifest, listing):
         if o is None:
-            assert f is not None
-            raise IntegrityError(f"{f.path}: missing from {where}")
+            raise IntegrityError(f"{f.path if f else '?'}: missing from {where}")
         if f is None:
-            if o.size:
-                raise IntegrityError(f"{o.key}: in {where} but not in the artifact's manifest")
-        elif o.size != f.size:
-            raise IntegrityError(f"{f.path}: size in {where} is {o.size}, manifest says {f.size}")
-
-
-def _path(e: FileEntry) -> str:
-    return e.path
-
-
-def _key(o: ObjectInfo) -> str:
-    return o.key
+            raise IntegrityError(f"{o.key}: in {where} but not in the artifact's manifest")
+        raise IntegrityError(f"{f.path}: size in {where} is {o.size}, manifest says {f.size}")
 
 
 async def download(

@@ -119,7 +119,7 @@ async def _folder_manifest(root: Path, like: Manifest, options: transfer.Options
 
 
 def _with_twins(root: Path, like: Manifest) -> Iterator[tuple[LocalFile, FileEntry | None]]:
-    for f, twin in merge_join(walk(root), like, lambda f: f.path, lambda e: e.path):
+    for f, twin in merge_join(walk(root), like):
         if f is not None:
             yield f, twin
 

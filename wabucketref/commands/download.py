@@ -321,7 +321,7 @@ def _unknown_empty(
 ) -> Iterator[ObjectInfo]:
     """The empty objects of the folder the manifest does not name; an object named whose ETag
     differs from what W&B recorded is refused."""
-    for f, o in merge_join(manifest, listed, _path, _key):
+    for f, o in merge_join(manifest, listed):
         if f is None and o is not None and o.size == 0:
             yield o
         elif f is not None and o is not None:
@@ -333,14 +333,6 @@ def _unknown_empty(
 def _chain(*its: Iterator[FileEntry]) -> Iterator[FileEntry]:
     for it in its:
         yield from it
-
-
-def _path(e: FileEntry) -> str:
-    return e.path
-
-
-def _key(o: ObjectInfo) -> str:
-    return o.key
 
 
 def _sdk_encoded(key: str) -> str:

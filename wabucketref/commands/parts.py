@@ -31,9 +31,9 @@ from typing import Any
 from .. import jobs, tracking
 from ..errors import IntegrityError, NotFoundError, WaBucketError
 from ..layout import PART_NAME, AliasKeys, ArtifactKeys, BucketRecord, join
-from ..listing import Listing
+from ..listing import Listing, mismatches
 from ..localtree import LocalTree
-from ..manifest import FileEntry, Manifest, ManifestWriter, merge_join, read_stored
+from ..manifest import FileEntry, Manifest, ManifestWriter, read_stored
 from ..marker import Marker, claim
 from ..records import fetch_manifest, put_shards, stored_bytes, write_record
 from ..runtime import Context
@@ -102,7 +102,7 @@ async def _upload_part(
     base_files = await base_version(storage, keys, base, scratch) if base else None
 
     async def move() -> Manifest:
-        manifest = await send_tree(storage, keys, tree, listing, base_files, scratch, ctx.options)
+        manifest = await send_tree(storage, keys, tree, listing, base_files, scratch, ctx.options, alone=False)
         await put_shards(storage, keys.artifact, manifest)
         await storage.put_bytes(keys.part(index, count), stored_bytes(manifest, _part_header(part, owner)))
         return manifest
@@ -271,8 +271,10 @@ def _tagged(index: int, manifest: Manifest) -> Iterator[tuple[str, int, FileEntr
 
 
 async def _check_bucket(storage: Storage, keys: AliasKeys, manifest: Manifest, scratch: Path) -> None:
-    """Every file is in the alias's folder with its size; objects no part lists are removed."""
+    """Every file is in the alias's folder with its size; objects no part lists, and what
+    interrupted writes left, are removed."""
     where = storage.uri_for(keys.data)
+    await storage.remove_leftovers(keys.data)
     listing = await Listing.of(storage, keys.data, scratch)
     try:
         stale = await in_thread(lambda: list(_stale(manifest, listing, where)))
@@ -285,23 +287,13 @@ async def _check_bucket(storage: Storage, keys: AliasKeys, manifest: Manifest, s
 
 
 def _stale(manifest: Manifest, listing: Listing, where: str) -> Iterator[str]:
-    for f, o in merge_join(manifest, listing.sorted(), _path, _key):
+    for f, o in mismatches(manifest, listing):
         if o is None:
-            assert f is not None
-            raise IntegrityError(f"{f.path}: missing from {where}: run the part that has it again")
+            raise IntegrityError(f"{f.path if f else '?'}: missing from {where}: run the part that has it again")
         if f is None:
-            if o.size:
-                yield o.key
-        elif o.size != f.size:
+            yield o.key
+        else:
             raise IntegrityError(f"{f.path}: size in {where} is {o.size}, its part says {f.size}: run that part again")
-
-
-def _path(e: FileEntry) -> str:
-    return e.path
-
-
-def _key(o: Any) -> str:
-    return o.key
 
 
 async def _refuse_other_content(storage: Storage, keys: AliasKeys, manifest: Manifest, overwrite: bool) -> None:

@@ -208,9 +208,11 @@ async def send_tree(
     base: tuple[Manifest, str] | None,
     scratch: Path,
     options: transfer.Options,
+    alone: bool = True,
 ) -> Manifest:
     """Step 4: what the alias's folder lacks of the tree (copied from the base where it has
-    the content) -> the manifest, on local disk."""
+    the content) -> the manifest, on local disk. alone: no other upload writes there (then what
+    interrupted writes left is removed; a part leaves that to the commit)."""
     base_files = None
     if base is not None:
         base_listing = await Listing.of(storage, base[1], scratch)
@@ -221,7 +223,8 @@ async def send_tree(
     finally:
         if base_files is not None:
             base_files.close()
-    await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
+    if alone:
+        await storage.remove_leftovers(keys.data)  # of earlier, interrupted tries
     return await in_thread(writer.close)
 
 
@@ -230,19 +233,11 @@ async def _delete_stale(storage: Storage, prefix: str, listing: Listing, tree: L
     disk (rclone, a local folder), an old file `a` is in the way of a new `a/b`."""
 
     def stale() -> list[str]:
-        return [o.key for f, o in merge_join(tree.walk(), listing.sorted(), _path, _key) if f is None and o is not None]
+        return [o.key for f, o in merge_join(tree.walk(), listing.sorted()) if f is None and o is not None]
 
     keys = await in_thread(stale)
     for i in range(0, len(keys), 1000):
         await storage.delete([join(prefix, k) for k in keys[i : i + 1000]])
-
-
-def _path(f: Any) -> str:
-    return f.path
-
-
-def _key(o: Any) -> str:
-    return o.key
 
 
 async def base_version(storage: Storage, keys: AliasKeys, base: str, scratch: Path) -> tuple[Manifest, str] | None:

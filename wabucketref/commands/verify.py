@@ -75,7 +75,7 @@ async def _compare_folder(manifest: Manifest, root: Path, stored: frozenset[str]
 
 
 def _pairs(manifest: Manifest, root: Path, stored: frozenset[str]) -> Iterator[tuple[FileEntry, LocalFile]]:
-    for f, local in merge_join(manifest, _local(root, stored), _path, _path):
+    for f, local in merge_join(manifest, _local(root, stored)):
         if f is not None and local is not None:
             yield f, local
 
@@ -89,7 +89,7 @@ def _compare_names(manifest: Manifest, root: Path, stored: frozenset[str]) -> tu
     of the manifest's files missing from the folder, the first of them)."""
     problem: str | None = None
     absent, named = 0, list[str]()
-    for f, local in merge_join(manifest, _local(root, stored), _path, _path):
+    for f, local in merge_join(manifest, _local(root, stored)):
         if local is None:
             assert f is not None
             absent += 1
@@ -104,10 +104,6 @@ def _compare_names(manifest: Manifest, root: Path, stored: frozenset[str]) -> tu
     return problem, absent, named
 
 
-def _path(x: FileEntry | LocalFile) -> str:
-    return x.path
-
-
 async def _compare_bucket(
     storage: Storage, key: str, manifest: Manifest, options: transfer.Options, scratch: Path
 ) -> None:
@@ -116,7 +112,7 @@ async def _compare_bucket(
         await in_thread(transfer.compare_listing, manifest, listing, storage.uri_for(key))
 
         def pairs() -> Iterator[tuple[ObjectInfo, FileEntry]]:
-            for f, o in merge_join(manifest, listing.sorted(), _path, lambda o: o.key):
+            for f, o in merge_join(manifest, listing.sorted()):
                 if f is not None and o is not None:
                     yield o, f
 

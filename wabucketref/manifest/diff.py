@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from .entry import NO_HASH, FileEntry
 
+PATH = attrgetter("path")  # entries, local files and listed objects (ObjectInfo.path) all have one
 A = TypeVar("A")
 B = TypeVar("B")
 
 
-def merge_join(
-    a: Iterable[A], b: Iterable[B], key_a: Callable[[A], str], key_b: Callable[[B], str]
-) -> Iterator[tuple[A | None, B | None]]:
-    """Pairs of items with equal keys from two streams sorted by key, each key once; an item
-    without a partner comes paired with None."""
+def merge_join(a: Iterable[A], b: Iterable[B], key: Callable[[Any], str] = PATH) -> Iterator[tuple[A | None, B | None]]:
+    """Pairs of items with equal keys (their path, by default) from two streams sorted by key,
+    each key once; an item without a partner comes paired with None."""
     ita, itb = iter(a), iter(b)
     x, y = next(ita, None), next(itb, None)
     while x is not None or y is not None:
-        if y is None or (x is not None and key_a(x) < key_b(y)):
+        if y is None or (x is not None and key(x) < key(y)):
             yield x, None
             x = next(ita, None)
-        elif x is None or key_b(y) < key_a(x):
+        elif x is None or key(y) < key(x):
             yield None, y
             y = next(itb, None)
         else:
@@ -53,16 +53,12 @@ class ManifestDiff:
         return not (self.added or self.removed or self.changed)
 
 
-def _path(e: FileEntry) -> str:
-    return e.path
-
-
 def diff(a: Iterable[FileEntry], b: Iterable[FileEntry]) -> ManifestDiff:
     """Files added, removed and changed (size, else sha256) from a to b. An entry without a hash
     (NO_HASH) on either side is compared by size only: a folder's files of another size than
     their counterpart are not hashed."""
     d = ManifestDiff()
-    for fa, fb in merge_join(a, b, _path, _path):
+    for fa, fb in merge_join(a, b):
         if fa is None:
             assert fb is not None
             d.added.append(Change(fb.path, None, fb.size))

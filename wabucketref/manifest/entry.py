@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
 
 import msgspec
 
@@ -87,3 +88,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def line_blocks(f: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """A stream's bytes in blocks that end at a line's end (a last line without one, too)."""
+    rest = b""
+    while data := f.read(chunk):
+        data = rest + data
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if cut:
+            yield data[:cut]
+    if rest.strip():
+        yield rest

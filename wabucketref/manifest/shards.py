@@ -15,7 +15,7 @@ from typing import Any
 import zstandard
 
 from ..errors import IntegrityError
-from .entry import FileEntry, decode_lines, entry_line, safe_relpath
+from .entry import FileEntry, decode_lines, entry_line, line_blocks, safe_relpath
 
 DECODE_CHUNK = 1 << 20  # uncompressed bytes decoded at a time: a few thousand entries
 WRITE_BATCH = 512  # lines joined per write into the compressor
@@ -104,15 +104,7 @@ def read_shard(path: Path, source: str) -> Iterator[list[FileEntry]]:
 def _raw_lines(path: Path) -> Iterator[bytes]:
     """A shard file's uncompressed bytes, in blocks that end at a line's end."""
     with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
-        rest = b""
-        while chunk := reader.read(DECODE_CHUNK):
-            data = rest + chunk
-            cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
-            if cut:
-                yield data[:cut]
-        if rest:
-            yield rest
+        yield from line_blocks(reader, DECODE_CHUNK)
 
 
 def accept_shard(data: bytes, info: ShardInfo, path: Path, source: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import IntegrityError
-from .entry import decode_lines, entry_line, safe_relpath
+from .entry import decode_lines, entry_line, line_blocks, safe_relpath
 from .reader import Index, Manifest
 from .writer import FORMAT_1, ManifestWriter
 
@@ -79,7 +79,7 @@ def read_stored(data: bytes | BinaryIO, folder: Path, source: str) -> Stored:
     if form != FORMAT_1:
         raise IntegrityError(f"{source} has an unknown format: {form!r}")
     writer = ManifestWriter(folder, source=source)
-    for block in _line_blocks(f):
+    for block in line_blocks(f, READ_CHUNK):
         for entry in decode_lines(block, source):
             safe_relpath(entry.path)
             writer.add(entry)
@@ -100,18 +100,6 @@ def peek_header(data: bytes) -> dict[str, Any] | None:
     if not isinstance(header, dict) or header.get("format") not in (FORMAT_1, FORMAT_2):
         return None
     return header
-
-
-def _line_blocks(f: BinaryIO) -> Iterator[bytes]:
-    rest = b""
-    while chunk := f.read(READ_CHUNK):
-        data = rest + chunk
-        cut = data.rfind(b"\n") + 1
-        rest = data[cut:]
-        if cut:
-            yield data[:cut]
-    if rest.strip():
-        yield rest
 
 
 def _dump(obj: dict[str, Any]) -> bytes:

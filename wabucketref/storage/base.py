@@ -40,6 +40,11 @@ class ObjectInfo:
     size: int
     etag: str | None
 
+    @property
+    def path(self) -> str:
+        """The key, as the path of a file under the listed prefix (what manifests are sorted by)."""
+        return self.key
+
 
 @dataclass
 class Capabilities:

@@ -11,6 +11,7 @@ import random
 import pytest
 
 from wabucketref.errors import IntegrityError, UsageError
+from wabucketref.landing import land
 from wabucketref.localtree import walk
 from wabucketref.manifest import (
     CaseFolds,
@@ -20,6 +21,7 @@ from wabucketref.manifest import (
     accept_shard,
     entry_line,
     format1_bytes,
+    hashed,
     index_bytes,
     read_stored,
     write_manifest,
@@ -94,6 +96,35 @@ def test_stored_forms_round_trip(tmp_path, monkeypatch):
     assert one.header == {"alias": "x"} and one.index == m.index and list(one.manifest) == list(m)
     two = read_stored(index_bytes(m.index, {"alias": "x"}), tmp_path / "two", "test")
     assert two.manifest is None and two.index == m.index and two.header["alias"] == "x"
+
+
+def test_a_blake3_is_stored_and_read_back_but_not_digested(tmp_path, monkeypatch):
+    """Uploads store each file's blake3 beside its sha256; the version digest covers the content
+    alone, so a version with blake3s and one without, of equal content, have one digest."""
+    monkeypatch.setenv("WABUCKET_SHARD_FILES", "64")
+    plain = entries(300)
+    with_b3 = [FileEntry(f.path, f.size, f.sha256, hashlib.sha256(f.path.encode()).hexdigest()) for f in plain]
+    m = write_manifest(tmp_path / "m", with_b3)
+    assert m.digest == old_digest(plain) == write_manifest(tmp_path / "p", plain).digest
+    assert list(m) == sorted(with_b3, key=lambda f: f.path)  # the shards keep it
+    one = read_stored(format1_bytes(m, {}), tmp_path / "one", "test")
+    assert list(one.manifest) == list(m) and one.index.digest == m.digest
+    first = json.loads(format1_bytes(m, {}).split(b"\n")[1])
+    assert first == {"blake3": next(iter(m)).blake3, "path": first["path"], "sha256": first["sha256"],
+                     "size": first["size"]}
+
+
+def test_a_download_checks_the_blake3_where_the_entry_has_one(tmp_path):
+    data = b"the bytes of a file" * 100
+    right = hashed("f.bin", data)
+    assert right.blake3 is not None and right.sha256 == hashlib.sha256(data).hexdigest()
+    assert land(tmp_path / "ok.bin", data, right, verify=True) == right.sha256
+    assert (tmp_path / "ok.bin").read_bytes() == data
+    bad = FileEntry("f.bin", right.size, right.sha256, "0" * 64)  # its sha256 alone would pass
+    with pytest.raises(IntegrityError, match="sha256 differs"):
+        land(tmp_path / "b3.bin", data, bad, verify=True)
+    assert not (tmp_path / "b3.bin").exists()
+    assert land(tmp_path / "unchecked.bin", data, bad, verify=False) == right.sha256
 
 
 def test_format1_written_by_hand_is_read_sorted_and_checked(tmp_path):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 
 from tests.conftest import MULTIPART_FILE_SIZE, Env, RawBucket, make_tree, online, tree_hashes, use_backend
@@ -626,6 +627,20 @@ def test_tampered_bucket_fails_download_and_verify(backend_env, tmp_path, change
     if dest.exists():
         no_part_files(dest)
         final_files_are_whole(dest, src)
+
+
+def test_the_record_holds_each_files_blake3_which_downloads_check(backend_env, tmp_path):
+    """An upload stores each file's blake3 beside its sha256 (downloads hash with it: less CPU);
+    the tampering tests around this one show a changed byte is still caught."""
+    env = backend_env
+    src = make_tree(tmp_path / "src")
+    env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "b3", check=True)
+    lines = RawBucket(env).read("dataset/ds/.wabucketref/b3.jsonl").splitlines()[1:]
+    stored = {e["path"]: e for e in map(json.loads, lines)}
+    assert stored.keys() == tree_hashes(src).keys()
+    for path, e in stored.items():
+        data = (src / path).read_bytes()
+        assert (e["sha256"], e["blake3"]) == (hashlib.sha256(data).hexdigest(), blake3.blake3(data).hexdigest())
 
 
 @pytest.mark.parametrize("offset", [100, MULTIPART_FILE_SIZE - 100], ids=["first-range", "last-range"])

@@ -57,7 +57,7 @@ def _write_ranges(path, data: bytes, order: list[int], chunk: int, threaded: boo
                 one(i)
         hasher.join(timeout=10)
         assert not hasher.is_alive()
-        return hashing.sha.hexdigest(), hashing.hashed_to, reads
+        return hashing.hasher.hexdigest(), hashing.hashed_to, reads
     finally:
         os.preadv = real_preadv
         os.close(fd)
@@ -137,7 +137,7 @@ def test_a_retried_range_resumes_where_the_last_try_stopped_writing(tmp_path):
         _stream_range(store, "obj", f, PART, 2 * PART, hashing, fetched.append, threading.Event())
         assert sum(fetched) == PART - 300
         hashing.run(threading.Event())  # everything is written: hashes it all and returns
-        assert hashing.hashed_to == len(data) and hashing.sha.hexdigest() == f.sha256
+        assert hashing.hashed_to == len(data) and hashing.hasher.hexdigest() == f.sha256
     finally:
         os.close(fd)
 
@@ -169,7 +169,7 @@ def test_a_whole_file_tried_again_is_hashed_from_its_first_byte(tmp_path):
         hasher.join(timeout=10)
         assert not hasher.is_alive()
         assert sum(fetched) == len(data)
-        assert hashing.hashed_to == len(data) and hashing.sha.hexdigest() == f.sha256
+        assert hashing.hashed_to == len(data) and hashing.hasher.hexdigest() == f.sha256
     finally:
         os.close(fd)
 

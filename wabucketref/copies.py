@@ -32,6 +32,7 @@ class CopySource:
     key: str  # the object's key in the bucket
     etag: str | None  # the object's, as the base's listing showed it
     sha256: str  # of the local file (equal to the base manifest's)
+    blake3: str | None  # the base manifest's, where it has one
     md5s: Sequence[bytes] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
 
 
@@ -84,18 +85,18 @@ class BaseVersion:
         else:
             part = hash_part(self.storage, size)
             sha, md5s = await in_thread(hashes.hashed, abspath, lambda p: hash_local(p, part))
-        found: str | None
+        found: tuple[str, str | None] | None  # the base's path and blake3
         if at is not None and at[0].sha256 == sha:
-            found, o = at[0].path, at[1]
+            found, o = (at[0].path, at[0].blake3), at[1]
         else:
             found = await self._path_of(size, sha)
-            o = self._listing.get(found) if found is not None else None
+            o = self._listing.get(found[0]) if found is not None else None
         if found is None or o is None or o.size != size:
             return None
         if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
             log.warning("%s: the base version's copy differs from its manifest; sending the file", path)
             return None
-        return CopySource(key_under(self.root, found), o.etag, sha, md5s)
+        return CopySource(key_under(self.root, found[0]), o.etag, sha, found[1], md5s)
 
     async def _by_content(self) -> sqlite3.Connection:
         if self._building is None:
@@ -105,11 +106,11 @@ class BaseVersion:
     def _build(self) -> sqlite3.Connection:
         """The base's files by size and sha256 (reads the manifest once more; a thread's work)."""
         db = open_db(self._folder / "base.sqlite")
-        db.execute("CREATE TABLE base (size INTEGER, sha256 TEXT, path TEXT)")
+        db.execute("CREATE TABLE base (size INTEGER, sha256 TEXT, path TEXT, blake3 TEXT)")
         with transaction(db):
             for batch in self._manifest.batches():
-                rows = [(e.size, e.sha256, e.path) for e in batch if e.sha256 != NO_HASH]
-                db.executemany("INSERT INTO base VALUES (?, ?, ?)", rows)
+                rows = [(e.size, e.sha256, e.path, e.blake3) for e in batch if e.sha256 != NO_HASH]
+                db.executemany("INSERT INTO base VALUES (?, ?, ?, ?)", rows)
         db.execute("CREATE INDEX base_content ON base (size, sha256)")
         self._db = db
         return db
@@ -118,10 +119,12 @@ class BaseVersion:
         db = await self._by_content()
         return db.execute("SELECT 1 FROM base WHERE size = ? LIMIT 1", (size,)).fetchone() is not None
 
-    async def _path_of(self, size: int, sha256: str) -> str | None:
+    async def _path_of(self, size: int, sha256: str) -> tuple[str, str | None] | None:
+        """The path and blake3 of a base file with this content, if any."""
         db = await self._by_content()
-        row = db.execute("SELECT path FROM base WHERE size = ? AND sha256 = ? LIMIT 1", (size, sha256)).fetchone()
-        return None if row is None else row[0]
+        query = "SELECT path, blake3 FROM base WHERE size = ? AND sha256 = ? LIMIT 1"
+        row = db.execute(query, (size, sha256)).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def close(self) -> None:
         if self._db is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import IntegrityError, WaBucketError
 from .hashcache import HashCache, settle
-from .manifest import FileEntry
+from .manifest import FileEntry, checker
 from .scratchdb import open_db, transaction
 from .threads import in_thread, together
 
@@ -31,9 +31,10 @@ PART_SUFFIX = ".wabucket-part"
 _PART_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PART_SUFFIX))  # see open_part
 
 
-def hash_local(path: str | os.PathLike[str], part_size: int) -> tuple[str, list[bytes]]:
-    """sha256 of a file, plus the MD5 of each part of `part_size` (to compare S3 ETags)."""
-    sha = hashlib.sha256()
+def hash_local(path: str | os.PathLike[str], part_size: int, sha: Any = None) -> tuple[str, list[bytes]]:
+    """sha256 of a file, plus the MD5 of each part of `part_size` (to compare S3 ETags). The bytes
+    go to `sha` where given (a Hashing, to have their blake3 as well)."""
+    sha = sha if sha is not None else hashlib.sha256()
     md5s: list[bytes] = []
     with open(path, "rb") as f:
         while True:
@@ -140,21 +141,23 @@ def open_part(final: Path) -> tuple[Path, int]:
     return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 
-def check_file(f: FileEntry, size: int, sha: str, verify: bool) -> None:
+def check_file(f: FileEntry, size: int, digest: str, verify: bool) -> None:
+    """The bytes a download got: f's size, and (verify) the digest manifest.checker(f) names."""
     if size != f.size:
         raise IntegrityError(f"{f.path}: got {size} bytes from the bucket, manifest says {f.size}")
-    if verify and sha != f.sha256:
+    if verify and digest != checker(f)[1]:  # equal blake3s mean equal content: its sha256 differs too
         raise IntegrityError(f"{f.path}: content in the bucket does not match the manifest (sha256 differs)")
 
 
 def land(final: Path, data: Any, f: FileEntry, verify: bool) -> str:
     """Check a small file's bytes, then write them under a temporary name and move it into place.
-    Returns their sha256.
+    Returns their sha256 (the entry's, once they matched its blake3).
 
     Plain os calls: this runs once per file, and a buffered file object costs more than the write.
     """
-    sha = hashlib.sha256(data).hexdigest()
-    check_file(f, len(data), sha, verify)
+    hasher, _ = checker(f) if verify else (hashlib.sha256(), "")
+    hasher.update(data)
+    check_file(f, len(data), hasher.hexdigest(), verify)
     tmp, fd = open_part(final)
     try:
         try:
@@ -166,7 +169,7 @@ def land(final: Path, data: Any, f: FileEntry, verify: bool) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return sha
+    return f.sha256 if verify else hasher.hexdigest()
 
 
 def pwrite_all(fd: int, data: Any, offset: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from .errors import IntegrityError, WaBucketError
 from .hashcache import settle
 from .landing import check_file, open_part, pwrite_all
-from .manifest import FileEntry
+from .manifest import FileEntry, checker
 from .retry import with_retries
 from .storage import RangesIgnored, Storage
 from .threads import in_thread, wait_out
@@ -82,7 +82,8 @@ class Lanes:
 
 
 class InOrderHash:
-    """sha256 of a file whose ranges are written side by side by lane threads.
+    """The digest (sha256, or the hasher `new` makes) of a file whose ranges are written side by
+    side by lane threads.
 
     A lane that writes where the hash has got to hashes its chunk at once, still in cache.
     Bytes written ahead by other ranges are read back from the file by a thread of its own
@@ -90,7 +91,8 @@ class InOrderHash:
     them up (hashlib releases the GIL).
     """
 
-    def __init__(self, fd: int, starts: list[int], size: int):
+    def __init__(self, fd: int, starts: list[int], size: int, new: Callable[[], Any] = hashlib.sha256):
+        self.new = new
         self.fd = fd
         self.starts = starts
         self.size = size
@@ -102,7 +104,7 @@ class InOrderHash:
         """Start over from byte 0 (a whole-file GET tried again)."""
         with self.cond:
             self.generation += 1  # a read-back under way is dropped
-            self.sha = hashlib.sha256()
+            self.hasher = self.new()
             self.hashed_to = 0
             self.next = 0  # hashed_to, plus the bytes being hashed
             self.busy = False  # someone is hashing: updates must follow each other, in order
@@ -116,7 +118,7 @@ class InOrderHash:
                 return
             self.busy = True
             self.next += len(chunk)
-            sha = self.sha
+            sha = self.hasher
         sha.update(chunk)
         with self.cond:
             self.hashed_to += len(chunk)
@@ -139,7 +141,7 @@ class InOrderHash:
                         break
                     self.cond.wait(STOP_POLL)
                 at, self.next, self.busy = self.next, self.next + n, True
-                sha, generation = self.sha, self.generation
+                sha, generation = self.hasher, self.generation
             if os.preadv(self.fd, [buffer[:n]], at) != n:
                 raise WaBucketError("part file shrank while downloading")
             sha.update(buffer[:n])
@@ -215,8 +217,8 @@ async def get_ranges(
     lanes: Lanes,
     attempts: int,
 ) -> str:
-    """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands;
-    returns its sha256.
+    """A large file as ranged GETs streamed in parallel into its part file, hashed as it lands
+    (with the entry's blake3 where it has one, else sha256); returns its sha256.
 
     Each range is retried on its own, from where it stopped. From a server that ignores ranges,
     the file comes whole, in one GET."""
@@ -243,7 +245,7 @@ async def _get_parts(
     part = f.size if whole else max(storage.part_size(f.size), RANGE_SIZE)
     starts = list(range(0, f.size, part))
     tmp, fd = open_part(final)
-    hashing = InOrderHash(fd, starts, f.size)
+    hashing = InOrderHash(fd, starts, f.size, (lambda: checker(f)[0]) if verify else hashlib.sha256)
     stop = threading.Event()
 
     async def fetch(index: int, start: int) -> None:
@@ -283,13 +285,13 @@ async def _get_parts(
                 t.cancel()
             await wait_out(tasks)  # each waits for its thread (in_thread), the hashing one too
             raise
-        sha = hashing.sha.hexdigest()
-        check_file(f, hashing.hashed_to, sha, verify)
+        digest = hashing.hasher.hexdigest()
+        check_file(f, hashing.hashed_to, digest, verify)
         settle(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, final)
-        return sha
+        return f.sha256 if verify else digest
     finally:
         if fd >= 0:
             os.close(fd)

@@ -11,7 +11,6 @@ moved into place only after its size and sha256 matched the manifest.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import os
@@ -28,7 +27,7 @@ from .hashcache import HashCache
 from .landing import Destination, Reuse, hash_local, land, local_matches
 from .listing import Listing, mismatches
 from .localtree import LocalFile, LocalTree
-from .manifest import CaseFolds, FileEntry, Manifest, ManifestWriter, Selection, safe_relpath
+from .manifest import CaseFolds, FileEntry, Hashing, Manifest, ManifestWriter, Selection, hashed, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges
 from .retry import ATTEMPTS, with_retries
@@ -176,28 +175,30 @@ async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[T]:
 # ---------------------------------------------------------------- hashing helpers
 
 
-async def _remote_sha256(storage: Storage, key: str, size: int, progress: _Tracker | None = None) -> tuple[str, int]:
-    """sha256 and size of an object in the bucket: a small one read whole, a large one streamed in a
-    thread and hashed chunk by chunk while in cache (as large downloads are, see Lanes)."""
+async def _remote_entry(
+    storage: Storage, key: str, path: str, size: int, progress: _Tracker | None = None
+) -> FileEntry:
+    """An object of the bucket as a manifest's entry (its size, sha256 and blake3): a small one
+    read whole, a large one streamed in a thread and hashed chunk by chunk while in cache."""
     advance = _advancer(progress)
     if size <= SMALL_FILE:
         data = await storage.get(key)
         advance(len(data))
-        return hashlib.sha256(data).hexdigest(), len(data)
+        return hashed(path, data)
     stop = threading.Event()
-    return await in_thread(_hash_stream, storage, key, advance, stop, stop=stop)
+    h = await in_thread(_hash_stream, storage, key, advance, stop, Hashing(), stop=stop)
+    return h.entry(path)
 
 
-def _hash_stream(storage: Storage, key: str, advance: Callable[[int], None], stop: threading.Event) -> tuple[str, int]:
-    sha = hashlib.sha256()
-    size = 0
+def _hash_stream(
+    storage: Storage, key: str, advance: Callable[[int], None], stop: threading.Event, h: Hashing
+) -> Hashing:
     for chunk in storage.stream(key):
         if stop.is_set():
             raise Stopped
-        sha.update(chunk)
-        size += len(chunk)
+        h.update(chunk)
         advance(len(chunk))
-    return sha.hexdigest(), size
+    return h
 
 
 def _advancer(progress: _Tracker | None) -> Callable[[int], None]:
@@ -232,52 +233,55 @@ async def upload(
     large = asyncio.Semaphore(LARGE_UPLOADS_IN_FLIGHT)
     copies = CopyLog(scratch)
 
-    async def send(f: LocalFile) -> str:
+    async def send(f: LocalFile) -> FileEntry:
         key = key_under(prefix, f.path)
 
-        async def put() -> str:
+        async def put() -> FileEntry:
             if f.size <= SMALL_FILE:
-                data, sha = await _inline_if_small(f.size, _read_and_hash, f.abspath)
-                if len(data) != f.size:
+                data, entry = await _inline_if_small(f.size, _read_and_hash, f)
+                if entry.size != f.size:
                     raise WaBucketError(f"file changed while uploading: {f.path}")
                 await storage.put(key, data)
                 progress.advance(len(data))
-                return sha
+                return entry
             async with large:
                 return await _put_streaming(storage, key, f, progress)
 
         before, started = os.stat(f.abspath), time.time_ns()
-        sha = await with_retries(put, f"upload of {f.path}", opts.attempts)
-        opts.hashes.remember(Path(f.abspath), sha, before, started)
+        entry = await with_retries(put, f"upload of {f.path}", opts.attempts)
+        opts.hashes.remember(f.abspath, entry.sha256, before, started)
         progress.file_done(f.size)
-        return sha
+        return entry
 
     async def one(f: LocalFile) -> None:
         key = key_under(prefix, f.path)
         info = existing.get(f.path) if existing.count else None
         source = await base.source_for(f.path, f.abspath, f.size, opts.hashes) if base is not None else None
         if info is not None and info.size == f.size:
+            b3 = source.blake3 if source is not None else None
             if source is not None:
                 sha, md5s = source.sha256, source.md5s
             else:
-                sha, md5s = await in_thread(hash_local, Path(f.abspath), hash_part(storage, f.size))
+                both = Hashing()
+                sha, md5s = await in_thread(hash_local, Path(f.abspath), hash_part(storage, f.size), both)
+                b3 = both.b3.hexdigest()
             same = storage.etag_matches(info, md5s)
             if same is None and source is not None:
                 # copied by an earlier, interrupted try (a folder's hard link keeps the ETag); else
                 # copying again is cheaper than reading the object back
                 same = bool(info.etag) and info.etag == source.etag
             elif same is None:
-                same = (await _remote_sha256(storage, key, info.size))[0] == sha
+                same = (await _remote_entry(storage, key, f.path, info.size)).sha256 == sha
             if same:
                 progress.file_done(f.size, skipped=True)
-                writer.add(FileEntry(f.path, f.size, sha))
+                writer.add(FileEntry(f.path, f.size, sha, b3))
                 return
         if source is not None and await _copy(storage, source, key, f.path, opts.attempts):
             copies.add(f.path, f.abspath, f.size, source)
             progress.file_done(f.size, copied=True)
-            writer.add(FileEntry(f.path, f.size, source.sha256))
+            writer.add(FileEntry(f.path, f.size, source.sha256, source.blake3))
             return
-        writer.add(FileEntry(f.path, f.size, await send(f)))
+        writer.add(await send(f))
 
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
@@ -311,7 +315,7 @@ async def _check_copies(
     prefix: str,
     copies: CopyLog,
     progress: _Tracker,
-    send: Callable[[LocalFile], Awaitable[str]],
+    send: Callable[[LocalFile], Awaitable[FileEntry]],
     scratch: Path,
     opts: Options,
 ) -> None:
@@ -330,42 +334,39 @@ async def _check_copies(
         progress.stats.copied_bytes -= c.size
 
     async def resend(c: Any) -> None:
-        if await send(LocalFile(c.path, c.abspath, c.size)) != c.sha256:
+        if (await send(LocalFile(c.path, c.abspath, c.size))).sha256 != c.sha256:
             raise WaBucketError(f"file changed while uploading: {c.path}")
 
     await for_each(resend, bad, opts.concurrency)
 
 
-def _read_and_hash(path: str) -> tuple[bytes, str]:
-    with open(path, "rb") as f:
-        data = f.read()
-    return data, hashlib.sha256(data).hexdigest()
+def _read_and_hash(f: LocalFile) -> tuple[bytes, FileEntry]:
+    with open(f.abspath, "rb") as fh:
+        data = fh.read()
+    return data, hashed(f.path, data)
 
 
-async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: _Tracker) -> str:
+async def _put_streaming(storage: Storage, key: str, f: LocalFile, progress: _Tracker) -> FileEntry:
     """A multipart upload whose parts are hashed as they are read (parts of a known size, so a
     resume can compare the object's ETag)."""
-    sha = hashlib.sha256()
-    sent = 0
+    h = Hashing()
     part = storage.part_size(f.size)
 
     async def chunks() -> AsyncIterator[bytes]:
-        nonlocal sent
         with open(f.abspath, "rb") as fh:
-            while chunk := await in_thread(_read_hashed, fh, sha, part):
-                sent += len(chunk)
+            while chunk := await in_thread(_read_hashed, fh, h, part):
                 progress.advance(len(chunk))
                 yield chunk
 
     await storage.put_stream(key, chunks(), part, UPLOAD_PARTS_PER_FILE)
-    if sent != f.size:
+    if h.size != f.size:
         raise WaBucketError(f"file changed while uploading: {f.path}")
-    return sha.hexdigest()
+    return h.entry(f.path)
 
 
-def _read_hashed(fh: Any, sha: Any, n: int) -> bytes:
+def _read_hashed(fh: Any, h: Hashing, n: int) -> bytes:
     chunk = fh.read(n)
-    sha.update(chunk)
+    h.update(chunk)
     return chunk
 
 
@@ -515,7 +516,7 @@ async def hash_objects(
     verb: str,
     found: Callable[[FileEntry, T], None],
 ) -> Stats:
-    """The sha256 of objects already in the bucket (for link and verify), each told to `found`
+    """The digests of objects already in the bucket (for link and verify), each told to `found`
     with what came beside the object: every byte is read once. count: (objects, bytes)."""
     progress = _Tracker(verb, count[0], count[1], opts)
 
@@ -523,15 +524,15 @@ async def hash_objects(
         o, beside = item
         safe_relpath(o.key)
 
-        async def read() -> tuple[str, int]:
-            return await _remote_sha256(storage, key_under(prefix, o.key), o.size, progress)
+        async def read() -> FileEntry:
+            return await _remote_entry(storage, key_under(prefix, o.key), o.key, o.size, progress)
 
         try:
-            sha, size = await with_retries(read, f"reading {o.key}", opts.attempts)
+            entry = await with_retries(read, f"reading {o.key}", opts.attempts)
         except FileNotFoundError as e:
             raise NotFoundError(f"{o.key}: vanished from the bucket while reading it") from e
-        progress.file_done(size)
-        found(FileEntry(o.key, size, sha), beside)
+        progress.file_done(entry.size)
+        found(entry, beside)
 
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
         await for_each(one, in_batches(objects), opts.concurrency)

@@ -8,7 +8,6 @@ are done: at 1.28M files each copy is about 5 GB of 4 KiB blocks."""
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -224,14 +223,11 @@ def _folder_versions(b: CBench, rep: int, wab: list[str], art: str, alias_dir: P
 
 
 def _parts(b: CBench, rep: int, wab: list[str], art: str) -> None:
-    """The version sent again as 4 parts by 4 processes at once (a quarter of C's folders each,
-    hard links of them, made untimed), then their commit."""
-    from .scaleout import N, together
+    """The version sent again as 4 parts by 4 processes at once (a quarter of C's files each, hard
+    links of them), then their commit."""
+    from .scaleout import N, split_tree, together
 
-    folders = sorted(p.name for p in b.tree.path.iterdir())
-    parts = [b.work / f"part{i}" for i in range(N)]
-    for k, folder in enumerate(folders):
-        shutil.copytree(b.tree.path / folder, parts[k % N] / folder, copy_function=os.link)
+    parts = split_tree(b.tree.path, [b.work / f"part{i}" for i in range(N)])
     try:
         sends = [
             [*wab, "upload", str(p), "-n", f"{art}-parts", "-t", "dataset", "-a", "whole", "--part", f"{i}/{N}"]

@@ -43,7 +43,7 @@ def together(commands: list[list[str]]) -> list[str]:
 
 def bench_scaleout(ds: Dataset, cs: Contenders, work: Path, args: argparse.Namespace, runs: list[Run]) -> None:
     """Per repetition, into a fresh artifact: the parts, the commit, then the shares of what it committed."""
-    parts = _split(ds, work / "data" / f"{ds.name}-parts")
+    parts = split_tree(ds.path, [work / "data" / f"{ds.name}-parts" / str(i) for i in range(N)])
     wab = cs.wab(REFERENCE)
     for rep in range(args.repeat):
         art = f"bench-{ds.name}-parts-r{rep}"
@@ -69,17 +69,16 @@ def bench_scaleout(ds: Dataset, cs: Contenders, work: Path, args: argparse.Names
     shutil.rmtree(work / "data" / f"{ds.name}-parts", ignore_errors=True)
 
 
-def _split(ds: Dataset, root: Path) -> list[Path]:
-    """A's files in N folders (hard links, by top folder: part0..part9 go round the parts)."""
-    shutil.rmtree(root, ignore_errors=True)
-    folders = [root / str(i) for i in range(N)]
-    tops = sorted(p.name for p in ds.path.iterdir())
-    for k, top in enumerate(tops):
-        for src in (ds.path / top).rglob("*"):
-            if src.is_file():
-                dst = folders[k % N] / src.relative_to(ds.path)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.link(src, dst)
+def split_tree(src: Path, folders: list[Path]) -> list[Path]:
+    """src's files as hard links in these folders: runs of files in path order, one per folder, of
+    equal counts (a part per job, none empty while there are files enough). Made untimed."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    files = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    for k, rel in enumerate(files):
+        dst = folders[k * len(folders) // len(files)] / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src / rel, dst)
     return folders
 
 

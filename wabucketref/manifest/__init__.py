@@ -10,7 +10,7 @@ index of shards above that (format 2).
 """
 
 from .diff import Change, ManifestDiff, diff, merge_join
-from .entry import NO_HASH, CaseFolds, FileEntry, entry_line, safe_relpath, sha256_file
+from .entry import NO_HASH, CaseFolds, FileEntry, Hashing, checker, entry_line, hashed, safe_relpath, sha256_file
 from .reader import Index, Manifest
 from .select import Selection
 from .shards import ShardInfo, accept_shard
@@ -24,6 +24,7 @@ __all__ = [
     "CaseFolds",
     "Change",
     "FileEntry",
+    "Hashing",
     "Index",
     "Manifest",
     "ManifestDiff",
@@ -32,9 +33,11 @@ __all__ = [
     "ShardInfo",
     "Stored",
     "accept_shard",
+    "checker",
     "diff",
     "entry_line",
     "format1_bytes",
+    "hashed",
     "index_bytes",
     "merge_join",
     "peek_header",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
+import blake3
 import msgspec
 
 from ..errors import IntegrityError
@@ -15,10 +16,14 @@ NO_HASH = "0" * 64  # the sha256 of a file listed without one (artifacts of olde
 HASH_CHUNK = 1 << 20
 
 
+Digest = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+
+
 class FileEntry(msgspec.Struct, frozen=True, gc=False):
     path: str  # relative, "/"-separated, checked by safe_relpath
     size: Annotated[int, msgspec.Meta(ge=0)]
-    sha256: Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+    sha256: Digest  # the content's identity: the version's digest is over these
+    blake3: Digest | None = None  # a cheaper digest a download checks instead, where an upload computed it
 
 
 _json_str = msgspec.json.encode
@@ -26,9 +31,59 @@ DECODER = msgspec.json.Decoder(FileEntry)
 
 
 def entry_line(e: FileEntry) -> bytes:
-    """The canonical line of an entry: keys sorted, no spaces, UTF-8 (what the digest covers).
-    msgspec escapes a string exactly as json.dumps(ensure_ascii=False) does (tests check it)."""
+    """The canonical line of an entry's content: keys sorted, no spaces, UTF-8 (what the digest
+    covers, so equal content gives an equal digest with or without a blake3). msgspec escapes a
+    string exactly as json.dumps(ensure_ascii=False) does (tests check it)."""
     return b'{"path":%s,"sha256":"%s","size":%d}\n' % (_json_str(e.path), e.sha256.encode(), e.size)
+
+
+def stored_line(e: FileEntry) -> bytes:
+    """The line an entry is stored as: its content line, with its blake3 where it has one."""
+    if e.blake3 is None:
+        return entry_line(e)
+    return b'{"blake3":"%s","path":%s,"sha256":"%s","size":%d}\n' % (
+        e.blake3.encode(),
+        _json_str(e.path),
+        e.sha256.encode(),
+        e.size,
+    )
+
+
+class Hashing:
+    """The two digests of bytes fed in order: an upload computes blake3 beside sha256, for the
+    downloads that check it instead (blake3 releases the GIL as hashlib does)."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.b3 = blake3.blake3()
+        self.size = 0
+
+    def update(self, data: Any) -> None:
+        self.sha.update(data)
+        self.b3.update(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        """The sha256 (as hashlib's objects give theirs)."""
+        return self.sha.hexdigest()
+
+    def entry(self, path: str) -> FileEntry:
+        return FileEntry(path, self.size, self.sha.hexdigest(), self.b3.hexdigest())
+
+
+def hashed(path: str, data: Any) -> FileEntry:
+    """The entry of a file of these bytes."""
+    h = Hashing()
+    h.update(data)
+    return h.entry(path)
+
+
+def checker(e: FileEntry) -> tuple[Any, str]:
+    """(a new hasher, the digest it must give) to check a file's bytes: blake3 where the entry has
+    it (about 2.5x less CPU than sha256), else sha256."""
+    if e.blake3 is not None:
+        return blake3.blake3(), e.blake3
+    return hashlib.sha256(), e.sha256
 
 
 def decode_lines(data: bytes, source: str) -> list[FileEntry]:

@@ -15,7 +15,7 @@ from typing import Any
 import zstandard
 
 from ..errors import IntegrityError
-from .entry import FileEntry, decode_lines, entry_line, line_blocks, safe_relpath
+from .entry import FileEntry, decode_lines, line_blocks, safe_relpath
 
 DECODE_CHUNK = 1 << 20  # uncompressed bytes decoded at a time: a few thousand entries
 WRITE_BATCH = 512  # lines joined per write into the compressor
@@ -85,14 +85,6 @@ class ShardWriter:
     def abort(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
-
-
-def write_shard(path: Path, entries: list[FileEntry]) -> ShardInfo:
-    """A shard file of `entries` (already sorted)."""
-    w = ShardWriter(path)
-    for e in entries:
-        w.add(e, entry_line(e))
-    return w.close()
 
 
 def read_shard(path: Path, source: str) -> Iterator[list[FileEntry]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import IntegrityError
-from .entry import decode_lines, entry_line, line_blocks, safe_relpath
+from .entry import decode_lines, line_blocks, safe_relpath, stored_line
 from .reader import Index, Manifest
 from .writer import FORMAT_1, ManifestWriter
 
@@ -51,7 +51,7 @@ def format1_lines(manifest: Manifest, header: dict[str, Any]) -> Iterator[bytes]
     yield _dump({"format": FORMAT_1, **header})
     for batch in manifest.batches():
         for e in batch:
-            yield entry_line(e)
+            yield stored_line(e)
 
 
 def format1_bytes(manifest: Manifest, header: dict[str, Any]) -> bytes:

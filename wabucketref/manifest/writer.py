@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import settings
 from ..errors import IntegrityError
-from .entry import FileEntry, entry_line
+from .entry import FileEntry, entry_line, stored_line
 from .reader import Index, Manifest
 from .shards import ShardInfo, ShardWriter, read_shard
 
@@ -48,8 +48,8 @@ class _Shards:
             path = self.folder / f"{self.name}-{len(self.paths):05d}.jsonl.zst"
             self.current = ShardWriter(path)
             self.paths.append(path)
-        line = entry_line(e)
-        self.digest.update(line)
+        line = stored_line(e)
+        self.digest.update(line if e.blake3 is None else entry_line(e))
         self.current.add(e, line)
         if self.current.files >= self.per_shard:
             self.infos.append(self.current.close())

@@ -151,8 +151,9 @@ def bench_c(count: int, work: Path, args: argparse.Namespace, runs: list[Run], s
     stack = Stack(cwork / "stack")
     try:
         b = CBench(tree, Contenders(stack, cwork / "stack"), cwork, args, runs)
+        on_s3 = args.c_s3_up_to is None or count <= args.c_s3_up_to
         for rep in range(args.repeat):
-            for group in rotate(["folder", "peers", "s3"], rep):
+            for group in rotate(["folder", "peers", "s3"] if on_s3 else ["folder", "peers"], rep):
                 {"folder": folder_rows, "peers": peer_rows, "s3": s3_rows}[group](b, rep)
         if synthetic:
             bench_synthetic(b)

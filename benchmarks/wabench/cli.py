@@ -70,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{','.join(map(str, SMALL_COUNTS))} with --small); needs --only C",
     )
     p.add_argument(
+        "--c-s3-up-to",
+        type=int,
+        metavar="N",
+        default=None,
+        help="run C's S3 rows only at file counts up to N (they take 3-4x the folder rows' time; default: every count)",
+    )
+    p.add_argument(
         "--synthetic-entries",
         type=int,
         metavar="N",

@@ -89,13 +89,12 @@ async def fetch_manifest(
     turns = asyncio.Semaphore(SHARDS_IN_FLIGHT)
 
     async def one(i: int) -> None:
-        key = shard_key(shards, i)
-        async with turns:
+        key, path = shard_key(shards, i), folder / f"{i:05d}.jsonl.zst"
+        async with turns:  # held until the shard is on disk: at most this many in memory
             data = await storage.get_bytes(key)
-        if data is None:
-            raise IntegrityError(f"shard {i} of the manifest is missing from {storage.uri_for(shards)}")
-        path = folder / f"{i:05d}.jsonl.zst"
-        await in_thread(accept_shard, data, index.shards[i], path, storage.uri_for(key))
+            if data is None:
+                raise IntegrityError(f"shard {i} of the manifest is missing from {storage.uri_for(shards)}")
+            await in_thread(accept_shard, data, index.shards[i], path, storage.uri_for(key))
         paths[i] = path
 
     await together(*map(one, range(len(index.shards)) if wanted is None else wanted))
@@ -117,8 +116,8 @@ async def put_shards(storage: Storage, artifact: ArtifactKeys, manifest: Manifes
 
     async def one(i: int, path: Path | None) -> None:
         assert path is not None  # a manifest this command wrote has every shard
-        data = await in_thread(path.read_bytes)
-        async with turns:
+        async with turns:  # at most this many shards in memory
+            data = await in_thread(path.read_bytes)
             await storage.put_bytes(shard_key(folder, i), data)
 
     await together(*(one(i, p) for i, p in enumerate(manifest.paths)))

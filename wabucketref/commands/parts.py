@@ -38,7 +38,7 @@ from ..marker import Marker, claim
 from ..records import fetch_manifest, put_shards, stored_bytes, write_record
 from ..runtime import Context
 from ..storage import Storage
-from ..threads import in_thread
+from ..threads import in_thread, together
 from .upload import base_version, logged_in, scan, send_tree
 
 log = logging.getLogger("wabucketref")
@@ -141,13 +141,15 @@ def commit(ctx: Context, name: str, type_: str, alias: str, metadata: dict[str, 
     storage, prefix = ctx.home()
     keys = ArtifactKeys(prefix, type_, name).alias(alias)
     owner = {"entity": entity, "project": ctx.project}
-    gathered = ctx.run(_gather(ctx, storage, keys, overwrite, owner))
-    if gathered is None:
+    count = ctx.run(_complete_parts(storage, keys, f"{name}:{alias}"))
+    if count is None:
         log.info("%s:%s is committed already (no parts are left to commit)", name, alias)
         return None
-    manifest, parts, shards, marker = gathered
+    held: list[Marker] = []  # the alias's marker, once _gather claimed it
     try:
-        run = ctx.start_run("commit", metadata)
+        (manifest, parts, shards), run = ctx.while_run_starts(
+            _gather(ctx, storage, keys, count, overwrite, owner, held), "commit", metadata
+        )
         ref = storage.uri_for(keys.data)
         version = tracking.log_artifact(
             run,
@@ -160,37 +162,39 @@ def commit(ctx: Context, name: str, type_: str, alias: str, metadata: dict[str, 
             shards=shards,
         )
     except BaseException:
-        ctx.run(storage.delete([marker.key]))
+        ctx.run(storage.delete([m.key for m in held]))
         raise
     record = BucketRecord.new(keys, ref, keys.data, manifest, version, *logged_in(run, entity, ctx.project))
-    ctx.run(_finish(storage, keys, record, manifest, marker))
+    ctx.run(_finish(storage, keys, record, manifest, held[0]))
     log.info("artifact %s:%s (%s) -> %s, from %d parts", name, alias, version or tracking.mode(), ref, len(parts))
     return version
 
 
 async def _gather(
-    ctx: Context, storage: Storage, keys: AliasKeys, overwrite: bool, owner: dict[str, Any]
-) -> tuple[Manifest, list[dict[str, Any]], str | None, Marker] | None:
-    """Steps 1-3, under the alias's marker: the merged manifest, the parts' descriptions, where
-    its shards went; None if there are no parts and the alias is a version already."""
+    ctx: Context,
+    storage: Storage,
+    keys: AliasKeys,
+    count: int,
+    overwrite: bool,
+    owner: dict[str, Any],
+    held: list[Marker],
+) -> tuple[Manifest, list[dict[str, Any]], str | None]:
+    """Steps 1-3, under the alias's marker (added to `held`): the merged manifest, the parts'
+    descriptions, where its shards went. The bucket is listed while the parts are merged."""
     what = f"{keys.artifact.name}:{keys.alias}"
-    count = await _complete_parts(storage, keys, what)
-    if count is None:
-        return None
-    where = storage.uri_for(keys.data)
-    marker = await claim(storage, keys.marker, await storage.read(keys.marker), where, owner)
+    held.append(await claim(storage, keys.marker, await storage.read(keys.marker), storage.uri_for(keys.data), owner))
+    scratch = ctx.scratch("commit")
+    (parts, manifest), listing = await together(
+        _read_and_merge(storage, keys, count, scratch, what), _list_folder(storage, keys, scratch)
+    )
     try:
-        scratch = ctx.scratch("commit")
-        parts = [await _read_part(storage, keys, i, count, scratch) for i in range(count)]
-        manifest = await in_thread(_merge, [m for m, _ in parts], scratch, what)
-        await _check_bucket(storage, keys, manifest, scratch)
-        await _refuse_other_content(storage, keys, manifest, overwrite)
-        shards = await put_shards(storage, keys.artifact, manifest)
-    except BaseException:
-        await storage.delete([marker.key])
-        raise
+        await _check_bucket(storage, keys, manifest, listing)
+    finally:
+        listing.close()
+    await _refuse_other_content(storage, keys, manifest, overwrite)
+    shards = await put_shards(storage, keys.artifact, manifest)
     described = [_describe(i, m, header) for i, (m, header) in enumerate(parts)]
-    return manifest, described, storage.uri_for(shards) if shards is not None else None, marker
+    return manifest, described, storage.uri_for(shards) if shards is not None else None
 
 
 async def _complete_parts(storage: Storage, keys: AliasKeys, what: str) -> int | None:
@@ -241,6 +245,13 @@ async def _read_part(
     return manifest, stored.header
 
 
+async def _read_and_merge(
+    storage: Storage, keys: AliasKeys, count: int, scratch: Path, what: str
+) -> tuple[list[tuple[Manifest, dict[str, Any]]], Manifest]:
+    parts = [await _read_part(storage, keys, i, count, scratch) for i in range(count)]
+    return parts, await in_thread(_merge, [m for m, _ in parts], scratch, what)
+
+
 def _merge(parts: list[Manifest], scratch: Path, what: str) -> Manifest:
     """The parts' entries as one sorted stream; a path in several parts is one file if its
     content is the same in each, else a conflict (all of them are counted, the first named)."""
@@ -270,16 +281,16 @@ def _tagged(index: int, manifest: Manifest) -> Iterator[tuple[str, int, FileEntr
     return ((e.path, index, e) for e in manifest)
 
 
-async def _check_bucket(storage: Storage, keys: AliasKeys, manifest: Manifest, scratch: Path) -> None:
-    """Every file is in the alias's folder with its size; objects no part lists, and what
-    interrupted writes left, are removed."""
-    where = storage.uri_for(keys.data)
+async def _list_folder(storage: Storage, keys: AliasKeys, scratch: Path) -> Listing:
+    """The alias's folder, without what interrupted writes left there."""
     await storage.remove_leftovers(keys.data)
-    listing = await Listing.of(storage, keys.data, scratch)
-    try:
-        stale = await in_thread(lambda: list(_stale(manifest, listing, where)))
-    finally:
-        listing.close()
+    return await Listing.of(storage, keys.data, scratch)
+
+
+async def _check_bucket(storage: Storage, keys: AliasKeys, manifest: Manifest, listing: Listing) -> None:
+    """Every file is in the alias's folder with its size; objects no part lists are removed."""
+    where = storage.uri_for(keys.data)
+    stale = await in_thread(lambda: list(_stale(manifest, listing, where)))
     if stale:
         log.warning("removing %d object(s) of %s that no part lists (first: %s)", len(stale), where, stale[0])
         for i in range(0, len(stale), 1000):

@@ -95,15 +95,19 @@ def decode_lines(data: bytes, source: str) -> list[FileEntry]:
 
 
 def safe_relpath(path: str) -> str:
-    """Refuse a path that could write outside the destination folder."""
-    parts = path.split("/")
+    """Refuse a path that could write outside the destination folder: absolute, with an empty,
+    `.` or `..` segment, a backslash, a NUL, or a Windows drive."""
+    wrapped = f"/{path}/"
     if (
         not path
-        or path.startswith("/")
+        or path[0] == "/"
+        or path[-1] == "/"
+        or "//" in path
+        or "/./" in wrapped
+        or "/../" in wrapped
         or "\\" in path
         or "\0" in path
-        or any(p in ("", ".", "..") for p in parts)
-        or (len(parts[0]) >= 2 and parts[0][1] == ":")  # a Windows drive
+        or path[1:2] == ":"
     ):
         raise IntegrityError(f"unsafe path in artifact: {path!r}")
     return path

@@ -145,12 +145,12 @@ def commit(ctx: Context, name: str, type_: str, alias: str, metadata: dict[str, 
     if count is None:
         log.info("%s:%s is committed already (no parts are left to commit)", name, alias)
         return None
-    held: list[Marker] = []  # the alias's marker, once _gather claimed it
+    ref = storage.uri_for(keys.data)
+    marker = ctx.run(_claim(storage, keys, ref, owner))
     try:
         (manifest, parts, shards), run = ctx.while_run_starts(
-            _gather(ctx, storage, keys, count, overwrite, owner, held), "commit", metadata
+            _gather(ctx, storage, keys, count, overwrite), "commit", metadata
         )
-        ref = storage.uri_for(keys.data)
         version = tracking.log_artifact(
             run,
             name=name,
@@ -162,27 +162,24 @@ def commit(ctx: Context, name: str, type_: str, alias: str, metadata: dict[str, 
             shards=shards,
         )
     except BaseException:
-        ctx.run(storage.delete([m.key for m in held]))
+        ctx.run(storage.delete([marker.key]))
         raise
     record = BucketRecord.new(keys, ref, keys.data, manifest, version, *logged_in(run, entity, ctx.project))
-    ctx.run(_finish(storage, keys, record, manifest, held[0]))
+    ctx.run(_finish(storage, keys, record, manifest, marker))
     log.info("artifact %s:%s (%s) -> %s, from %d parts", name, alias, version or tracking.mode(), ref, len(parts))
     return version
 
 
+async def _claim(storage: Storage, keys: AliasKeys, where: str, owner: dict[str, Any]) -> Marker:
+    return await claim(storage, keys.marker, await storage.read(keys.marker), where, owner)
+
+
 async def _gather(
-    ctx: Context,
-    storage: Storage,
-    keys: AliasKeys,
-    count: int,
-    overwrite: bool,
-    owner: dict[str, Any],
-    held: list[Marker],
+    ctx: Context, storage: Storage, keys: AliasKeys, count: int, overwrite: bool
 ) -> tuple[Manifest, list[dict[str, Any]], str | None]:
-    """Steps 1-3, under the alias's marker (added to `held`): the merged manifest, the parts'
-    descriptions, where its shards went. The bucket is listed while the parts are merged."""
+    """Steps 1-3, under the alias's marker: the merged manifest, the parts' descriptions, where
+    its shards went. The bucket is listed while the parts are merged."""
     what = f"{keys.artifact.name}:{keys.alias}"
-    held.append(await claim(storage, keys.marker, await storage.read(keys.marker), storage.uri_for(keys.data), owner))
     scratch = ctx.scratch("commit")
     (parts, manifest), listing = await together(
         _read_and_merge(storage, keys, count, scratch, what), _list_folder(storage, keys, scratch)

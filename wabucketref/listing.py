@@ -4,6 +4,7 @@ folders), and a listing of millions of objects does not belong in memory."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -39,9 +40,7 @@ class Listing:
 
     def _add(self, page: list[ObjectInfo]) -> None:
         with transaction(self._db):
-            self._db.executemany(
-                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", [(o.key, o.size, o.etag) for o in page]
-            )
+            self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?)", page)
         self.count += len(page)
 
     def _drop_folder_markers(self) -> None:
@@ -64,8 +63,7 @@ class Listing:
         """The objects in key order (the order of manifests)."""
         cursor = self._db.execute("SELECT key, size, etag FROM objects ORDER BY key")
         while rows := cursor.fetchmany(PAGE):
-            for key, size, etag in rows:
-                yield ObjectInfo(key, size, etag)
+            yield from itertools.starmap(ObjectInfo, rows)
 
     def total_size(self) -> int:
         return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM objects").fetchone()[0])

@@ -102,10 +102,7 @@ class LocalStorage(ObjectStoreStorage):
             raise UsageError(f"{bad}: a local folder bucket cannot hold a file whose name ends in '#' and digits")
 
     async def remove_leftovers(self, prefix: str) -> None:
-        for folder, _, names in os.walk(self.root / prefix):
-            for name in names:
-                if _STAGING.fullmatch(name):
-                    os.unlink(os.path.join(folder, name))
+        await in_thread(_remove_staging, str(self.root / prefix))
 
     async def delete(self, keys: list[str]) -> None:
         """Delete, then remove the folders left empty: a folder is in the way of a file of its name."""
@@ -121,22 +118,60 @@ class LocalStorage(ObjectStoreStorage):
 
 def _pages(top: Path, batch: int) -> Iterator[list[ObjectInfo]]:
     page: list[ObjectInfo] = []
-    for folder, _, names in os.walk(top, followlinks=True):  # as obstore's LocalStore, which follows links
-        rel = os.path.relpath(folder, top)
-        for name in names:
-            if _STAGING.fullmatch(name):  # a write under way, or an interrupted one's leftover
-                continue
-            try:
-                st = os.stat(os.path.join(folder, name))
-            except OSError:  # removed meanwhile, or a dangling link
-                continue
-            key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        for key, st in _sorted_files(fd, ""):
             page.append(ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"))
             if len(page) >= batch:
                 yield page
                 page = []
+    finally:
+        os.close(fd)
     if page:
         yield page
+
+
+def _sorted_files(folder: int, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+    """The files under the open folder with their keys, in key order (a folder's files come
+    where "NAME/" sorts: a listing stored in key order is written faster), without writes under
+    way or interrupted ones' leftovers. Links are followed, as obstore's LocalStore does; names
+    are looked up relative to their folder (a stat by full path costs more)."""
+    with os.scandir(folder) as it:
+        names = [
+            (e.name + "/" if _is_folder(e) else e.name)
+            for e in it
+            if "#" not in e.name or not _STAGING.fullmatch(e.name)
+        ]
+    names.sort()
+    for name in names:
+        try:
+            if not name.endswith("/"):
+                yield prefix + name, os.stat(name, dir_fd=folder)
+                continue
+            sub = os.open(name[:-1], os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+        except OSError:  # removed meanwhile, or a dangling link
+            continue
+        try:
+            yield from _sorted_files(sub, prefix + name)
+        finally:
+            os.close(sub)
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _remove_staging(top: str) -> None:
+    for folder, _, names in os.walk(top):
+        for name in names:
+            if "#" in name and _STAGING.fullmatch(name):
+                os.unlink(os.path.join(folder, name))
 
 
 def open_local(path: str | Path) -> LocalStorage:

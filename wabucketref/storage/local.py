@@ -24,6 +24,10 @@ T = TypeVar("T")
 _STAGING = re.compile(r".*#\d+")
 
 
+def _is_staging(name: str) -> bool:
+    return "#" in name and _STAGING.fullmatch(name) is not None
+
+
 class LocalStorage(ObjectStoreStorage):
     """A folder. Small objects are written and read here with plain file calls, on the calling
     thread: for a file of a few KiB, handing the call to obstore's threads costs more than the
@@ -98,7 +102,7 @@ class LocalStorage(ObjectStoreStorage):
         return None  # local ETags describe inode and mtime, not content: hash the file instead
 
     def check_names(self, paths: Iterable[str]) -> None:
-        if bad := next((p for p in paths if _STAGING.fullmatch(p.rpartition("/")[2])), None):
+        if bad := next((p for p in paths if _is_staging(p.rpartition("/")[2])), None):
             raise UsageError(f"{bad}: a local folder bucket cannot hold a file whose name ends in '#' and digits")
 
     async def remove_leftovers(self, prefix: str) -> None:
@@ -140,11 +144,7 @@ def _sorted_files(folder: int, prefix: str) -> Iterator[tuple[str, os.stat_resul
     way or interrupted ones' leftovers. Links are followed, as obstore's LocalStore does; names
     are looked up relative to their folder (a stat by full path costs more)."""
     with os.scandir(folder) as it:
-        names = [
-            (e.name + "/" if _is_folder(e) else e.name)
-            for e in it
-            if "#" not in e.name or not _STAGING.fullmatch(e.name)
-        ]
+        names = [(e.name + "/" if _is_folder(e) else e.name) for e in it if not _is_staging(e.name)]
     names.sort()
     for name in names:
         try:
@@ -170,7 +170,7 @@ def _is_folder(entry: os.DirEntry[str]) -> bool:
 def _remove_staging(top: str) -> None:
     for folder, _, names in os.walk(top):
         for name in names:
-            if "#" in name and _STAGING.fullmatch(name):
+            if _is_staging(name):
                 os.unlink(os.path.join(folder, name))
 
 

@@ -9,17 +9,18 @@ user named would be a surprise, and silently skipping would lose data.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import IntegrityError, UsageError
 from .manifest import safe_relpath
 
 
-@dataclass(frozen=True)
-class LocalFile:
+class LocalFile(NamedTuple):  # a tuple: a walk makes one per file
     path: str  # relative, "/"-separated
     abspath: str
     size: int
@@ -46,54 +47,70 @@ class LocalTree:
         return cls(root, files, size)
 
     def walk(self) -> Iterator[LocalFile]:
-        return walk(self.root)
+        """The files again, for the scan's checks were made: names and permissions are not checked twice."""
+        return walk(self.root, check_files=False)
 
 
-def walk(root: Path) -> Iterator[LocalFile]:
+def walk(root: Path, check_files: bool = True) -> Iterator[LocalFile]:
     """Every regular file under root, in path order (sockets, fifos and devices are not data:
-    skipped). A folder `a` sorts as `a/`: its files come after a file `a.txt`."""
+    skipped). A folder `a` sorts as `a/`: its files come after a file `a.txt`. check_files:
+    refuse a file name no bucket can hold, or a file that cannot be read (UsageError)."""
     root = Path(root)
     if not root.exists():
         raise UsageError(f"source folder does not exist: {root}")
     if not root.is_dir():
         raise UsageError(f"source is not a folder: {root}")
     real_root = os.path.realpath(root)
-    yield from _folder(str(root), "", real_root, frozenset({real_root}))
+    yield from _folder(str(root), "", real_root, frozenset({real_root}), check_files)
 
 
-def _folder(folder: str, rel: str, real_root: str, seen: frozenset[str]) -> Iterator[LocalFile]:
+def _folder(folder: str, rel: str, real_root: str, seen: frozenset[str], check: bool) -> Iterator[LocalFile]:
+    # Names are statted and checked relative to the open folder: a lookup of the whole path
+    # per file would be most of a big walk's time.
     try:
-        entries = list(os.scandir(folder))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except PermissionError as e:
         raise UsageError(f"cannot read folder: {folder}") from e
-    children: list[tuple[str, os.DirEntry[str], bool, int]] = []
+    try:
+        with os.scandir(fd) as it:
+            children = sorted(_kinds(it, folder, rel, real_root))
+        _refuse_case_collisions(rel, [name for _, name, _, _ in children])
+        above = folder.rstrip("/") + "/"
+        for _, name, is_dir, size in children:
+            relpath, path = rel + name, above + name
+            if is_dir:
+                real = os.path.realpath(path)
+                if real in seen:  # a link loop
+                    raise UsageError(f"symlink loop in source folder: {relpath}")
+                yield from _folder(path, relpath + "/", real_root, seen | {real}, check)
+                continue
+            if check:
+                _check_name(relpath)
+                if not os.access(name, os.R_OK, dir_fd=fd):
+                    raise UsageError(f"cannot read file: {relpath}")
+            yield LocalFile(relpath, path, size)
+    finally:
+        os.close(fd)
+
+
+def _kinds(entries: Iterator[os.DirEntry[str]], folder: str, rel: str, real_root: str) -> Iterator[tuple]:
+    """(sort key, name, is a folder, size) of each folder and regular file; links checked."""
     for entry in entries:
-        relpath = rel + entry.name
+        name = entry.name
         if entry.is_symlink():
-            target = os.path.realpath(entry.path)
+            target = os.path.realpath(os.path.join(folder, name))
             if not os.path.exists(target):
-                raise UsageError(f"broken symlink in source folder: {relpath}")
+                raise UsageError(f"broken symlink in source folder: {rel + name}")
             if target != real_root and not target.startswith(real_root + os.sep):
-                raise UsageError(f"symlink points outside the source folder: {relpath} -> {target}")
+                raise UsageError(f"symlink points outside the source folder: {rel + name} -> {target}")
         st = entry.stat()
         if stat.S_ISDIR(st.st_mode):
-            children.append((entry.name + "/", entry, True, 0))
+            yield name + "/", name, True, 0
         elif stat.S_ISREG(st.st_mode):
-            children.append((entry.name, entry, False, st.st_size))
-    children.sort(key=lambda c: c[0])
-    _refuse_case_collisions(rel, [c[1].name for c in children])
-    for _, entry, is_dir, size in children:
-        relpath = rel + entry.name
-        if is_dir:
-            real = os.path.realpath(entry.path)
-            if real in seen:  # a link loop
-                raise UsageError(f"symlink loop in source folder: {relpath}")
-            yield from _folder(entry.path, relpath + "/", real_root, seen | {real})
-            continue
-        _check_name(relpath)
-        if not os.access(entry.path, os.R_OK):
-            raise UsageError(f"cannot read file: {relpath}")
-        yield LocalFile(relpath, entry.path, size)
+            yield name, name, False, st.st_size
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def _check_name(path: str) -> None:
@@ -102,7 +119,7 @@ def _check_name(path: str) -> None:
         path.encode("utf-8")  # names that are not UTF-8 cannot be object keys
     except (IntegrityError, UnicodeEncodeError) as e:
         raise UsageError(f"file name not supported: {path!r}") from e
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):  # object stores refuse them; terminals garble them
+    if _CONTROL.search(path):  # object stores refuse them; terminals garble them
         raise UsageError(f"file name with a control character not supported: {path!r}")
 
 

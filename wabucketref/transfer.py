@@ -286,7 +286,7 @@ async def upload(
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
             await for_each(one, in_batches(tree.walk()), opts.concurrency)
-            if copies.count:
+            if copies.count and not storage.copies_are_links:
                 await _check_copies(storage, prefix, copies, progress, send, scratch, opts)
     finally:
         copies.close()

@@ -65,6 +65,10 @@ class CopiesRefused(WaBucketError):
 class Storage(ABC):
     """A bucket (or a prefix of one) as seen by wabucketref; `uri` names its root in references."""
 
+    # A copy that returned is the source object itself (a hard link): nothing to check after it.
+    # A server's copy is checked by listing (an S3 gateway may copy a changing or partial source).
+    copies_are_links = False
+
     def __init__(self, uri: str, *, credentials_hint: str = "", endpoint: str = "") -> None:
         self.uri = uri.rstrip("/")
         self.capabilities = Capabilities()

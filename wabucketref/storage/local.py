@@ -35,6 +35,7 @@ class LocalStorage(ObjectStoreStorage):
     place, so a reader never sees half a file."""
 
     SMALL = 256 << 10
+    copies_are_links = True
 
     def __init__(self, root: Path):
         super().__init__(LocalStore(root), root.as_uri())
@@ -64,10 +65,16 @@ class LocalStorage(ObjectStoreStorage):
             yield page
 
     async def copy(self, src_key: str, dst_key: str) -> None:
-        """A hard link (as obstore's LocalStore copies), made here: no bytes move."""
+        """A hard link (as obstore's LocalStore copies), made here: no bytes move. A link is whole
+        from the start: it gets its final name at once, unless a file has that name already."""
         path, src = os.path.join(self.root, dst_key), os.path.join(self.root, src_key)
         try:
-            staging, _ = self._staging(path, lambda name: os.link(src, name))
+            try:
+                self._make_folder_of(path)
+                os.link(src, path)
+                return
+            except FileExistsError:
+                staging, _ = self._staging(path, lambda name: os.link(src, name))
         except (FileNotFoundError, NotADirectoryError) as e:
             raise FileNotFoundError(f"{src_key}: not found in {self.uri}") from e
         os.replace(staging, path)
@@ -75,12 +82,7 @@ class LocalStorage(ObjectStoreStorage):
     def _staging(self, path: str, make: Callable[[str], T]) -> tuple[str, T]:
         """Make a staging file beside `path` (NAME#N, the first N free, as obstore names them:
         a longest file name leaves no room for more), its folder made first."""
-        folder = os.path.dirname(path)
-        if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders[folder] = None
-            if len(self._folders) > 256:
-                self._folders.popitem(last=False)
+        self._make_folder_of(path)
         for n in itertools.count(1):
             name = f"{path}#{n}"
             try:
@@ -88,6 +90,14 @@ class LocalStorage(ObjectStoreStorage):
             except FileExistsError:  # another writer of this key, or a killed one's leftover
                 continue
         raise AssertionError("unreachable")
+
+    def _make_folder_of(self, path: str) -> None:
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders[folder] = None
+            if len(self._folders) > 256:
+                self._folders.popitem(last=False)
 
     async def get(self, key: str, size: int | None = None) -> Any:
         if size is None or size > self.SMALL:

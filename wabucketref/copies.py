@@ -13,10 +13,11 @@ from pathlib import Path
 from .hashcache import HashCache
 from .landing import hash_local
 from .listing import Listing
+from .localtree import LocalFile
 from .manifest import NO_HASH, FileEntry, Manifest, merge_join
 from .scratchdb import open_db, transaction
 from .storage import ObjectInfo, Storage, key_under
-from .threads import in_thread
+from .threads import in_thread, in_thread_unless_small
 
 log = logging.getLogger("wabucketref")
 
@@ -71,20 +72,21 @@ class BaseVersion:
             return None
         return self._ahead[0], self._ahead[1]
 
-    async def source_for(self, path: str, abspath: str, size: int, hashes: HashCache) -> CopySource | None:
-        """The base's object with the local file's content, if any. Only files of a size the base
-        has are hashed (in a thread), and only if their hash is not remembered (hashcache.py)."""
+    async def source_for(self, f: LocalFile, known: str | None, hashes: HashCache) -> CopySource | None:
+        """The base's object with the local file's content, if any (`known`: the file's remembered
+        sha256). Only files of a size the base has are hashed (in a thread), and only if their
+        hash is not remembered (hashcache.py)."""
+        path, abspath, size = f.path, f.abspath, f.size
         at = self._at(path)  # first, before any await: the files come in path order
         if at is None or at[0].size != size or at[0].sha256 == NO_HASH:
             at = None
             if not await self._has_size(size):
                 return None
-        known = hashes.known(abspath)  # here: a thread hop costs more than the lookup
         if known is not None:
             sha, md5s = known, None
         else:
             part = hash_part(self.storage, size)
-            sha, md5s = await in_thread(hashes.hashed, abspath, lambda p: hash_local(p, part))
+            sha, md5s = await in_thread_unless_small(size, hashes.learn, abspath, lambda p: hash_local(p, part))
         found: tuple[str, str | None] | None  # the base's path and blake3
         if at is not None and at[0].sha256 == sha:
             found, o = (at[0].path, at[0].blake3), at[1]

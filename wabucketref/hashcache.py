@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -72,18 +72,23 @@ class HashCache:
             st = st or os.stat(path)
         except OSError:
             return None
-        key, row = _key(st), _row(st, "")
+        return self.known_all([st])[0]
+
+    def known_all(self, stats: Sequence[os.stat_result]) -> list[str | None]:
+        """known() of many files by their stats, read from the cache file in one transaction."""
+        keys = [_key(st) for st in stats]
         with self._lock:
-            pending = self._pending.get(key)
-        found: tuple | None = pending[0] if pending is not None else None
-        if found is None:
+            found = [p[0] if (p := self._pending.get(key)) is not None else None for key in keys]
+        if missing := [i for i, row in enumerate(found) if row is None]:
             with self._db_lock:
-                if (db := self._open()) is None:
-                    return None
-                found = _query(db, key)
-        if found is None or tuple(found[:3]) != row[:3]:
-            return None
-        return str(found[3])
+                if (db := self._open()) is not None:
+                    with _reading(db, len(missing) > 1):
+                        for i in missing:
+                            found[i] = _query(db, keys[i])
+        return [
+            str(row[3]) if row is not None and tuple(row[:3]) == _row(st, "")[:3] else None
+            for row, st in zip(found, stats, strict=True)
+        ]
 
     def remember(self, path: StrPath, sha256: str, before: os.stat_result, started_ns: int) -> None:
         """path's content, read from `started_ns` on, had this sha256; `before` is its stat from
@@ -116,6 +121,10 @@ class HashCache:
         """(sha256, what else `compute` returns): remembered (the rest is then None), else computed."""
         if (sha := self.known(path)) is not None:
             return sha, None
+        return self.learn(path, compute)
+
+    def learn(self, path: StrPath, compute: Callable[[StrPath], tuple[str, X]]) -> tuple[str, X]:
+        """compute(path), its sha256 remembered (for a file whose hash is known not to be)."""
         before, started = os.stat(path), time.time_ns()
         sha, extra = compute(path)
         self.remember(path, sha, before, started)
@@ -181,6 +190,24 @@ def _key(st: os.stat_result) -> _Key:
 
 def _row(st: os.stat_result, sha256: str) -> _Row:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256
+
+
+@contextlib.contextmanager
+def _reading(db: sqlite3.Connection, batch: bool) -> Iterator[None]:
+    """One read transaction for a batch of queries (autocommit would lock the file for each)."""
+    if not batch:
+        yield
+        return
+    try:
+        db.execute("BEGIN")
+    except sqlite3.Error:  # each query then reads on its own
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("COMMIT")
 
 
 def _query(db: sqlite3.Connection, key: _Key) -> tuple | None:

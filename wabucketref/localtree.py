@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +24,7 @@ class LocalFile(NamedTuple):  # a tuple: a walk makes one per file
     path: str  # relative, "/"-separated
     abspath: str
     size: int
+    stat: os.stat_result | None = None  # as the walk saw it (the hash cache's key)
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,10 @@ class LocalTree:
     bytes: int
 
     @classmethod
-    def scan(cls, root: Path, check: Callable[[str], None] | None = None) -> LocalTree:
-        """Walk root once: refuse what cannot be uploaded (UsageError), count the rest. `check`
-        is also called with each file's path (a bucket's own rules for names)."""
+    def scan(cls, root: Path) -> LocalTree:
+        """Walk root once: refuse what cannot be uploaded (UsageError), count the rest."""
         files = size = 0
         for f in walk(root):
-            if check is not None:
-                check(f.path)
             files += 1
             size += f.size
         return cls(root, files, size)
@@ -49,6 +47,14 @@ class LocalTree:
     def walk(self) -> Iterator[LocalFile]:
         """The files again, for the scan's checks were made: names and permissions are not checked twice."""
         return walk(self.root, check_files=False)
+
+    def paths(self) -> Iterator[str]:
+        """Every file's path, cheaply (names only: no stat, no order), for a bucket's own rules
+        for names. A file in a linked folder is named by its path in the folder linked to."""
+        for folder, _, names in os.walk(self.root):
+            rel = os.path.relpath(folder, self.root)
+            above = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            yield from (above + name for name in names)
 
 
 def walk(root: Path, check_files: bool = True) -> Iterator[LocalFile]:
@@ -76,7 +82,7 @@ def _folder(folder: str, rel: str, real_root: str, seen: frozenset[str], check: 
             children = sorted(_kinds(it, folder, rel, real_root))
         _refuse_case_collisions(rel, [name for _, name, _, _ in children])
         above = folder.rstrip("/") + "/"
-        for _, name, is_dir, size in children:
+        for _, name, is_dir, st in children:
             relpath, path = rel + name, above + name
             if is_dir:
                 real = os.path.realpath(path)
@@ -88,13 +94,13 @@ def _folder(folder: str, rel: str, real_root: str, seen: frozenset[str], check: 
                 _check_name(relpath)
                 if not os.access(name, os.R_OK, dir_fd=fd):
                     raise UsageError(f"cannot read file: {relpath}")
-            yield LocalFile(relpath, path, size)
+            yield LocalFile(relpath, path, st.st_size, st)
     finally:
         os.close(fd)
 
 
 def _kinds(entries: Iterator[os.DirEntry[str]], folder: str, rel: str, real_root: str) -> Iterator[tuple]:
-    """(sort key, name, is a folder, size) of each folder and regular file; links checked."""
+    """(sort key, name, is a folder, stat) of each folder and regular file; links checked."""
     for entry in entries:
         name = entry.name
         if entry.is_symlink():
@@ -105,9 +111,9 @@ def _kinds(entries: Iterator[os.DirEntry[str]], folder: str, rel: str, real_root
                 raise UsageError(f"symlink points outside the source folder: {rel + name} -> {target}")
         st = entry.stat()
         if stat.S_ISDIR(st.st_mode):
-            yield name + "/", name, True, 0
+            yield name + "/", name, True, st
         elif stat.S_ISREG(st.st_mode):
-            yield name, name, False, st.st_size
+            yield name, name, False, st
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")

@@ -29,6 +29,15 @@ async def in_thread(fn: Callable[..., R], *args: Any, executor: Any = None, stop
         raise
 
 
+SMALL = 256 << 10  # bytes
+
+
+async def in_thread_unless_small(size: int, fn: Callable[..., R], *args: Any) -> R:
+    """fn(*args) on this thread for a small file (a thread hop costs more than reading, linking or
+    writing it), else in a thread."""
+    return fn(*args) if size <= SMALL else await in_thread(fn, *args)
+
+
 async def wait_out(aws: list[Any]) -> None:
     """Wait until every future or task is done, even if this task is cancelled again meanwhile
     (a second cancel must not let the caller close a file that a thread still writes)."""

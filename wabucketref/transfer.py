@@ -11,12 +11,13 @@ moved into place only after its size and sha256 matched the manifest.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,12 +33,11 @@ from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges
 from .retry import ATTEMPTS, with_retries
 from .storage import CopiesRefused, ObjectInfo, Storage, key_under
-from .threads import in_thread, wait_out
+from .threads import in_thread, in_thread_unless_small, wait_out
 
 log = logging.getLogger("wabucketref")
 
 DEFAULT_CONCURRENCY = 32
-INLINE_WRITE = 256 << 10
 LARGE_UPLOADS_IN_FLIGHT = 2  # each buffers up to UPLOAD_PARTS_PER_FILE parts in obstore
 UPLOAD_PARTS_PER_FILE = 3
 BATCH = 256  # items a worker thread produces at a time (a walk, a manifest being decoded)
@@ -114,20 +114,26 @@ async def bounded_map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], concu
     return [results[i] for i in range(len(results))]
 
 
-async def for_each(fn: Callable[[T], Awaitable[Any]], items: Iterable[T] | AsyncIterable[T], concurrency: int) -> None:
+async def for_each(
+    fn: Callable[[T], Awaitable[Any]], items: Iterable[T] | AsyncIterable[Sequence[T]], concurrency: int
+) -> None:
     """fn over items with at most `concurrency` in flight, pulled as workers free up (a million
     items cost a million calls, never a million pending tasks); after a failure no new one
-    starts, and the first failure is raised once the running ones ended."""
+    starts, and the first failure is raised once the running ones ended. An async iterable
+    gives the items in batches (in_batches): a worker waits for the next batch, never for an item."""
     errors: list[BaseException] = []
     if isinstance(items, AsyncIterable):
-        ait, turn = aiter(items), asyncio.Lock()
+        batches, turn, ready = aiter(items), asyncio.Lock(), collections.deque[T]()
 
         async def pull() -> tuple[bool, Any]:
-            async with turn:
-                try:
-                    return True, await anext(ait)
-                except StopAsyncIteration:
-                    return False, None
+            while not ready:
+                async with turn:
+                    if not ready:
+                        batch = await anext(batches, None)
+                        if batch is None:
+                            return False, None
+                        ready.extend(batch)
+            return True, ready.popleft()
     else:
         it = iter(items)
 
@@ -154,9 +160,9 @@ async def for_each(fn: Callable[[T], Awaitable[Any]], items: Iterable[T] | Async
 _END = object()
 
 
-async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[T]:
-    """The items of a blocking iterator (a folder walk, a manifest being decoded), produced a
-    batch at a time in a worker thread, one batch ahead of the consumer."""
+async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[list[T]]:
+    """The items of a blocking iterator (a folder walk, a manifest being decoded) in batches,
+    each made in a worker thread while the one before is consumed."""
 
     def take() -> list[T]:
         return list(itertools.islice(items, size))
@@ -165,8 +171,7 @@ async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[T]:
     try:
         while batch := await ahead:
             ahead = asyncio.ensure_future(in_thread(take))
-            for item in batch:
-                yield item
+            yield batch
     finally:
         ahead.cancel()  # the thread finishes its batch and is waited for: the iterator is free again
         await wait_out([ahead])
@@ -238,7 +243,7 @@ async def upload(
 
         async def put() -> FileEntry:
             if f.size <= SMALL_FILE:
-                data, entry = await _inline_if_small(f.size, _read_and_hash, f)
+                data, entry = await in_thread_unless_small(f.size, _read_and_hash, f)
                 if entry.size != f.size:
                     raise WaBucketError(f"file changed while uploading: {f.path}")
                 await storage.put(key, data)
@@ -253,10 +258,19 @@ async def upload(
         progress.file_done(f.size)
         return entry
 
-    async def one(f: LocalFile) -> None:
+    def with_known(files: Iterator[LocalFile]) -> Iterator[tuple[LocalFile, str | None]]:
+        """Each file with its remembered sha256, looked up a batch at a time (in the walk's thread)."""
+        if base is None:  # no copies: nothing to look up
+            yield from ((f, None) for f in files)
+            return
+        while batch := list(itertools.islice(files, BATCH)):
+            yield from zip(batch, opts.hashes.known_all([f.stat or os.stat(f.abspath) for f in batch]), strict=True)
+
+    async def one(item: tuple[LocalFile, str | None]) -> None:
+        f, known = item
         key = key_under(prefix, f.path)
         info = existing.get(f.path) if existing.count else None
-        source = await base.source_for(f.path, f.abspath, f.size, opts.hashes) if base is not None else None
+        source = await base.source_for(f, known, opts.hashes) if base is not None else None
         if info is not None and info.size == f.size:
             b3 = source.blake3 if source is not None else None
             if source is not None:
@@ -277,7 +291,8 @@ async def upload(
                 writer.add(FileEntry(f.path, f.size, sha, b3))
                 return
         if source is not None and await _copy(storage, source, key, f.path, opts.attempts):
-            copies.add(f.path, f.abspath, f.size, source)
+            if not storage.copies_are_links:
+                copies.add(f.path, f.abspath, f.size, source)
             progress.file_done(f.size, copied=True)
             writer.add(FileEntry(f.path, f.size, source.sha256, source.blake3))
             return
@@ -285,8 +300,8 @@ async def upload(
 
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            await for_each(one, in_batches(tree.walk()), opts.concurrency)
-            if copies.count and not storage.copies_are_links:
+            await for_each(one, in_batches(with_known(tree.walk())), opts.concurrency)
+            if copies.count:
                 await _check_copies(storage, prefix, copies, progress, send, scratch, opts)
     finally:
         copies.close()
@@ -462,7 +477,7 @@ async def download(
                 progress.stats.left += 1
                 return
         src = await reuse.find(f) if reuse is not None and verify else None
-        if src is not None and reuse is not None and await _inline_if_small(f.size, reuse.place, src, final, f):
+        if src is not None and reuse is not None and await in_thread_unless_small(f.size, reuse.place, src, final, f):
             if landed is not None:
                 landed(f.path)
             progress.file_done(f.size, reused=True)
@@ -474,7 +489,7 @@ async def download(
                 sha = await get_ranges(storage, key, final, f, _advancer(progress), verify, lanes, opts.attempts)
             else:
                 data = await _fetch(storage, key, f)
-                sha = await _inline_if_small(f.size, land, final, data, f, verify)
+                sha = await in_thread_unless_small(f.size, land, final, data, f, verify)
                 progress.advance(len(data))
             opts.hashes.remember_now(final, sha)
 
@@ -489,11 +504,6 @@ async def download(
     finally:
         lanes.close()
     return progress.stats
-
-
-async def _inline_if_small(size: int, fn: Callable[..., R], *args: Any) -> R:
-    """fn(*args) on this thread for a small file (a thread hop costs more than linking or writing it)."""
-    return fn(*args) if size <= INLINE_WRITE else await in_thread(fn, *args)
 
 
 async def _fetch(storage: Storage, key: str, f: FileEntry) -> Any:

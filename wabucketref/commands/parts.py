@@ -61,7 +61,7 @@ def upload_part(
     viewer = tracking.preflight()
     owner = {"entity": ctx.entity or viewer, "project": ctx.project}
     storage, prefix = ctx.home()
-    storage.check_names(f.path for f in tree.walk())
+    storage.check_names(tree.paths())
     keys = ArtifactKeys(prefix, type_, name).alias(alias)
     manifest = ctx.run(_upload_part(ctx, storage, keys, tree, part, overwrite, base, owner))
     log.info(

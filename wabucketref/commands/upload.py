@@ -57,7 +57,7 @@ def upload(
     entity = ctx.entity or viewer
     owner = {"entity": entity, "project": ctx.project}
     storage, prefix = ctx.home()
-    storage.check_names(f.path for f in tree.walk())
+    storage.check_names(tree.paths())
     keys = ArtifactKeys(prefix, type_, name).alias(alias)
     (manifest, shards), run = ctx.while_run_starts(
         _upload_bytes(ctx, storage, keys, tree, overwrite, base, owner), "upload", metadata

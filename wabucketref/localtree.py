@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -137,3 +137,17 @@ def _refuse_case_collisions(rel: str, names: list[str]) -> None:
         other = seen.setdefault(name.casefold(), name)
         if other != name:
             raise UsageError(f"paths collide when case is ignored: {rel + other!r} and {rel + name!r}")
+
+
+def read_ahead(files: Iterable[LocalFile], up_to: int) -> None:
+    """Ask the disk for the files of at most `up_to` bytes (the kernel reads them in the
+    background): a walk a batch ahead of the readers keeps the disk busy with many reads at
+    once, where reading one file after another waits for each."""
+    for f in files:
+        if 0 < f.size <= up_to:
+            try:
+                fd = os.open(f.abspath, os.O_RDONLY)
+            except OSError:
+                continue  # its reader will say
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            os.close(fd)

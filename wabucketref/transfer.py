@@ -27,7 +27,7 @@ from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
 from .hashcache import HashCache
 from .landing import Destination, Reuse, hash_local, land, local_matches
 from .listing import Listing, mismatches
-from .localtree import LocalFile, LocalTree
+from .localtree import LocalFile, LocalTree, read_ahead
 from .manifest import CaseFolds, FileEntry, Hashing, Manifest, ManifestWriter, Selection, hashed, safe_relpath
 from .progress import ProgressCallback, Stats
 from .ranges import RANGES_IN_FLIGHT, Lanes, Stopped, get_ranges
@@ -258,13 +258,15 @@ async def upload(
         progress.file_done(f.size)
         return entry
 
-    def with_known(files: Iterator[LocalFile]) -> Iterator[tuple[LocalFile, str | None]]:
-        """Each file with its remembered sha256, looked up a batch at a time (in the walk's thread)."""
-        if base is None:  # no copies: nothing to look up
-            yield from ((f, None) for f in files)
-            return
+    def ahead(files: Iterator[LocalFile]) -> Iterator[tuple[LocalFile, str | None]]:
+        """Each file with its remembered sha256 (looked up a batch at a time), the disk asked for
+        those that will be read: in the walk's thread, a batch ahead of the workers."""
         while batch := list(itertools.islice(files, BATCH)):
-            yield from zip(batch, opts.hashes.known_all([f.stat or os.stat(f.abspath) for f in batch]), strict=True)
+            known: list[str | None] = [None] * len(batch)
+            if base is not None:  # the hashes are for finding copies
+                known = opts.hashes.known_all([f.stat or os.stat(f.abspath) for f in batch])
+            read_ahead((f for f, sha in zip(batch, known, strict=True) if sha is None), SMALL_FILE)
+            yield from zip(batch, known, strict=True)
 
     async def one(item: tuple[LocalFile, str | None]) -> None:
         f, known = item
@@ -300,7 +302,7 @@ async def upload(
 
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            await for_each(one, in_batches(with_known(tree.walk())), opts.concurrency)
+            await for_each(one, in_batches(ahead(tree.walk())), opts.concurrency)
             if copies.count:
                 await _check_copies(storage, prefix, copies, progress, send, scratch, opts)
     finally:

@@ -139,15 +139,14 @@ def _refuse_case_collisions(rel: str, names: list[str]) -> None:
             raise UsageError(f"paths collide when case is ignored: {rel + other!r} and {rel + name!r}")
 
 
-def read_ahead(files: Iterable[LocalFile], up_to: int) -> None:
-    """Ask the disk for the files of at most `up_to` bytes (the kernel reads them in the
-    background): a walk a batch ahead of the readers keeps the disk busy with many reads at
-    once, where reading one file after another waits for each."""
-    for f in files:
-        if 0 < f.size <= up_to:
-            try:
-                fd = os.open(f.abspath, os.O_RDONLY)
-            except OSError:
-                continue  # its reader will say
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            os.close(fd)
+def read_ahead(paths: Iterable[str]) -> None:
+    """Ask the disk for these files (the kernel reads them in the background): a walk a batch
+    ahead of the readers keeps the disk busy with many reads at once, where reading one small
+    file after another waits for each."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # its reader will say
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        os.close(fd)

@@ -265,7 +265,7 @@ async def upload(
             known: list[str | None] = [None] * len(batch)
             if base is not None:  # the hashes are for finding copies
                 known = opts.hashes.known_all([f.stat or os.stat(f.abspath) for f in batch])
-            read_ahead((f for f, sha in zip(batch, known, strict=True) if sha is None), SMALL_FILE)
+            read_ahead(f.abspath for f, sha in zip(batch, known, strict=True) if sha is None and f.size <= SMALL_FILE)
             yield from zip(batch, known, strict=True)
 
     async def one(item: tuple[LocalFile, str | None]) -> None:
@@ -468,6 +468,14 @@ async def download(
     verify = wanted.manifest.verified
     place = await in_thread(Destination, dest)
 
+    def ahead(entries: Iterator[tuple[FileEntry, bool]]) -> Iterator[tuple[FileEntry, bool]]:
+        """The entries, the bucket told which small objects come next (a batch ahead, in the walk's thread)."""
+        while batch := list(itertools.islice(entries, BATCH)):
+            storage.read_ahead(
+                key_under(prefix, f.path) for f, present in batch if not present and f.size <= SMALL_FILE
+            )
+            yield from batch
+
     async def one(item: tuple[FileEntry, bool]) -> None:
         f, present = item
         final = dest / f.path
@@ -502,7 +510,7 @@ async def download(
 
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            await for_each(one, in_batches(place.checked(wanted.entries())), opts.concurrency)
+            await for_each(one, in_batches(ahead(place.checked(wanted.entries()))), opts.concurrency)
     finally:
         lanes.close()
     return progress.stats

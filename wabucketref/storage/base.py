@@ -190,6 +190,10 @@ class Storage(ABC):
             return etag == md5_parts[0].hex()
         return None
 
+    def read_ahead(self, keys: Iterable[str]) -> None:
+        """These objects will be read soon (called from a worker thread): a folder asks its disk
+        for them; a server needs no hint."""
+
     def check_names(self, paths: Iterable[str]) -> None:
         """Refuse (UsageError) file paths this kind of bucket cannot hold."""
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from obstore.store import LocalStore
 
 from ..errors import UsageError, WaBucketError
+from ..localtree import read_ahead
 from ..threads import in_thread
 from .base import ObjectInfo
 from .objectstore import ObjectStoreStorage
@@ -110,6 +111,9 @@ class LocalStorage(ObjectStoreStorage):
 
     def etag_matches(self, info: ObjectInfo, md5_parts: Sequence[bytes] | None) -> bool | None:
         return None  # local ETags describe inode and mtime, not content: hash the file instead
+
+    def read_ahead(self, keys: Iterable[str]) -> None:
+        read_ahead(os.path.join(self.root, key) for key in keys)
 
     def check_names(self, paths: Iterable[str]) -> None:
         if bad := next((p for p in paths if _is_staging(p.rpartition("/")[2])), None):

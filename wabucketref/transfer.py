@@ -187,7 +187,9 @@ async def _remote_entry(
     read whole, a large one streamed in a thread and hashed chunk by chunk while in cache."""
     advance = _advancer(progress)
     if size <= SMALL_FILE:
-        data = await storage.get(key)
+        data = await storage.get(key, size)
+        if len(data) > size:  # it grew since it was listed: what it holds now is hashed
+            data = await storage.get(key)
         advance(len(data))
         return hashed(path, data)
     stop = threading.Event()
@@ -540,6 +542,11 @@ async def hash_objects(
     with what came beside the object: every byte is read once. count: (objects, bytes)."""
     progress = _Tracker(verb, count[0], count[1], opts)
 
+    def ahead(objects: Iterator[tuple[ObjectInfo, T]]) -> Iterator[tuple[ObjectInfo, T]]:
+        while batch := list(itertools.islice(objects, BATCH)):
+            storage.read_ahead(key_under(prefix, o.key) for o, _ in batch if o.size <= SMALL_FILE)
+            yield from batch
+
     async def one(item: tuple[ObjectInfo, T]) -> None:
         o, beside = item
         safe_relpath(o.key)
@@ -555,5 +562,5 @@ async def hash_objects(
         found(entry, beside)
 
     with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-        await for_each(one, in_batches(objects), opts.concurrency)
+        await for_each(one, in_batches(ahead(objects)), opts.concurrency)
     return progress.stats

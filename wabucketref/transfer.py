@@ -160,12 +160,18 @@ async def for_each(
 _END = object()
 
 
+def batched(items: Iterator[T], size: int = BATCH) -> Iterator[list[T]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
 async def in_batches(items: Iterator[T], size: int = BATCH) -> AsyncIterator[list[T]]:
     """The items of a blocking iterator (a folder walk, a manifest being decoded) in batches,
     each made in a worker thread while the one before is consumed."""
+    batches = batched(items, size)
 
     def take() -> list[T]:
-        return list(itertools.islice(items, size))
+        return next(batches, [])
 
     ahead = asyncio.ensure_future(in_thread(take))
     try:
@@ -263,7 +269,7 @@ async def upload(
     def ahead(files: Iterator[LocalFile]) -> Iterator[tuple[LocalFile, str | None]]:
         """Each file with its remembered sha256 (looked up a batch at a time), the disk asked for
         those that will be read: in the walk's thread, a batch ahead of the workers."""
-        while batch := list(itertools.islice(files, BATCH)):
+        for batch in batched(files):
             known: list[str | None] = [None] * len(batch)
             if base is not None:  # the hashes are for finding copies
                 known = opts.hashes.known_all([f.stat or os.stat(f.abspath) for f in batch])
@@ -472,7 +478,7 @@ async def download(
 
     def ahead(entries: Iterator[tuple[FileEntry, bool]]) -> Iterator[tuple[FileEntry, bool]]:
         """The entries, the bucket told which small objects come next (a batch ahead, in the walk's thread)."""
-        while batch := list(itertools.islice(entries, BATCH)):
+        for batch in batched(entries):
             storage.read_ahead(
                 key_under(prefix, f.path) for f, present in batch if not present and f.size <= SMALL_FILE
             )
@@ -543,7 +549,7 @@ async def hash_objects(
     progress = _Tracker(verb, count[0], count[1], opts)
 
     def ahead(objects: Iterator[tuple[ObjectInfo, T]]) -> Iterator[tuple[ObjectInfo, T]]:
-        while batch := list(itertools.islice(objects, BATCH)):
+        for batch in batched(objects):
             storage.read_ahead(key_under(prefix, o.key) for o, _ in batch if o.size <= SMALL_FILE)
             yield from batch
 

@@ -142,7 +142,9 @@ def _refuse_case_collisions(rel: str, names: list[str]) -> None:
 def read_ahead(paths: Iterable[str]) -> None:
     """Ask the disk for these files (the kernel reads them in the background): a walk a batch
     ahead of the readers keeps the disk busy with many reads at once, where reading one small
-    file after another waits for each."""
+    file after another waits for each. Where the system has no such call (macOS), nothing."""
+    if not hasattr(os, "posix_fadvise"):
+        return
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)

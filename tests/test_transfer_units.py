@@ -198,3 +198,17 @@ def test_a_stopped_hashing_thread_ends_without_its_bytes(tmp_path):
         assert not hasher.is_alive() and isinstance(ended[0], Stopped)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("listed", [1000, 2999, 3000])
+def test_an_object_hashed_where_it_lies_is_hashed_whole_even_if_it_grew_since_its_listing(tmp_path, listed):
+    """verify and link read a small object with its listed size: one that grew since is still
+    hashed whole, as it is now, never cut at the listed size."""
+    from wabucketref.storage.local import LocalStorage
+    from wabucketref.transfer import _remote_entry
+
+    data = random.Random(3).randbytes(3000)
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket" / "obj").write_bytes(data)
+    entry = asyncio.run(_remote_entry(LocalStorage(tmp_path / "bucket"), "obj", "obj", listed))
+    assert (entry.size, entry.sha256) == (len(data), hashlib.sha256(data).hexdigest())

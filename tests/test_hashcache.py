@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import clean_environ, one_error_line, tree_hashes, use_backend, write_tree
-from wabucketref.hashcache import RACY_NS, HashCache, settle
+from wabucketref.hashcache import RACY_NS, SWEEP_EVERY_NS, HashCache, settle
 from wabucketref.manifest import sha256_file
 
 TREE = {f"part{i}/file{j}.bin": bytes([i * 10 + j]) * (1000 + i) for i in range(3) for j in range(4)}
@@ -47,7 +47,11 @@ def rewrite_keeping_mtime(path: Path, data: bytes) -> None:
 
 def remembered(home: Path) -> dict[int, str]:
     """inode -> sha256, as the cache file of this HOME holds them."""
-    with sqlite3.connect(home / ".cache/wabucketref/hashes.sqlite") as db:
+    return remembered_in(home / ".cache/wabucketref/hashes.sqlite")
+
+
+def remembered_in(path: Path) -> dict[int, str]:
+    with sqlite3.connect(path) as db:
         return dict(db.execute("SELECT ino, sha256 FROM hashes"))
 
 
@@ -100,6 +104,31 @@ def test_a_file_modified_in_the_tick_of_its_hashing_is_never_trusted(tmp_path):
         f.write(b"c" * 100)
     assert cache.known(written) is None
     cache.close()
+
+
+def test_entries_not_refreshed_for_long_are_dropped_once_a_day(tmp_path):
+    path = tmp_path / "hashes.sqlite"
+    f = age(write_tree(tmp_path / "t", {"x": b"x"})) / "x"
+    cache = HashCache(path)
+    assert cache.known(f) is None  # the file made, and swept: nothing to drop
+    cache.close()
+
+    def add_old_entry() -> None:
+        with sqlite3.connect(path) as db:
+            st = f.stat()
+            row = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, "ab" * 32, 0)
+            db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+    add_old_entry()
+    cache = HashCache(path)  # swept less than a day ago: a command does not read the whole file
+    assert cache.known(f) == "ab" * 32
+    cache.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE swept SET at_ns = at_ns - ?", (SWEEP_EVERY_NS,))
+    cache = HashCache(path)
+    assert cache.known(f) is None
+    cache.close()
+    assert remembered_in(path) == {}
 
 
 def test_off_or_unusable_it_only_costs_speed(tmp_path, monkeypatch):

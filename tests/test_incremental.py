@@ -235,6 +235,34 @@ def test_a_tampered_base_object_is_not_copied(s3_env, tmp_path):
     assert stored(raw, "two") == v1
 
 
+@pytest.mark.parametrize("hashes", ["remembered", "not remembered"])
+def test_a_folder_bucket_links_only_base_objects_still_whole(env, tmp_path, hashes):
+    """In a folder bucket a copy is a hard link; files whose hash is remembered and whose base
+    object is at their own path are linked a batch at a time. A base object that is gone or no
+    longer of its manifest's size is not linked (that file is sent); moved content is still found."""
+    v1 = first_version(large=False)
+    src = write(tmp_path / "v1", v1)
+    upload(env, src, "one")
+    raw = RawBucket(env)
+    gone, shorter, kept = "d0/f03.bin", "d1/f04.bin", "d2/f05.bin"
+    raw.delete(f"dataset/ds/one/{gone}")
+    raw.write(f"dataset/ds/one/{shorter}", b"x")
+    v2, n_sent, n_copied = next_version(v1)
+    src = write(tmp_path / "v2", v2)
+    if hashes == "remembered":  # files that have sat there: their hashes are kept (hashcache.RACY_NS)
+        then = time.time_ns() - 3600 * 10**9
+        for f in src.rglob("*.*"):
+            os.utime(f, ns=(then, then))
+        env.wabucket("diff", "dataset", "ds", "one", "--local", str(src), check=False)  # hashes every file
+    inc = upload(env, src, "two")
+    assert summary(inc.stderr) == {"sent": n_sent + 2, "copied": n_copied - 2, "there": 0}, inc.stderr
+    assert stored(raw, "two") == v2
+    root = Path(env.bucket) / "dataset/ds"
+    assert (root / "one" / kept).stat().st_ino == (root / "two" / kept).stat().st_ino
+    assert (root / "one/d2/f02.bin").stat().st_ino == (root / "two/moved/f02.bin").stat().st_ino
+    assert download(env, "two", tmp_path / "dl") == tree_hashes(src)
+
+
 # ------------------------------------------------------------------ interrupted, then resumed
 
 

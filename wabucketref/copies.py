@@ -37,6 +37,9 @@ class CopySource:
     md5s: Sequence[bytes] | None  # of the local file's parts, to compare ETags (None: its hash was remembered)
 
 
+BaseFile = tuple[FileEntry, ObjectInfo | None]  # a base version's entry and its object
+
+
 def hash_part(storage: Storage, size: int) -> int:
     """The part size the ETag of an object of `size` bytes was computed over (as uploads write it)."""
     return storage.part_size(size) if size > SMALL_FILE else size + 1
@@ -64,20 +67,36 @@ class BaseVersion:
         self._db: sqlite3.Connection | None = None
         self._building: asyncio.Future[sqlite3.Connection] | None = None
 
-    def _at(self, path: str) -> tuple[FileEntry, ObjectInfo | None] | None:
-        """The base's entry at `path` and its object, if any (paths asked in increasing order)."""
+    def at(self, path: str) -> BaseFile | None:
+        """The base's entry at `path` and its object, if any. Asked by one thread, in path order
+        (the walk's): the base's manifest and listing are read alongside."""
         while self._ahead is not None and _of(self._ahead) < path:
             self._ahead = next(self._aligned, None)
         if self._ahead is None or self._ahead[0] is None or self._ahead[0].path != path:
             return None
         return self._ahead[0], self._ahead[1]
 
-    async def source_for(self, f: LocalFile, known: str | None, hashes: HashCache) -> CopySource | None:
+    def source_at(self, f: LocalFile, known: str | None, at: BaseFile | None) -> CopySource | None:
+        """The base's object at the file's own path, if its remembered sha256 (`known`) says the
+        content is the same: found without hashing or a lookup (most files of a new version)."""
+        if at is None or known is None:
+            return None
+        entry, o = at
+        if entry.size != f.size or entry.sha256 != known or o is None or o.size != f.size:
+            return None
+        if self.storage.etag_matches(o, None) is False:
+            return None
+        return CopySource(key_under(self.root, entry.path), o.etag, known, entry.blake3, None)
+
+    async def source_for(
+        self, f: LocalFile, known: str | None, at: BaseFile | None, hashes: HashCache
+    ) -> CopySource | None:
         """The base's object with the local file's content, if any (`known`: the file's remembered
-        sha256). Only files of a size the base has are hashed (in a thread), and only if their
-        hash is not remembered (hashcache.py)."""
-        path, abspath, size = f.path, f.abspath, f.size
-        at = self._at(path)  # first, before any await: the files come in path order
+        sha256; `at`: the base's file at its path). Only files of a size the base has are hashed
+        (in a thread), and only if their hash is not remembered (hashcache.py)."""
+        if (source := self.source_at(f, known, at)) is not None:
+            return source
+        abspath, size = f.abspath, f.size
         if at is None or at[0].size != size or at[0].sha256 == NO_HASH:
             at = None
             if not await self._has_size(size):
@@ -96,7 +115,7 @@ class BaseVersion:
         if found is None or o is None or o.size != size:
             return None
         if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
-            log.warning("%s: the base version's copy differs from its manifest; sending the file", path)
+            log.warning("%s: the base version's copy differs from its manifest; sending the file", f.path)
             return None
         return CopySource(key_under(self.root, found[0]), o.etag, sha, found[1], md5s)
 

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,7 +34,9 @@ log = logging.getLogger("wabucketref")
 
 RACY_NS = 2_000_000_000  # covers coarse clocks and file systems of 2 s resolution (FAT)
 MAX_AGE_NS = 60 * 86400 * 1_000_000_000  # entries not refreshed for this long are dropped
+SWEEP_EVERY_NS = 86400 * 1_000_000_000
 FLUSH_EVERY = 2000  # entries
+QUERY_FILES = 500  # inodes per lookup statement (SQLite before 3.32 takes at most 999 parameters)
 BUSY_TIMEOUT = 5.0  # seconds another command may hold the file
 
 X = TypeVar("X")
@@ -46,6 +48,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS hashes (
     dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
     sha256 TEXT, hashed_ns INTEGER, PRIMARY KEY (dev, ino)
 ) WITHOUT ROWID"""
+SWEPT = "CREATE TABLE IF NOT EXISTS swept (at_ns INTEGER)"  # when old entries were last dropped
 
 
 class HashCache:
@@ -75,16 +78,16 @@ class HashCache:
         return self.known_all([st])[0]
 
     def known_all(self, stats: Sequence[os.stat_result]) -> list[str | None]:
-        """known() of many files by their stats, read from the cache file in one transaction."""
+        """known() of many files by their stats, read from the cache file a statement per QUERY_FILES."""
         keys = [_key(st) for st in stats]
         with self._lock:
             found = [p[0] if (p := self._pending.get(key)) is not None else None for key in keys]
         if missing := [i for i, row in enumerate(found) if row is None]:
             with self._db_lock:
                 if (db := self._open()) is not None:
-                    with _reading(db, len(missing) > 1):
-                        for i in missing:
-                            found[i] = _query(db, keys[i])
+                    rows = _query(db, {keys[i] for i in missing})
+                    for i in missing:
+                        found[i] = rows.get(keys[i])
         return [
             str(row[3]) if row is not None and tuple(row[:3]) == _row(st, "")[:3] else None
             for row, st in zip(found, stats, strict=True)
@@ -168,13 +171,25 @@ class HashCache:
             db.execute("PRAGMA synchronous=NORMAL")
             with db:
                 db.execute(SCHEMA)
-                db.execute("DELETE FROM hashes WHERE hashed_ns < ?", (time.time_ns() - MAX_AGE_NS,))
+                db.execute(SWEPT)
+                _sweep(db, time.time_ns())
         except (OSError, sqlite3.Error) as e:
             log.debug("no file hash cache (%s): %s", self.path, e)
             self.path = None
             return None
         self._db = db
         return db
+
+
+def _sweep(db: sqlite3.Connection, now: int) -> None:
+    """Drop entries not refreshed for MAX_AGE_NS, at most once per SWEEP_EVERY_NS: the sweep reads
+    the whole file (a million files' entries: hundreds of MB), a command should not."""
+    last = db.execute("SELECT max(at_ns) FROM swept").fetchone()[0]
+    if last is not None and now - last < SWEEP_EVERY_NS:
+        return
+    db.execute("DELETE FROM hashes WHERE hashed_ns < ?", (now - MAX_AGE_NS,))
+    db.execute("DELETE FROM swept")
+    db.execute("INSERT INTO swept VALUES (?)", (now,))
 
 
 def settle(fd: int) -> None:
@@ -192,29 +207,19 @@ def _row(st: os.stat_result, sha256: str) -> _Row:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, sha256
 
 
-@contextlib.contextmanager
-def _reading(db: sqlite3.Connection, batch: bool) -> Iterator[None]:
-    """One read transaction for a batch of queries (autocommit would lock the file for each)."""
-    if not batch:
-        yield
-        return
+def _query(db: sqlite3.Connection, keys: set[_Key]) -> dict[_Key, tuple]:
+    """The rows of these files, a statement per device and QUERY_FILES files."""
+    by_dev: dict[int, list[int]] = {}
+    for dev, ino in keys:
+        by_dev.setdefault(dev, []).append(ino)
+    rows: dict[_Key, tuple] = {}
     try:
-        db.execute("BEGIN")
-    except sqlite3.Error:  # each query then reads on its own
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("COMMIT")
-
-
-def _query(db: sqlite3.Connection, key: _Key) -> tuple | None:
-    try:
-        return db.execute(
-            "SELECT size, mtime_ns, ctime_ns, sha256 FROM hashes WHERE dev = ? AND ino = ?", key
-        ).fetchone()
+        for dev, inodes in by_dev.items():
+            for i in range(0, len(inodes), QUERY_FILES):
+                some = inodes[i : i + QUERY_FILES]
+                marks = ",".join("?" * len(some))
+                query = f"SELECT ino, size, mtime_ns, ctime_ns, sha256 FROM hashes WHERE dev = ? AND ino IN ({marks})"
+                rows.update(((dev, r[0]), r[1:]) for r in db.execute(query, (dev, *some)))
     except sqlite3.Error as e:
         log.debug("file hash cache: %s", e)
-        return None
+    return rows

@@ -20,9 +20,9 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from .copies import SMALL_FILE, BaseVersion, CopyLog, CopySource, copy_checks_out, hash_part
+from .copies import SMALL_FILE, BaseFile, BaseVersion, CopyLog, CopySource, copy_checks_out, hash_part
 from .errors import IntegrityError, NotFoundError, TransferError, WaBucketError
 from .hashcache import HashCache
 from .landing import Destination, Reuse, hash_local, land, local_matches
@@ -266,21 +266,53 @@ async def upload(
         progress.file_done(f.size)
         return entry
 
-    def ahead(files: Iterator[LocalFile]) -> Iterator[tuple[LocalFile, str | None]]:
-        """Each file with its remembered sha256 (looked up a batch at a time), the disk asked for
-        those that will be read: in the walk's thread, a batch ahead of the workers."""
+    linking = base is not None and storage.copies_are_links and not existing.count
+
+    def ahead(files: Iterator[LocalFile]) -> Iterator[_Planned]:
+        """Each file with its remembered sha256 (looked up a batch at a time) and the base's file at
+        its path, the disk asked for those that will be read: in the walk's thread, a batch
+        ahead of the workers."""
         for batch in batched(files):
             known: list[str | None] = [None] * len(batch)
+            at: list[BaseFile | None] = [None] * len(batch)
             if base is not None:  # the hashes are for finding copies
                 known = opts.hashes.known_all([f.stat or os.stat(f.abspath) for f in batch])
+                at = [base.at(f.path) for f in batch]
             read_ahead(f.abspath for f, sha in zip(batch, known, strict=True) if sha is None and f.size <= SMALL_FILE)
-            yield from zip(batch, known, strict=True)
+            for f, sha, here in zip(batch, known, at, strict=True):
+                linkable = base.source_at(f, sha, here) if linking and base is not None else None
+                yield _Planned(f, sha, here, linkable)
 
-    async def one(item: tuple[LocalFile, str | None]) -> None:
-        f, known = item
+    def link_all(batch: list[_Planned]) -> list[CopySource | None]:
+        """The sources of the files hard-linked (a thread's work); None where a file was not."""
+        return [
+            p.linkable if p.linkable is not None and storage.link(p.linkable.key, key_under(prefix, p.f.path)) else None
+            for p in batch
+        ]
+
+    async def linked_first(batches: AsyncIterator[list[_Planned]]) -> AsyncIterator[list[_Planned]]:
+        """In a folder bucket, the files the base has at their own path are hard-linked a batch at
+        a time in a thread (while the walk makes the next batch) and recorded here; the rest go
+        on to the workers."""
+        async for batch in batches:
+            if not linking:
+                yield batch
+                continue
+            rest = []
+            for p, source in zip(batch, await in_thread(link_all, batch), strict=True):
+                if source is None:
+                    rest.append(p)
+                    continue
+                progress.file_done(p.f.size, copied=True)
+                writer.add(FileEntry(p.f.path, p.f.size, source.sha256, source.blake3))
+            if rest:
+                yield rest
+
+    async def one(item: _Planned) -> None:
+        f, known = item.f, item.known
         key = key_under(prefix, f.path)
         info = existing.get(f.path) if existing.count else None
-        source = await base.source_for(f, known, opts.hashes) if base is not None else None
+        source = await base.source_for(f, known, item.at, opts.hashes) if base is not None else None
         if info is not None and info.size == f.size:
             b3 = source.blake3 if source is not None else None
             if source is not None:
@@ -310,12 +342,21 @@ async def upload(
 
     try:
         with progress, storage.explained():  # a missing bucket or refused credentials: one line naming the bucket
-            await for_each(one, in_batches(ahead(tree.walk())), opts.concurrency)
+            await for_each(one, linked_first(in_batches(ahead(tree.walk()))), opts.concurrency)
             if copies.count:
                 await _check_copies(storage, prefix, copies, progress, send, scratch, opts)
     finally:
         copies.close()
     return progress.stats
+
+
+class _Planned(NamedTuple):
+    """A file an upload walked to, and what it knows of it before any await."""
+
+    f: LocalFile
+    known: str | None  # its remembered sha256
+    at: BaseFile | None  # the base version's file at its path
+    linkable: CopySource | None  # the base's object at its path, to hard-link (a folder bucket)
 
 
 async def _copy(storage: Storage, source: CopySource, key: str, path: str, attempts: int) -> bool:

@@ -190,6 +190,11 @@ class Storage(ABC):
             return etag == md5_parts[0].hex()
         return None
 
+    def link(self, src_key: str, dst_key: str) -> bool:
+        """copy() in the calling thread where a copy is a hard link (a folder bucket), for a
+        `dst_key` that does not exist yet; False: not made (then copy() says why)."""
+        return False
+
     def read_ahead(self, keys: Iterable[str]) -> None:
         """These objects will be read soon (called from a worker thread): a folder asks its disk
         for them; a server needs no hint."""

@@ -65,17 +65,23 @@ class LocalStorage(ObjectStoreStorage):
         while page := await in_thread(next, pages, []):
             yield page
 
+    def link(self, src_key: str, dst_key: str) -> bool:
+        path = os.path.join(self.root, dst_key)
+        try:
+            self._make_folder_of(path)
+            os.link(os.path.join(self.root, src_key), path)
+        except OSError:
+            return False
+        return True
+
     async def copy(self, src_key: str, dst_key: str) -> None:
         """A hard link (as obstore's LocalStore copies), made here: no bytes move. A link is whole
         from the start: it gets its final name at once, unless a file has that name already."""
+        if self.link(src_key, dst_key):
+            return
         path, src = os.path.join(self.root, dst_key), os.path.join(self.root, src_key)
         try:
-            try:
-                self._make_folder_of(path)
-                os.link(src, path)
-                return
-            except FileExistsError:
-                staging, _ = self._staging(path, lambda name: os.link(src, name))
+            staging, _ = self._staging(path, lambda name: os.link(src, name))
         except (FileNotFoundError, NotADirectoryError) as e:
             raise FileNotFoundError(f"{src_key}: not found in {self.uri}") from e
         os.replace(staging, path)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from .hashcache import HashCache
 from .landing import hash_local
-from .listing import Listing
 from .localtree import LocalFile
 from .manifest import NO_HASH, FileEntry, Manifest, merge_join
 from .scratchdb import open_db, transaction
-from .storage import ObjectInfo, Storage, key_under
+from .storage import ObjectInfo, Objects, Storage, key_under
 from .threads import in_thread, in_thread_unless_small
 
 log = logging.getLogger("wabucketref")
@@ -47,29 +46,29 @@ def hash_part(storage: Storage, size: int) -> int:
 
 class BaseVersion:
     """The files of the version an incremental upload copies from, and its data under `root` as
-    the bucket lists it. A base object is used only if it is still there with its manifest's
-    size and, where the server's ETags describe content and the local file was read, with the
-    local file's content.
+    the bucket lists it (a folder bucket's is read in place as the walk goes). A base object is
+    used only if it is still there with its manifest's size and, where the server's ETags
+    describe content and the local file was read, with the local file's content.
 
     A new version mostly keeps its files where they were: the local files come in path order,
-    and the base's manifest and listing are read alongside them, as sorted streams. Only a file
+    and the base's manifest and objects are read alongside them, as sorted streams. Only a file
     the base has elsewhere is looked up by content, in a table on local disk built the first
     time one is asked for."""
 
-    def __init__(self, storage: Storage, root: str, manifest: Manifest, listing: Listing, folder: Path) -> None:
+    def __init__(self, storage: Storage, root: str, manifest: Manifest, objects: Objects, folder: Path) -> None:
         self.storage = storage
         self.root = root
         self._manifest = manifest
-        self._listing = listing
+        self._objects = objects
         self._folder = folder
-        self._aligned = merge_join(iter(manifest), listing.sorted())
+        self._aligned = merge_join(iter(manifest), objects.sorted())
         self._ahead = next(self._aligned, None)
         self._db: sqlite3.Connection | None = None
         self._building: asyncio.Future[sqlite3.Connection] | None = None
 
     def at(self, path: str) -> BaseFile | None:
         """The base's entry at `path` and its object, if any. Asked by one thread, in path order
-        (the walk's): the base's manifest and listing are read alongside."""
+        (the walk's): the base's manifest and objects are read alongside."""
         while self._ahead is not None and _of(self._ahead) < path:
             self._ahead = next(self._aligned, None)
         if self._ahead is None or self._ahead[0] is None or self._ahead[0].path != path:
@@ -111,7 +110,7 @@ class BaseVersion:
             found, o = (at[0].path, at[0].blake3), at[1]
         else:
             found = await self._path_of(size, sha)
-            o = self._listing.get(found[0]) if found is not None else None
+            o = self._objects.get(found[0]) if found is not None else None
         if found is None or o is None or o.size != size:
             return None
         if self.storage.etag_matches(o, md5s) is False:  # the base's object is not what its manifest says
@@ -150,7 +149,7 @@ class BaseVersion:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
-        self._listing.close()
+        self._objects.close()
 
 
 def _of(pair: tuple[FileEntry | None, ObjectInfo | None]) -> str:

@@ -215,8 +215,8 @@ async def send_tree(
     interrupted writes left is removed; a part leaves that to the commit)."""
     base_files = None
     if base is not None:
-        base_listing = await Listing.of(storage, base[1], scratch)
-        base_files = BaseVersion(storage, base[1], base[0], base_listing, scratch)
+        objects = storage.objects_in(base[1]) or await Listing.of(storage, base[1], scratch)
+        base_files = BaseVersion(storage, base[1], base[0], objects, scratch)
     writer = ManifestWriter(scratch / "manifest")
     try:
         await transfer.upload(storage, keys.data, tree, listing, writer, scratch, options, base_files)

@@ -8,12 +8,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
-from .base import Capabilities, CopiesRefused, ObjectInfo, RangesIgnored, Storage, check_prefix, key_under
+from .base import Capabilities, CopiesRefused, ObjectInfo, Objects, RangesIgnored, Storage, check_prefix, key_under
 
 __all__ = [
     "Capabilities",
     "CopiesRefused",
     "ObjectInfo",
+    "Objects",
     "RangesIgnored",
     "Storage",
     "bucket_kind",

@@ -13,7 +13,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import UsageError, WaBucketError
 from ..failures import Bucket, classify
@@ -43,6 +43,17 @@ class ObjectInfo(NamedTuple):  # a tuple: listings of millions are made and stor
     def path(self) -> str:
         """The key, as the path of a file under the listed prefix (what manifests are sorted by)."""
         return self.key
+
+
+class Objects(Protocol):
+    """A prefix's objects, keys relative to it: in key order, and by key (listing.Listing, or a
+    folder read in place)."""
+
+    def sorted(self) -> Iterator[ObjectInfo]: ...
+
+    def get(self, key: str) -> ObjectInfo | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -188,6 +199,11 @@ class Storage(ABC):
             return etag == f"{whole}-{len(md5_parts)}"
         if len(etag) == 32 and len(md5_parts) == 1:
             return etag == md5_parts[0].hex()
+        return None
+
+    def objects_in(self, prefix: str) -> Objects | None:
+        """The objects under `prefix`, read in place where that costs only system calls (a
+        folder); None: list them (listing.Listing)."""
         return None
 
     def link(self, src_key: str, dst_key: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +65,9 @@ class LocalStorage(ObjectStoreStorage):
         pages = _pages(self.root / prefix.strip("/"), batch)
         while page := await in_thread(next, pages, []):
             yield page
+
+    def objects_in(self, prefix: str) -> FolderObjects:
+        return FolderObjects(self.root / prefix.strip("/"))
 
     def link(self, src_key: str, dst_key: str) -> bool:
         path = os.path.join(self.root, dst_key)
@@ -140,21 +144,44 @@ class LocalStorage(ObjectStoreStorage):
                 pass
 
 
+class FolderObjects:
+    """A folder's files as objects (storage.Objects), read from disk when asked: walked in key
+    order, or looked up by key; nothing stored."""
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+
+    def sorted(self) -> Iterator[ObjectInfo]:
+        try:
+            fd = os.open(self.top, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            for key, st in _sorted_files(fd, ""):
+                yield _info(key, st)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> ObjectInfo | None:
+        if _is_staging(key.rpartition("/")[2]):
+            return None
+        try:
+            st = os.stat(self.top / key)
+        except OSError:
+            return None
+        return _info(key, st) if stat.S_ISREG(st.st_mode) else None
+
+    def close(self) -> None:
+        pass
+
+
+def _info(key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}")
+
+
 def _pages(top: Path, batch: int) -> Iterator[list[ObjectInfo]]:
-    page: list[ObjectInfo] = []
-    try:
-        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        for key, st in _sorted_files(fd, ""):
-            page.append(ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"))
-            if len(page) >= batch:
-                yield page
-                page = []
-    finally:
-        os.close(fd)
-    if page:
+    objects = FolderObjects(top).sorted()
+    while page := list(itertools.islice(objects, batch)):
         yield page
 
 

@@ -451,7 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     """The process entry point: run the CLI, then end the process (in-process callers use run())."""
     import signal
 
+    from .malloc import fix_mmap_threshold
+
     signal.signal(signal.SIGTERM, _on_sigterm)
+    fix_mmap_threshold()
     code = run(argv)
     # Leave without the interpreter's final teardown. obstore hands each result back from a
     # tokio thread that may still be returning into Python as the last command ends; Python 3.11

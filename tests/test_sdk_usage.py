@@ -283,17 +283,24 @@ def test_an_api_of_another_project_finds_what_it_logged_in_the_callers_run(sdk_o
 
 
 def test_the_clis_runs_record_only_the_command_and_the_sdks_keep_wandbs_defaults(sdk_online, tmp_path):
-    """The CLI's run ends with its command: wandb collects no machine info, system metrics, git or
-    code for it (tracking.COMMAND_RUN_SETTINGS). A run the SDK starts may become the caller's
+    """The CLI's run ends with its command: wandb collects no machine info, system metrics, git,
+    code or installed packages for it (tracking.COMMAND_RUN_SETTINGS). A run the SDK starts may become the caller's
     training run: it keeps what wandb collects by default."""
     env = sdk_online
-    for name in ("WANDB_X_DISABLE_STATS", "WANDB_X_DISABLE_MACHINE_INFO", "WANDB_DISABLE_GIT", "WANDB_DISABLE_CODE"):
+    for name in (
+        "WANDB_X_DISABLE_STATS",
+        "WANDB_X_DISABLE_MACHINE_INFO",
+        "WANDB_DISABLE_GIT",
+        "WANDB_DISABLE_CODE",
+        "WANDB_X_SAVE_REQUIREMENTS",
+    ):
         env.vars.pop(name)  # the suite's W&B backend turns these off for every run
     src = make_tree(tmp_path / "src", big=False)
     env.wabucket("upload", str(src), "-n", "ds", "-t", "dataset", "-a", "a", check=True)
     (cli_run,) = (env.cwd / "wandb").glob("run-*")
     assert (cli_run / "files" / "config.yaml").exists()
     assert not (cli_run / "files" / "wandb-metadata.json").exists()  # machine info: os, cpu, disk, git, ...
+    assert not (cli_run / "files" / "requirements.txt").exists()  # the installed packages
 
     out = run_script(env, f"""
         a = api()
@@ -305,3 +312,4 @@ def test_the_clis_runs_record_only_the_command_and_the_sdks_keep_wandbs_defaults
     sdk = json.loads(out.strip().splitlines()[-1])
     assert sdk["off"] == [False, False, False]
     assert (Path(sdk["dir"]) / "wandb-metadata.json").exists()
+    assert (Path(sdk["dir"]) / "requirements.txt").exists()

@@ -19,7 +19,7 @@ def test_benchmark_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--small", "--no-drop-caches", "--help-runs", "3",
          "--workdir", str(tmp_path / "bench"), "--json", str(tmp_path / "bench.json")],
-        env=clean_environ(tmp_path / "home"), cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env=clean_environ(tmp_path / "home"), cwd=tmp_path, capture_output=True, text=True, timeout=900,
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -52,7 +52,7 @@ def test_benchmark_many_small_files(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--only", "C", "--small", "--no-drop-caches",
          "--help-runs", "0", "--workdir", str(work), "--json", str(tmp_path / "bench.json")],
-        env=clean_environ(tmp_path / "home"), cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        env=clean_environ(tmp_path / "home"), cwd=tmp_path, capture_output=True, text=True, timeout=1200,
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -14,18 +14,23 @@ from wabucketref.errors import IntegrityError, UsageError
 from wabucketref.landing import land
 from wabucketref.localtree import walk
 from wabucketref.manifest import (
+    NO_HASH,
     CaseFolds,
     FileEntry,
     ManifestWriter,
     Selection,
     accept_shard,
+    diff,
     entry_line,
     format1_bytes,
     hashed,
     index_bytes,
     read_stored,
+    safe_relpath,
     write_manifest,
 )
+from wabucketref.manifest.entry import check_safe_relpaths
+from wabucketref.manifest.shards import ShardWriter
 
 
 def sha(text: str) -> str:
@@ -152,6 +157,70 @@ def test_a_shard_is_kept_only_if_it_matches_its_index(tmp_path, monkeypatch):
         accept_shard(data[:-9] + b"garbage!!", info, tmp_path / "cut", "shard 1")
     assert not (tmp_path / "swapped").exists() and not (tmp_path / "cut").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "m"]
+
+
+@pytest.mark.parametrize("bad", [["a/1", "a/0"], ["a/1", "a/1"], ["a/1", "a/../x"], ["/etc/x"], ["a/", "b"]])
+def test_a_shard_out_of_order_or_with_an_unsafe_path_is_refused(tmp_path, bad):
+    writer = ShardWriter(tmp_path / "s.zst")
+    for path in ["0/first", *bad]:
+        e = FileEntry(path, 1, sha(path))
+        writer.add(e, entry_line(e))
+    info = writer.close()
+    with pytest.raises(IntegrityError, match="out of order or repeated|unsafe path"):
+        accept_shard((tmp_path / "s.zst").read_bytes(), info, tmp_path / "kept", "shard 0")
+    assert not (tmp_path / "kept").exists()
+
+
+def test_paths_checked_together_are_refused_exactly_when_one_alone_is():
+    rnd = random.Random(7)
+    pieces = ["a", "b", "/", ".", "..", "\\", "\0", ":", "c:", "é", "\n", " "]
+    for _ in range(20_000):
+        path = "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 6)))
+        try:
+            safe_relpath(path)
+            alone = True
+        except IntegrityError:
+            alone = False
+        for group in ([path], ["a/b", path], [path, "z"], ["x", path, "y/z"]):
+            try:
+                check_safe_relpaths(group)
+                together = True
+            except IntegrityError:
+                together = False
+            assert together == alone, group
+
+
+@pytest.mark.parametrize("shard_files", ["3", "50000"])
+def test_diff_of_stored_lines_is_the_diff_of_their_entries(tmp_path, monkeypatch, shard_files):
+    """Equal lines are skipped undecoded; the rest are compared as entries: a blake3 on one side
+    only is no change, NO_HASH compares by size, and shard boundaries do not matter."""
+    monkeypatch.setenv("WABUCKET_SHARD_FILES", shard_files)
+    rnd = random.Random(3)
+    a = {f"d{i % 5}/f{i:03d}": FileEntry(f"d{i % 5}/f{i:03d}", i, sha(str(i))) for i in range(300)}
+    b = dict(a)
+    for path in rnd.sample(sorted(a), 120):
+        e = a[path]
+        match rnd.randrange(6):
+            case 0:
+                del b[path]
+            case 1:
+                b[path] = FileEntry(path, e.size + 1, e.sha256)
+            case 2:
+                b[path] = FileEntry(path, e.size, sha(path))
+            case 3:
+                b[path] = FileEntry(path, e.size, e.sha256, blake3=sha("b3" + path))
+            case 4:
+                b[path] = FileEntry(path, e.size, NO_HASH)
+            case _:
+                b[path + "-new"] = FileEntry(path + "-new", 1, sha(path + "-new"))
+    d = diff(write_manifest(tmp_path / "a", a.values()), write_manifest(tmp_path / "b", b.values()))
+    added = sorted(p for p in b if p not in a)
+    removed = sorted(p for p in a if p not in b)
+    changed = sorted(p for p in a if p in b and (a[p].size != b[p].size or NO_HASH not in (a[p].sha256, b[p].sha256)
+                                                 and a[p].sha256 != b[p].sha256))
+    assert [c.path for c in d.added] == added and [c.path for c in d.removed] == removed
+    assert [(c.path, c.size_a, c.size_b) for c in d.changed] == [(p, a[p].size, b[p].size) for p in changed]
+    assert d.unchanged == len(a) - len(removed) - len(changed) and changed and added and removed
 
 
 def test_selection_reads_only_the_shards_that_cover_its_prefixes(tmp_path, monkeypatch):

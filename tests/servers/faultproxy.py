@@ -324,6 +324,10 @@ class FaultProxy(LoopServer):
             return kind
 
     async def _throttle(self, n: int) -> None:
+        """Wait as long as n bytes take at the bandwidth. A response body's chunk waits before it
+        is relayed, so that a download is over (for a client counting requests in flight) as soon
+        as its last byte is sent; a request body's chunk after (the upstream server sees the
+        request's head together with its first bytes, as a client sends them)."""
         if not self.bandwidth:
             return
         now = time.monotonic()
@@ -480,20 +484,22 @@ async def _relay_request_body(req: Request, reader, writer, proxy: FaultProxy | 
         await writer.drain()
 
 
-async def _relay_length(n: int, reader, writer, proxy, limit: int | None = None) -> bool:
+async def _relay_length(n: int, reader, writer, proxy, limit: int | None = None, response: bool = False) -> bool:
     left = n if limit is None else min(n, limit)
     while left > 0:
         data = await reader.readexactly(min(CHUNK, left))
         left -= len(data)
+        if proxy is not None and response:
+            await proxy._throttle(len(data))
         if writer is not None:
             writer.write(data)
             await writer.drain()
-        if proxy is not None:
+        if proxy is not None and not response:
             await proxy._throttle(len(data))
     return limit is None or n <= limit
 
 
-async def _relay_chunked(reader, writer, proxy, limit: int | None = None) -> bool:
+async def _relay_chunked(reader, writer, proxy, limit: int | None = None, response: bool = False) -> bool:
     sent = 0
     while True:
         line = await reader.readuntil(b"\r\n")
@@ -511,10 +517,12 @@ async def _relay_chunked(reader, writer, proxy, limit: int | None = None) -> boo
                 await writer.drain()
             return True
         data = await reader.readexactly(size + 2)
+        if proxy is not None and response:
+            await proxy._throttle(size)
         if writer is not None:
             writer.write(data)
             await writer.drain()
-        if proxy is not None:
+        if proxy is not None and not response:
             await proxy._throttle(size)
         sent += size
         if limit is not None and sent >= limit:
@@ -527,14 +535,14 @@ async def _relay_body(headers: dict[str, str], reader, writer, proxy: FaultProxy
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         return True
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _relay_chunked(reader, writer, proxy, limit)
+        return await _relay_chunked(reader, writer, proxy, limit, response=True)
     if "content-length" in headers:
-        return await _relay_length(int(headers["content-length"]), reader, writer, proxy, limit)
+        return await _relay_length(int(headers["content-length"]), reader, writer, proxy, limit, response=True)
     sent = 0
     while data := await reader.read(CHUNK):  # until the server closes
+        await proxy._throttle(len(data))
         writer.write(data)
         await writer.drain()
-        await proxy._throttle(len(data))
         sent += len(data)
         if limit is not None and sent >= limit:
             break

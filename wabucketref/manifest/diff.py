@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from .entry import NO_HASH, FileEntry
+from .entry import NO_HASH, FileEntry, decode_lines
+from .reader import Manifest
 
 PATH = attrgetter("path")  # entries, local files and listed objects (ObjectInfo.path) all have one
 A = TypeVar("A")
@@ -53,19 +55,44 @@ class ManifestDiff:
         return not (self.added or self.removed or self.changed)
 
 
-def diff(a: Iterable[FileEntry], b: Iterable[FileEntry]) -> ManifestDiff:
-    """Files added, removed and changed (size, else sha256) from a to b. An entry without a hash
-    (NO_HASH) on either side is compared by size only: a folder's files of another size than
-    their counterpart are not hashed."""
+def diff(a: Manifest, b: Manifest) -> ManifestDiff:
+    """Files added, removed and changed (size, else sha256) from a to b. Stored lines are
+    canonical, so an equal line is an unchanged file; only lines that differ are decoded. An
+    entry without a hash (NO_HASH) on either side is compared by size only: a folder's files of
+    another size than their counterpart are not hashed."""
     d = ManifestDiff()
-    for fa, fb in merge_join(a, b):
-        if fa is None:
-            assert fb is not None
-            d.added.append(Change(fb.path, None, fb.size))
-        elif fb is None:
-            d.removed.append(Change(fa.path, fa.size, None))
-        elif fa.size != fb.size or (NO_HASH not in (fa.sha256, fb.sha256) and fa.sha256 != fb.sha256):
-            d.changed.append(Change(fa.path, fa.size, fb.size))
-        else:
+    ita, itb = a.lines(), b.lines()
+    la, lb = next(ita, None), next(itb, None)
+    while la is not None and lb is not None:
+        if la == lb:
             d.unchanged += 1
+            la, lb = next(ita, None), next(itb, None)
+            continue
+        fa, fb = _entry(la, a.source), _entry(lb, b.source)
+        if fa is None or (fb is not None and fa.path < fb.path):
+            if fa is not None:
+                d.removed.append(Change(fa.path, fa.size, None))
+            la = next(ita, None)
+        elif fb is None or fb.path < fa.path:
+            if fb is not None:
+                d.added.append(Change(fb.path, None, fb.size))
+            lb = next(itb, None)
+        else:
+            if fa.size != fb.size or (NO_HASH not in (fa.sha256, fb.sha256) and fa.sha256 != fb.sha256):
+                d.changed.append(Change(fa.path, fa.size, fb.size))
+            else:
+                d.unchanged += 1
+            la, lb = next(ita, None), next(itb, None)
+    for line in itertools.chain([la] if la is not None else [], ita):
+        if fa := _entry(line, a.source):
+            d.removed.append(Change(fa.path, fa.size, None))
+    for line in itertools.chain([lb] if lb is not None else [], itb):
+        if fb := _entry(line, b.source):
+            d.added.append(Change(fb.path, None, fb.size))
     return d
+
+
+def _entry(line: bytes, source: str) -> FileEntry | None:
+    """A stored line's entry (None for a blank line)."""
+    entries = decode_lines(line, source)
+    return entries[0] if entries else None

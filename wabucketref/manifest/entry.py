@@ -113,6 +113,23 @@ def safe_relpath(path: str) -> str:
     return path
 
 
+def check_safe_relpaths(paths: list[str]) -> None:
+    """safe_relpath for many paths at once: a few substring searches over them all, joined by
+    NUL, then path by path only if one finds what might break a rule (or a path holds a NUL)."""
+    joined = "\0".join(paths)
+    wrapped = f"/{joined}/".replace("\0", "/")
+    if (
+        joined.count("\0") != len(paths) - 1
+        or "//" in wrapped  # an empty path, a leading or trailing "/", or "//"
+        or "/./" in wrapped
+        or "/../" in wrapped
+        or "\\" in joined
+        or ":" in joined
+    ):
+        for path in paths:
+            safe_relpath(path)
+
+
 class CaseFolds:
     """Finds, among paths given in sorted order, two that collide on a case-insensitive file
     system (one would overwrite the other). Sorted paths visit each folder's subtree in one

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import IntegrityError
 from .entry import FileEntry
-from .shards import ShardInfo, read_shard
+from .shards import ShardInfo, read_lines, read_shard
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,17 @@ class Manifest:
             if path is None:
                 raise IntegrityError(f"{self.source}: shard {i} was not fetched")
             yield from read_shard(path, f"{self.source} (shard {i})")
+
+    def lines(self) -> Iterator[bytes]:
+        """Every entry's line as stored, in path order (blank ones included): equal lines are equal
+        entries, so a comparison decodes only the lines that differ."""
+        return itertools.chain.from_iterable(self._line_batches())
+
+    def _line_batches(self) -> Iterator[list[bytes]]:
+        for i, path in enumerate(self.paths):
+            if path is None:
+                raise IntegrityError(f"{self.source}: shard {i} was not fetched")
+            yield from read_lines(path)
 
     def __iter__(self) -> Iterator[FileEntry]:
         for batch in self.batches():

@@ -7,6 +7,7 @@ compressed; the lines are exactly those the version digest covers.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import zstandard
 
 from ..errors import IntegrityError
-from .entry import FileEntry, decode_lines, line_blocks, safe_relpath
+from .entry import FileEntry, check_safe_relpaths, decode_lines, line_blocks
 
 DECODE_CHUNK = 1 << 18  # uncompressed bytes decoded at a time: about a thousand entries
 WRITE_BATCH = 512  # lines joined per write into the compressor
@@ -93,6 +94,12 @@ def read_shard(path: Path, source: str) -> Iterator[list[FileEntry]]:
         yield decode_lines(raw, source)
 
 
+def read_lines(path: Path) -> Iterator[list[bytes]]:
+    """A shard file's lines as stored (without their newline; blank ones included), a batch at a time."""
+    for raw in _raw_lines(path):
+        yield raw.split(b"\n")[:-1]
+
+
 def _raw_lines(path: Path) -> Iterator[bytes]:
     """A shard file's uncompressed bytes, in blocks that end at a line's end."""
     with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
@@ -137,15 +144,21 @@ def _hashing(blocks: Iterator[bytes], sha: Any) -> Iterator[bytes]:
 
 def _extent(blocks: Iterator[bytes], source: str) -> tuple[str | None, str | None, int, int]:
     """The first and last paths, count and bytes of a shard's entries, each checked: a safe path,
-    after the one before it."""
+    after the one before it (a block at a time: the checks run in C, not per entry in Python)."""
     first, last, files, size = None, None, 0, 0
     for raw in blocks:
-        for entry in decode_lines(raw, source):
-            safe_relpath(entry.path)
-            if last is not None and entry.path <= last:
-                raise IntegrityError(f"{source}: {entry.path!r} is out of order or repeated")
-            first = entry.path if first is None else first
-            last = entry.path
-            files += 1
-            size += entry.size
+        entries = decode_lines(raw, source)
+        if not entries:
+            continue
+        paths = [e.path for e in entries]
+        check_safe_relpaths(paths)
+        before = paths[:-1] if last is None else [last, *paths[:-1]]
+        after = paths[1:] if last is None else paths
+        if not all(map(operator.lt, before, after)):
+            bad = next(y for x, y in zip(before, after, strict=True) if not x < y)
+            raise IntegrityError(f"{source}: {bad!r} is out of order or repeated")
+        first = paths[0] if first is None else first
+        last = paths[-1]
+        files += len(paths)
+        size += sum(e.size for e in entries)
     return first, last, files, size
